@@ -1,0 +1,11 @@
+//! # dsg: Dynamic SAE Guardrails
+//!
+//! Inference-time precision unlearning for LLMs (Muhamed et al., 2025). Data flows through the modules in
+//! order: [`model`] (hookable decoder, loaders, tokenizer) → `sae` (sparse autoencoders) → `stats`
+//! (per-feature statistics over corpora) → `guard` (selection, gate, clamp, guardrail files) →
+//! `eval` / `generate` / `serve`.
+
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};
