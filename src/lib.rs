@@ -6,6 +6,8 @@
 //! `eval` / `generate` / `serve`.
 
 pub mod error;
+pub mod eval;
+pub mod generate;
 pub mod model;
 
 pub use error::{Error, Result};

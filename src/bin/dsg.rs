@@ -1,1 +1,235 @@
-fn main() {}
+//! The `dsg` command line: a thin layer over the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+
+use dsg::generate::{generate, GenerateOptions};
+use dsg::model::{self, fetch, LoadedModel, Message, NoHooks};
+
+#[derive(Parser)]
+#[command(
+    name = "dsg",
+    version,
+    about = "Dynamic SAE Guardrails: inference-time unlearning for LLMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A GGUF file or a Hugging Face model directory; default: SmolLM2-135M-Instruct (fetched on first use).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, sizes, tokenizer and hook points of a model.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Generate text from a prompt (chat-formatted unless --raw).
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt (user message).
+        #[arg(long, short)]
+        prompt: String,
+        /// Optional system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Send the prompt as plain text instead of through the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Maximum new tokens.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Sampler seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Decode with f32 weights even when quantised ones are available.
+        #[arg(long)]
+        f32_decode: bool,
+    },
+    /// Perplexity of a text file.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text file (read as UTF-8, unchanged).
+        #[arg(long)]
+        file: PathBuf,
+        /// Score only the first N tokens.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Window length (tokens scored per forward pass).
+        #[arg(long, default_value_t = 4096)]
+        window: usize,
+        /// Prepend BOS to the text.
+        #[arg(long)]
+        bos: bool,
+    },
+}
+
+fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => fetch::ensure_default_model().context("fetching the default model")?,
+    };
+    let t = std::time::Instant::now();
+    let loaded = model::load(&path, &Device::Cpu)
+        .with_context(|| format!("loading model {}", path.display()))?;
+    eprintln!(
+        "loaded {} in {:.2}s",
+        loaded.name(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(loaded)
+}
+
+fn info(lm: &LoadedModel) {
+    let c = lm.model.config();
+    println!("model        {}", lm.path.display());
+    println!("architecture {:?}", c.arch);
+    println!("layers       {}", c.n_layers);
+    println!("d_model      {}", c.d_model);
+    println!(
+        "heads        {} query, {} key/value, head_dim {}",
+        c.n_heads, c.n_kv_heads, c.head_dim
+    );
+    println!("d_ff         {}", c.d_ff);
+    println!(
+        "vocab        {} (tokenizer: {})",
+        c.vocab_size,
+        lm.tokenizer.vocab_size()
+    );
+    println!("max position {}", c.max_positions);
+    println!("quantised    {}", lm.model.has_quantized());
+    let tok = |id: Option<u32>| {
+        id.map(|i| format!("{i} {:?}", lm.tokenizer.token_str(i)))
+            .unwrap_or("-".into())
+    };
+    println!(
+        "bos/eos/pad  {} / {} / {}",
+        tok(lm.tokenizer.bos_id()),
+        tok(lm.tokenizer.eos_id()),
+        tok(lm.tokenizer.pad_id())
+    );
+    println!(
+        "chat template {}",
+        if lm.tokenizer.chat_template().is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    println!(
+        "hook points  blocks.{{0..{}}}.hook_{{resid_pre,attn_out,resid_mid,mlp_out,resid_post}} ({} in all); \
+         `model.layers.L` = blocks.L.hook_resid_post",
+        c.n_layers - 1,
+        lm.model.hook_points().len()
+    );
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info { model } => info(&load_model(&model)?),
+        Command::Generate {
+            model,
+            prompt,
+            system,
+            raw,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            f32_decode,
+        } => {
+            let lm = load_model(&model)?;
+            let ids = if raw {
+                lm.tokenizer.encode(&prompt, lm.tokenizer.adds_bos())?
+            } else {
+                let mut msgs = Vec::new();
+                if let Some(s) = system {
+                    msgs.push(Message::new("system", &s));
+                }
+                msgs.push(Message::new("user", &prompt));
+                lm.tokenizer.encode_chat(&msgs, true)?
+            };
+            let opts = GenerateOptions {
+                max_new_tokens: max_tokens,
+                temperature,
+                top_p,
+                seed,
+                stop_tokens: lm.tokenizer.eos_id().into_iter().collect(),
+                quantized_decode: !f32_decode,
+            };
+            let mut out = std::io::stdout();
+            let mut shown = 0usize;
+            let mut all = Vec::new();
+            let g = generate(&lm.model, &ids, &opts, &mut NoHooks, |t| {
+                all.push(t);
+                if let Ok(text) = lm.tokenizer.decode(&all, true) {
+                    if text.len() > shown && text.is_char_boundary(shown) {
+                        let _ = write!(out, "{}", &text[shown..]);
+                        let _ = out.flush();
+                        shown = text.len();
+                    }
+                }
+            })?;
+            println!();
+            let n = g.tokens.len();
+            eprintln!(
+                "{} prompt tokens in {:.2}s ({:.1} tok/s); {} new tokens, {:.1} tok/s decode; stop: {:?}",
+                ids.len(),
+                g.prefill_secs,
+                ids.len() as f64 / g.prefill_secs,
+                n,
+                (n.saturating_sub(1)) as f64 / g.decode_secs.max(1e-9),
+                g.stop
+            );
+        }
+        Command::Perplexity {
+            model,
+            file,
+            max_tokens,
+            window,
+            bos,
+        } => {
+            let lm = load_model(&model)?;
+            let text = read_text(&file)?;
+            let mut ids = lm.tokenizer.encode(&text, bos)?;
+            if let Some(m) = max_tokens {
+                ids.truncate(m);
+            }
+            let t = std::time::Instant::now();
+            let p = dsg::eval::perplexity::perplexity(&lm.model, &ids, window, &mut NoHooks)?;
+            println!(
+                "perplexity {:.4} (mean NLL {:.4} nats) over {} predicted tokens in {} window(s) of <= {window}; {:.1}s",
+                p.perplexity,
+                p.mean_nll,
+                p.n_predicted,
+                p.n_windows,
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,5 +1,98 @@
-//! The hookable decoder: configuration, weights, forward pass, tokenizer.
+//! The hookable decoder: configuration, weights, forward pass, tokenizer, and loading from local files.
 
+pub mod config;
+pub mod decoder;
+pub mod fetch;
+pub mod gguf;
 pub mod hooks;
+pub mod layers;
+pub mod tokenizer;
+pub mod weights;
 
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+pub use config::{Architecture, ModelConfig};
+pub use decoder::{Batch, ForwardOptions, ForwardOutput, KvCache, Logits, Model};
 pub use hooks::{Capture, FnHook, HookContext, HookList, HookPoint, Hooks, NoHooks, Site};
+pub use layers::Kernels;
+pub use tokenizer::{Message, Tokenizer};
+pub use weights::WeightSource;
+
+use crate::{Error, Result};
+
+/// A model with its tokenizer and where it came from.
+pub struct LoadedModel {
+    /// The decoder.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The file (GGUF) or directory (Hugging Face) it was loaded from.
+    pub path: PathBuf,
+    /// The file holding the weights (the GGUF file, or the first safetensors shard).
+    pub weights_path: PathBuf,
+}
+
+impl LoadedModel {
+    /// A short name: the file or directory name.
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+/// Loads a model from a GGUF file or a Hugging Face directory (`config.json`, safetensors,
+/// `tokenizer.json`).
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    if !path.exists() {
+        return Err(Error::missing(
+            path,
+            "model file or directory (no such path)",
+        ));
+    }
+    let (model, tokenizer, weights_path) = if path.is_dir() {
+        let cfg = ModelConfig::from_hf_json(&path.join("config.json")).map_err(|e| match e {
+            Error::Io { .. } => Error::missing(path, "config.json"),
+            e => e,
+        })?;
+        let src = WeightSource::open_safetensors_dir(path)?;
+        let tokenizer = Tokenizer::from_hf_dir(path)?;
+        let model = Model::load(cfg, &src, device)?;
+        (model, tokenizer, src.path().to_path_buf())
+    } else {
+        let src = WeightSource::open_gguf(path)?;
+        let WeightSource::Gguf { content, .. } = &src else {
+            unreachable!("open_gguf returns a GGUF source")
+        };
+        let cfg = gguf::config_from_gguf(content, path)?;
+        let json = gguf::tokenizer_json_from_gguf(content, path)?;
+        let inner = Tokenizer::from_json_value(&json, path)?;
+        let (bos, eos, pad) = gguf::special_ids(content);
+        let template = gguf::meta_str(content, "tokenizer.chat_template").map(String::from);
+        let add_bos = content
+            .metadata
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let tokenizer = Tokenizer::new(inner, bos, eos, pad, template, add_bos);
+        let model = Model::load(cfg, &src, device)?;
+        (model, tokenizer, path.to_path_buf())
+    };
+    let vocab = model.config().vocab_size;
+    if tokenizer.vocab_size() > vocab {
+        return Err(Error::Mismatch(format!(
+            "{}: the tokenizer has {} tokens but the model's embedding has {vocab} rows",
+            path.display(),
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        path: path.to_path_buf(),
+        weights_path,
+    })
+}

@@ -1,0 +1,448 @@
+//! Model configuration: one decoder, with every architecture difference expressed as data.
+//!
+//! Parsed from a Hugging Face `config.json` (Llama, Mistral, Qwen2, Gemma 2, GPT-2) or from GGUF
+//! metadata (see `gguf.rs`).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// The architecture family a model was loaded as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// Llama 2/3, SmolLM2 and other `LlamaForCausalLM` models.
+    Llama,
+    /// Mistral (Llama with sliding-window attention).
+    Mistral,
+    /// Qwen2 / Qwen2.5 (biases on q/k/v).
+    Qwen2,
+    /// Gemma 2: (1+w) RMSNorm, sandwich norms, GeGLU, soft-capping, alternating local/global layers.
+    Gemma2,
+    /// GPT-2: learned positions, LayerNorm, fused Conv1D qkv.
+    Gpt2,
+}
+
+/// Normalisation layer kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm scaled by `w`.
+    Rms,
+    /// RMSNorm scaled by `1 + w` (Gemma).
+    RmsPlusOne,
+    /// LayerNorm with weight and bias.
+    Layer,
+}
+
+/// MLP nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// SiLU (SwiGLU when gated).
+    Silu,
+    /// GELU, tanh approximation (GeGLU when gated; GPT-2's `gelu_new`).
+    GeluTanh,
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Hugging Face layout: dimension i pairs with i + head_dim/2.
+    HalfSplit,
+    /// llama.cpp's permuted layout in GGUF files: dimension 2i pairs with 2i+1.
+    Interleaved,
+}
+
+/// Positional information.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Positions {
+    /// Rotary embeddings with per-pair inverse frequencies (scaling already applied).
+    Rope {
+        /// Inverse frequency of each dimension pair (head_dim/2 values).
+        inv_freq: Vec<f32>,
+        /// Pairing layout.
+        style: RopeStyle,
+    },
+    /// Learned absolute position embeddings (GPT-2).
+    Learned,
+}
+
+/// Everything the forward pass needs to know about a model's shape and variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Architecture family.
+    pub arch: Architecture,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Residual stream width.
+    pub d_model: usize,
+    /// Number of decoder blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// MLP hidden width.
+    pub d_ff: usize,
+    /// Normalisation kind.
+    pub norm: NormKind,
+    /// Normalisation epsilon.
+    pub norm_eps: f64,
+    /// MLP nonlinearity.
+    pub activation: MlpActivation,
+    /// Gated MLP (gate/up/down) rather than plain (fc/proj).
+    pub gated_mlp: bool,
+    /// Positional scheme.
+    pub positions: Positions,
+    /// Longest sequence the model supports.
+    pub max_positions: usize,
+    /// Biases on q/k/v projections.
+    pub qkv_bias: bool,
+    /// Biases on the attention output and MLP projections (GPT-2).
+    pub out_bias: bool,
+    /// Extra norms after attention and after the MLP (Gemma 2).
+    pub sandwich_norms: bool,
+    /// Factor applied to token embeddings (Gemma: sqrt(d_model)).
+    pub embed_scale: Option<f32>,
+    /// Multiplier on q·k (usually head_dim^-0.5).
+    pub attn_scale: f64,
+    /// Attention logit soft-cap (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// Final logit soft-cap (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// Per layer: the sliding-window size, or `None` for global attention.
+    pub layer_windows: Vec<Option<usize>>,
+    /// Output head shares the token embedding.
+    pub tie_embeddings: bool,
+}
+
+fn get<'a>(cfg: &'a Value, path: &Path, key: &str) -> Result<&'a Value> {
+    cfg.get(key)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| Error::missing(path, format!("config field `{key}`")))
+}
+
+fn get_usize(cfg: &Value, path: &Path, key: &str) -> Result<usize> {
+    let v = get(cfg, path, key)?;
+    v.as_u64()
+        .map(|x| x as usize)
+        .ok_or_else(|| Error::format(path, key, "a non-negative integer", v.to_string()))
+}
+
+fn get_f64(cfg: &Value, path: &Path, key: &str) -> Result<f64> {
+    let v = get(cfg, path, key)?;
+    v.as_f64()
+        .ok_or_else(|| Error::format(path, key, "a number", v.to_string()))
+}
+
+fn opt_usize(cfg: &Value, path: &Path, key: &str) -> Result<Option<usize>> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => get_usize(cfg, path, key).map(Some),
+    }
+}
+
+fn opt_f64(cfg: &Value, path: &Path, key: &str) -> Result<Option<f64>> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => get_f64(cfg, path, key).map(Some),
+    }
+}
+
+fn opt_bool(cfg: &Value, key: &str, default: bool) -> bool {
+    cfg.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Inverse frequencies `1 / theta^(2i/dim)`, computed like transformers (f32 result).
+pub fn rope_inv_freq(theta: f64, dim: usize) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / dim as f64)) as f32)
+        .collect()
+}
+
+/// Applies a `rope_scaling` entry of config.json to `inv_freq`.
+fn apply_rope_scaling(inv_freq: &mut [f32], scaling: &Value, path: &Path) -> Result<()> {
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let factor = || get_f64(scaling, path, "factor");
+    match kind {
+        "default" => {}
+        "linear" => {
+            let f = factor()?;
+            inv_freq
+                .iter_mut()
+                .for_each(|x| *x = (*x as f64 / f) as f32);
+        }
+        "llama3" => {
+            let f = factor()?;
+            let low = get_f64(scaling, path, "low_freq_factor")?;
+            let high = get_f64(scaling, path, "high_freq_factor")?;
+            let old = get_f64(scaling, path, "original_max_position_embeddings")?;
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            for x in inv_freq.iter_mut() {
+                let freq = *x as f64;
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let scaled = if wavelen > low_wavelen {
+                    freq / f
+                } else {
+                    freq
+                };
+                let is_medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                *x = if is_medium {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    ((1.0 - smooth) * scaled / f + smooth * scaled) as f32
+                } else {
+                    scaled as f32
+                };
+            }
+        }
+        other => {
+            return Err(Error::format(
+                path,
+                "rope_scaling.rope_type",
+                "default, linear or llama3",
+                other,
+            ))
+        }
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, "(root)", "valid JSON", e.to_string()))?;
+        Self::from_hf_value(&cfg, path)
+    }
+
+    /// Builds the configuration from a parsed `config.json`; `path` is used in error messages.
+    pub fn from_hf_value(cfg: &Value, path: &Path) -> Result<Self> {
+        let model_type = get(cfg, path, "model_type")?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let arch = match model_type.as_str() {
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            "gemma2" => Architecture::Gemma2,
+            "gpt2" => Architecture::Gpt2,
+            other => {
+                return Err(Error::format(
+                    path,
+                    "model_type",
+                    "one of llama, mistral, qwen2, gemma2, gpt2",
+                    other,
+                ))
+            }
+        };
+        if arch == Architecture::Gpt2 {
+            return Self::gpt2(cfg, path);
+        }
+        let d_model = get_usize(cfg, path, "hidden_size")?;
+        let n_layers = get_usize(cfg, path, "num_hidden_layers")?;
+        let n_heads = get_usize(cfg, path, "num_attention_heads")?;
+        let n_kv_heads = opt_usize(cfg, path, "num_key_value_heads")?.unwrap_or(n_heads);
+        let head_dim = opt_usize(cfg, path, "head_dim")?.unwrap_or(d_model / n_heads.max(1));
+        let theta = opt_f64(cfg, path, "rope_theta")?
+            .or(cfg
+                .get("rope_parameters")
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64))
+            .unwrap_or(10000.0);
+        let mut inv_freq = rope_inv_freq(theta, head_dim);
+        let scaling = cfg
+            .get("rope_scaling")
+            .filter(|v| !v.is_null())
+            .or_else(|| cfg.get("rope_parameters").filter(|v| !v.is_null()));
+        if let Some(scaling) = scaling {
+            apply_rope_scaling(&mut inv_freq, scaling, path)?;
+        }
+        let gemma = arch == Architecture::Gemma2;
+        let hidden_act = cfg
+            .get("hidden_activation")
+            .or_else(|| cfg.get("hidden_act"))
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
+        let activation = match hidden_act {
+            "silu" | "swish" => MlpActivation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" => MlpActivation::GeluTanh,
+            other => {
+                return Err(Error::format(
+                    path,
+                    "hidden_act",
+                    "silu or gelu_pytorch_tanh",
+                    other,
+                ))
+            }
+        };
+        let window = opt_usize(cfg, path, "sliding_window")?;
+        let layer_windows = layer_windows(cfg, path, arch, n_layers, window)?;
+        let attn_scale = match opt_f64(cfg, path, "query_pre_attn_scalar")? {
+            Some(s) if gemma => s.powf(-0.5),
+            _ => (head_dim as f64).powf(-0.5),
+        };
+        Ok(ModelConfig {
+            arch,
+            vocab_size: get_usize(cfg, path, "vocab_size")?,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff: get_usize(cfg, path, "intermediate_size")?,
+            norm: if gemma {
+                NormKind::RmsPlusOne
+            } else {
+                NormKind::Rms
+            },
+            norm_eps: opt_f64(cfg, path, "rms_norm_eps")?.unwrap_or(1e-6),
+            activation,
+            gated_mlp: true,
+            positions: Positions::Rope {
+                inv_freq,
+                style: RopeStyle::HalfSplit,
+            },
+            max_positions: opt_usize(cfg, path, "max_position_embeddings")?.unwrap_or(8192),
+            qkv_bias: arch == Architecture::Qwen2 || opt_bool(cfg, "attention_bias", false),
+            out_bias: opt_bool(cfg, "attention_bias", false) && arch == Architecture::Llama,
+            sandwich_norms: gemma,
+            embed_scale: gemma.then(|| (d_model as f32).sqrt()),
+            attn_scale,
+            attn_softcap: if gemma {
+                opt_f64(cfg, path, "attn_logit_softcapping")?
+            } else {
+                None
+            },
+            final_softcap: if gemma {
+                opt_f64(cfg, path, "final_logit_softcapping")?
+            } else {
+                None
+            },
+            layer_windows,
+            tie_embeddings: opt_bool(cfg, "tie_word_embeddings", gemma),
+        })
+    }
+
+    fn gpt2(cfg: &Value, path: &Path) -> Result<Self> {
+        let d_model = get_usize(cfg, path, "n_embd")?;
+        let n_heads = get_usize(cfg, path, "n_head")?;
+        let n_layers = get_usize(cfg, path, "n_layer")?;
+        let act = cfg
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new");
+        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+            return Err(Error::format(path, "activation_function", "gelu_new", act));
+        }
+        Ok(ModelConfig {
+            arch: Architecture::Gpt2,
+            vocab_size: get_usize(cfg, path, "vocab_size")?,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim: d_model / n_heads.max(1),
+            d_ff: opt_usize(cfg, path, "n_inner")?.unwrap_or(4 * d_model),
+            norm: NormKind::Layer,
+            norm_eps: opt_f64(cfg, path, "layer_norm_epsilon")?.unwrap_or(1e-5),
+            activation: MlpActivation::GeluTanh,
+            gated_mlp: false,
+            positions: Positions::Learned,
+            max_positions: get_usize(cfg, path, "n_positions")?,
+            qkv_bias: true,
+            out_bias: true,
+            sandwich_norms: false,
+            embed_scale: None,
+            attn_scale: if opt_bool(cfg, "scale_attn_weights", true) {
+                ((d_model / n_heads.max(1)) as f64).powf(-0.5)
+            } else {
+                1.0
+            },
+            attn_softcap: None,
+            final_softcap: None,
+            layer_windows: vec![None; n_layers],
+            tie_embeddings: opt_bool(cfg, "tie_word_embeddings", true),
+        })
+    }
+
+    /// Checks internal consistency (head counts divide, dimensions positive).
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let check = |ok: bool, field: &str, expected: &str, found: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::format(path, field, expected, found))
+            }
+        };
+        check(
+            self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0,
+            "num_key_value_heads",
+            "a positive divisor of num_attention_heads",
+            format!("{} kv heads for {} heads", self.n_kv_heads, self.n_heads),
+        )?;
+        check(
+            self.d_model > 0 && self.n_layers > 0 && self.vocab_size > 0,
+            "hidden_size/num_hidden_layers/vocab_size",
+            "positive",
+            format!("{}/{}/{}", self.d_model, self.n_layers, self.vocab_size),
+        )?;
+        check(
+            self.head_dim % 2 == 0 || self.positions == Positions::Learned,
+            "head_dim",
+            "even (rotary embeddings rotate pairs)",
+            self.head_dim.to_string(),
+        )
+    }
+}
+
+/// Per-layer sliding windows: `layer_types` when present, else the architecture's convention.
+fn layer_windows(
+    cfg: &Value,
+    path: &Path,
+    arch: Architecture,
+    n_layers: usize,
+    window: Option<usize>,
+) -> Result<Vec<Option<usize>>> {
+    if let Some(types) = cfg.get("layer_types").and_then(Value::as_array) {
+        if types.len() != n_layers {
+            return Err(Error::format(
+                path,
+                "layer_types",
+                format!("{n_layers} entries"),
+                types.len().to_string(),
+            ));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => window.map(Some).ok_or_else(|| {
+                    Error::missing(path, "config field `sliding_window` for sliding layers")
+                }),
+                Some("full_attention") => Ok(None),
+                _ => Err(Error::format(
+                    path,
+                    "layer_types[]",
+                    "sliding_attention or full_attention",
+                    t.to_string(),
+                )),
+            })
+            .collect();
+    }
+    Ok((0..n_layers)
+        .map(|i| match arch {
+            Architecture::Gemma2 => window.filter(|_| i % 2 == 0),
+            Architecture::Mistral => window,
+            Architecture::Qwen2 if opt_bool(cfg, "use_sliding_window", false) => window,
+            _ => None,
+        })
+        .collect())
+}

@@ -1,0 +1,459 @@
+//! The sublayers of the decoder: linear maps, norms, MLP, attention with rotary embeddings.
+//!
+//! Each has a `load` from a [`WeightSource`] and a `forward`. Kernels come in two flavours: fused
+//! (fast, no gradient) for inference, and differentiable (plain tensor ops) for training through
+//! candle's autograd; [`Kernels`] picks one.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use super::config::{MlpActivation, ModelConfig, NormKind, RopeStyle};
+use super::weights::WeightSource;
+use crate::Result;
+
+/// Which kernel flavour the forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Fused CPU/GPU kernels (no backward pass).
+    #[default]
+    Fused,
+    /// Plain tensor ops that candle can differentiate.
+    Differentiable,
+}
+
+/// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding.
+pub struct Linear {
+    /// Weight, (out, in), f32.
+    pub weight: Tensor,
+    /// Bias, (out).
+    pub bias: Option<Tensor>,
+    quantized: Option<QMatMul>,
+}
+
+impl Linear {
+    /// Wraps existing tensors.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            quantized: None,
+        }
+    }
+
+    /// Loads `{prefix}.weight` (out, in) and, if `bias`, `{prefix}.bias`.
+    pub fn load(
+        src: &WeightSource,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = src.tensor(&name, &[out_dim, in_dim], device)?;
+        let bias = if bias {
+            Some(src.tensor(&format!("{prefix}.bias"), &[out_dim], device)?)
+        } else {
+            None
+        };
+        Linear::new(weight, bias).with_quantized(src.qtensor(&name, device)?)
+    }
+
+    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Types without a
+    /// SIMD kernel on this CPU (e.g. Q4_1) are re-quantised from the f32 weight to Q8_0, which keeps
+    /// them within about 0.4% of the stored values and makes them several times faster.
+    pub fn with_quantized(mut self, q: Option<QTensor>) -> Result<Self> {
+        self.quantized = match q {
+            None => None,
+            Some(q) if matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q8_0) => {
+                Some(QMatMul::from_qtensor(q)?)
+            }
+            Some(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+                None
+            }
+            Some(_) => Some(QMatMul::from_qtensor(QTensor::quantize(
+                &self.weight,
+                GgmlDType::Q8_0,
+            )?)?),
+        };
+        Ok(self)
+    }
+
+    /// Whether a quantised copy of the weight is available.
+    pub fn has_quantized(&self) -> bool {
+        matches!(self.quantized, Some(QMatMul::QTensor(_)))
+    }
+
+    /// Applies the map to `x` of shape (..., in); `quantized` uses the stored quantised weight when present.
+    pub fn forward(&self, x: &Tensor, quantized: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match (&self.quantized, quantized) {
+            (Some(q @ QMatMul::QTensor(_)), true) => q.forward(&x2)?,
+            _ => x2.matmul(&self.weight.t()?)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty dims") = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// A normalisation layer.
+pub struct Norm {
+    kind: NormKind,
+    /// Scale (for Gemma already `1 + w`).
+    scale: Tensor,
+    bias: Option<Tensor>,
+    eps: f32,
+}
+
+impl Norm {
+    /// Loads `{prefix}.weight` (and `.bias` for LayerNorm).
+    pub fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let d = cfg.d_model;
+        let w = src.tensor(&format!("{prefix}.weight"), &[d], device)?;
+        let scale = match cfg.norm {
+            NormKind::RmsPlusOne => (w + 1.0)?,
+            _ => w,
+        };
+        let bias = match cfg.norm {
+            NormKind::Layer => Some(src.tensor(&format!("{prefix}.bias"), &[d], device)?),
+            _ => None,
+        };
+        Ok(Norm {
+            kind: cfg.norm,
+            scale,
+            bias,
+            eps: cfg.norm_eps as f32,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        use candle_nn::ops;
+        let y = match (&self.bias, kernels) {
+            (Some(b), Kernels::Fused) => ops::layer_norm(x, &self.scale, b, self.eps)?,
+            (Some(b), Kernels::Differentiable) => {
+                ops::layer_norm_slow(x, &self.scale, b, self.eps)?
+            }
+            (None, Kernels::Fused) => ops::rms_norm(x, &self.scale, self.eps)?,
+            (None, Kernels::Differentiable) => ops::rms_norm_slow(x, &self.scale, self.eps)?,
+        };
+        debug_assert!(self.kind == NormKind::Layer || self.bias.is_none());
+        Ok(y)
+    }
+}
+
+/// The feed-forward sublayer: gated (gate/up/down) or plain (fc/proj).
+pub struct Mlp {
+    gate: Option<Linear>,
+    up: Linear,
+    down: Linear,
+    activation: MlpActivation,
+}
+
+impl Mlp {
+    /// Loads a gated MLP (`{prefix}.gate_proj/up_proj/down_proj`) or GPT-2's (`c_fc/c_proj`).
+    pub fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let (d, f) = (cfg.d_model, cfg.d_ff);
+        if cfg.gated_mlp {
+            Ok(Mlp {
+                gate: Some(Linear::load(
+                    src,
+                    &format!("{prefix}.gate_proj"),
+                    f,
+                    d,
+                    false,
+                    device,
+                )?),
+                up: Linear::load(src, &format!("{prefix}.up_proj"), f, d, false, device)?,
+                down: Linear::load(src, &format!("{prefix}.down_proj"), d, f, false, device)?,
+                activation: cfg.activation,
+            })
+        } else {
+            Ok(Mlp {
+                gate: None,
+                up: conv1d(src, &format!("{prefix}.c_fc"), d, f, device)?,
+                down: conv1d(src, &format!("{prefix}.c_proj"), f, d, device)?,
+                activation: cfg.activation,
+            })
+        }
+    }
+
+    /// Applies the MLP.
+    pub fn forward(&self, x: &Tensor, quantized: bool) -> Result<Tensor> {
+        let act = |t: Tensor| -> Result<Tensor> {
+            Ok(match self.activation {
+                MlpActivation::Silu => candle_nn::ops::silu(&t)?,
+                MlpActivation::GeluTanh => t.gelu()?,
+            })
+        };
+        let h = match &self.gate {
+            Some(gate) => (act(gate.forward(x, quantized)?)? * self.up.forward(x, quantized)?)?,
+            None => act(self.up.forward(x, quantized)?)?,
+        };
+        self.down.forward(&h, quantized)
+    }
+}
+
+/// GPT-2's Conv1D stores the weight as (in, out); transpose it into a [`Linear`].
+pub fn conv1d(
+    src: &WeightSource,
+    prefix: &str,
+    in_dim: usize,
+    out_dim: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let w = src.tensor(&format!("{prefix}.weight"), &[in_dim, out_dim], device)?;
+    let b = src.tensor(&format!("{prefix}.bias"), &[out_dim], device)?;
+    Ok(Linear::new(w.t()?.contiguous()?, Some(b)))
+}
+
+/// Rotary embedding tables for a batch: cos and sin of shape (batch, seq, head_dim/2), or (seq, head_dim/2)
+/// when every row starts at the same position.
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl RopeTables {
+    /// Tables for rows whose first new token sits at `starts[b]`, each `seq` tokens long.
+    pub fn new(
+        inv_freq: &[f32],
+        style: RopeStyle,
+        starts: &[usize],
+        seq: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = inv_freq.len();
+        let same = starts.iter().all(|&s| s == starts[0]);
+        let rows: Vec<usize> = if same {
+            vec![starts[0]]
+        } else {
+            starts.to_vec()
+        };
+        let mut cos = Vec::with_capacity(rows.len() * seq * half);
+        let mut sin = Vec::with_capacity(rows.len() * seq * half);
+        for &start in &rows {
+            for t in 0..seq {
+                let pos = (start + t) as f32;
+                for &f in inv_freq {
+                    let angle = pos * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape: Vec<usize> = if same {
+            vec![seq, half]
+        } else {
+            vec![rows.len(), seq, half]
+        };
+        Ok(RopeTables {
+            cos: Tensor::from_vec(cos, shape.clone(), device)?,
+            sin: Tensor::from_vec(sin, shape, device)?,
+            style,
+        })
+    }
+
+    /// Rotates `x` of shape (batch, heads, seq, head_dim).
+    pub fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        use candle_nn::rotary_emb as re;
+        let x = x.contiguous()?;
+        Ok(match (self.style, kernels) {
+            (RopeStyle::HalfSplit, Kernels::Fused) => re::rope(&x, &self.cos, &self.sin)?,
+            (RopeStyle::Interleaved, Kernels::Fused) => re::rope_i(&x, &self.cos, &self.sin)?,
+            (RopeStyle::HalfSplit, Kernels::Differentiable) => {
+                re::rope_slow(&x, &self.cos, &self.sin)?
+            }
+            (RopeStyle::Interleaved, Kernels::Differentiable) => {
+                re::rope_i_slow(&x, &self.cos, &self.sin)?
+            }
+        })
+    }
+}
+
+/// Multi-head (grouped-query) self-attention.
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+/// Attention scores are computed for at most this many (query, key) pairs per head group at once, which
+/// bounds memory on long inputs.
+const ATTN_CHUNK_ELEMS: usize = 1 << 22;
+
+impl Attention {
+    /// Loads `{prefix}.{q,k,v,o}_proj` (or GPT-2's fused `c_attn` / `c_proj`).
+    pub fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.head_dim);
+        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let (q, k, v, o) = if cfg.gated_mlp {
+            let lin = |name: &str, out: usize, inp: usize, bias: bool| {
+                Linear::load(src, &format!("{prefix}.{name}"), out, inp, bias, device)
+            };
+            (
+                lin("q_proj", qd, d, cfg.qkv_bias)?,
+                lin("k_proj", kvd, d, cfg.qkv_bias)?,
+                lin("v_proj", kvd, d, cfg.qkv_bias)?,
+                lin("o_proj", d, qd, cfg.out_bias)?,
+            )
+        } else {
+            let fused = conv1d(src, &format!("{prefix}.c_attn"), d, 3 * d, device)?;
+            let bias = fused.bias.as_ref().expect("conv1d has a bias");
+            let part = |i: usize| -> Result<Linear> {
+                Ok(Linear::new(
+                    fused.weight.narrow(0, i * d, d)?.contiguous()?,
+                    Some(bias.narrow(0, i * d, d)?.contiguous()?),
+                ))
+            };
+            (
+                part(0)?,
+                part(1)?,
+                part(2)?,
+                conv1d(src, &format!("{prefix}.c_proj"), d, d, device)?,
+            )
+        };
+        Ok(Attention {
+            q,
+            k,
+            v,
+            o,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            scale: cfg.attn_scale,
+            softcap: cfg.attn_softcap,
+        })
+    }
+
+    /// Projects `x` (batch, seq, d) to q (batch, heads, seq, hd) and k, v (batch, kv_heads, seq, hd),
+    /// with rotary embeddings applied when `rope` is given.
+    pub fn qkv(
+        &self,
+        x: &Tensor,
+        rope: Option<&RopeTables>,
+        kernels: Kernels,
+        quantized: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.q.forward(x, quantized)?, self.n_heads)?;
+        let k = split(self.k.forward(x, quantized)?, self.n_kv_heads)?;
+        let v = split(self.v.forward(x, quantized)?, self.n_kv_heads)?;
+        match rope {
+            Some(r) => Ok((r.apply(&q, kernels)?, r.apply(&k, kernels)?, v)),
+            None => Ok((q, k, v)),
+        }
+    }
+
+    /// Attends `q` (batch, heads, seq, hd) over all keys `k`, `v` (batch, kv_heads, keys, hd) under the
+    /// additive `mask` (batch, seq, keys) and applies the output projection: (batch, seq, d).
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        kernels: Kernels,
+        quantized: bool,
+    ) -> Result<Tensor> {
+        let (b, h, l, hd) = q.dims4()?;
+        let keys = k.dim(2)?;
+        let g = h / self.n_kv_heads;
+        // Group the query heads that share a kv head, so k and v need no repeat.
+        let qg = (q.reshape((b, self.n_kv_heads, g, l, hd))? * self.scale)?;
+        let kt = k.t()?; // (b, kvh, hd, keys)
+        let chunk = (ATTN_CHUNK_ELEMS / keys.max(1) / g.max(1)).clamp(1, l.max(1));
+        let mut outs = Vec::with_capacity(l.div_ceil(chunk));
+        for start in (0..l).step_by(chunk) {
+            let n = chunk.min(l - start);
+            let qc = qg
+                .narrow(3, start, n)?
+                .reshape((b, self.n_kv_heads, g * n, hd))?;
+            let mut scores = qc.matmul(&kt)?; // (b, kvh, g*n, keys)
+            if let Some(cap) = self.softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            let m = mask.narrow(1, start, n)?.unsqueeze(1)?.unsqueeze(1)?;
+            let scores = scores
+                .reshape((b, self.n_kv_heads, g, n, keys))?
+                .broadcast_add(&m)?
+                .reshape((b, self.n_kv_heads, g * n, keys))?;
+            let probs = match kernels {
+                Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+                Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            };
+            let o = probs.matmul(v)?; // (b, kvh, g*n, hd)
+            outs.push(o.reshape((b, self.n_kv_heads, g, n, hd))?);
+        }
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one chunk")
+        } else {
+            Tensor::cat(&outs, 3)?
+        };
+        let out = out
+            .reshape((b, h, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b, l, h * hd))?;
+        self.o.forward(&out, quantized)
+    }
+}
+
+/// Builds the additive attention mask (batch, seq, keys): 0 where query `i` of row `b` may see key `j`,
+/// a large negative number elsewhere. Keys are visible when valid, not in the future, and within the
+/// sliding window if any.
+pub fn attention_mask(
+    query_pos: &[Vec<usize>],
+    key_pos: &[Vec<Option<usize>>],
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    const MASKED: f32 = -1e30;
+    let b = query_pos.len();
+    let l = query_pos[0].len();
+    let t = key_pos[0].len();
+    let mut data = Vec::with_capacity(b * l * t);
+    for (qs, ks) in query_pos.iter().zip(key_pos) {
+        for &qp in qs {
+            data.extend(ks.iter().map(|kp| match kp {
+                Some(kp) if *kp <= qp && window.is_none_or(|w| qp - kp < w) => 0.0,
+                _ => MASKED,
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, l, t), device)?.to_dtype(DType::F32)?)
+}

@@ -1,0 +1,226 @@
+//! Weight sources: Hugging Face safetensors (single or sharded, memory-mapped) and GGUF.
+//!
+//! Both are addressed by Hugging Face tensor names (`model.layers.0.self_attn.q_proj.weight`); the GGUF
+//! source translates them to llama.cpp names (`blk.0.attn_q.weight`). Every tensor comes out as f32,
+//! shape-checked against what the configuration implies.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::{Error, Result};
+
+/// Where a model's tensors come from.
+pub enum WeightSource {
+    /// One or more memory-mapped safetensors files.
+    Safetensors {
+        /// The files, in index order.
+        paths: Vec<PathBuf>,
+        /// The mapped files.
+        st: Box<MmapedSafetensors>,
+        /// Tensor name → file that holds it.
+        owner: HashMap<String, PathBuf>,
+    },
+    /// A GGUF file.
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// Parsed header and tensor directory.
+        content: Box<gguf_file::Content>,
+    },
+}
+
+/// Translates a Hugging Face Llama-style tensor name into its llama.cpp GGUF name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let short = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.{kind}"))
+}
+
+impl WeightSource {
+    /// Opens the safetensors files of a Hugging Face model directory (`model.safetensors`, or the shards
+    /// listed in `model.safetensors.index.json`).
+    pub fn open_safetensors_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::format(&index, "(root)", "valid JSON", e.to_string()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::missing(&index, "object `weight_map`"))?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(Error::missing(
+                    dir,
+                    "model.safetensors or model.safetensors.index.json",
+                ));
+            }
+            vec![single]
+        };
+        for p in &paths {
+            if !p.exists() {
+                return Err(Error::missing(p, "safetensors shard named in the index"));
+            }
+        }
+        Self::open_safetensors(paths)
+    }
+
+    /// Memory-maps the given safetensors files.
+    pub fn open_safetensors(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut owner = HashMap::new();
+        for p in &paths {
+            // SAFETY: the file is mapped read-only; it must not be modified while the model lives,
+            // the usual contract of every mmap-based model loader.
+            let one = unsafe { MmapedSafetensors::new(p) }.map_err(|e| {
+                Error::format(p, "(header)", "a valid safetensors file", e.to_string())
+            })?;
+            for (name, _) in one.tensors() {
+                owner.insert(name, p.clone());
+            }
+        }
+        // SAFETY: as above.
+        let st = unsafe { MmapedSafetensors::multi(&paths) }?;
+        Ok(WeightSource::Safetensors {
+            paths,
+            st: Box::new(st),
+            owner,
+        })
+    }
+
+    /// Opens a GGUF file and reads its header.
+    pub fn open_gguf(path: &Path) -> Result<Self> {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = gguf_file::Content::read(&mut f)
+            .map_err(|e| Error::format(path, "(header)", "a valid GGUF file", e.to_string()))?;
+        Ok(WeightSource::Gguf {
+            path: path.to_path_buf(),
+            content: Box::new(content),
+        })
+    }
+
+    /// The file this source reads (the first shard for sharded safetensors).
+    pub fn path(&self) -> &Path {
+        match self {
+            WeightSource::Safetensors { paths, .. } => &paths[0],
+            WeightSource::Gguf { path, .. } => path,
+        }
+    }
+
+    fn source_name(&self, hf: &str) -> Option<String> {
+        match self {
+            WeightSource::Safetensors { owner, .. } => {
+                owner.contains_key(hf).then(|| hf.to_string())
+            }
+            WeightSource::Gguf { content, .. } => {
+                gguf_name(hf).filter(|n| content.tensor_infos.contains_key(n))
+            }
+        }
+    }
+
+    /// Whether the tensor `hf` exists.
+    pub fn has(&self, hf: &str) -> bool {
+        self.source_name(hf).is_some()
+    }
+
+    /// Names of all tensors, as stored.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            WeightSource::Safetensors { owner, .. } => owner.keys().cloned().collect(),
+            WeightSource::Gguf { content, .. } => content.tensor_infos.keys().cloned().collect(),
+        }
+    }
+
+    /// Loads `hf` as f32 and checks its shape.
+    pub fn tensor(&self, hf: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let name = self
+            .source_name(hf)
+            .ok_or_else(|| Error::missing(self.path(), format!("tensor `{hf}`")))?;
+        let (t, file) = match self {
+            WeightSource::Safetensors { st, owner, .. } => {
+                let file = owner[&name].clone();
+                let t = st
+                    .load(&name, device)
+                    .map_err(|e| Error::format(&file, &name, "a readable tensor", e.to_string()))?;
+                (t, file)
+            }
+            WeightSource::Gguf { path, .. } => {
+                let q = self.qtensor_by_name(&name, device)?;
+                let t = q.dequantize(device).map_err(|e| {
+                    Error::format(path, &name, "a dequantisable tensor", e.to_string())
+                })?;
+                (t, path.clone())
+            }
+        };
+        if t.dims() != shape {
+            return Err(Error::format(
+                file,
+                name,
+                format!("shape {shape:?}"),
+                format!("shape {:?}", t.dims()),
+            ));
+        }
+        let t = t.to_dtype(DType::F32)?;
+        Ok(t)
+    }
+
+    /// The quantised tensor `hf` as stored in a GGUF file (`None` for safetensors or absent names).
+    pub fn qtensor(&self, hf: &str, device: &Device) -> Result<Option<QTensor>> {
+        match (self, self.source_name(hf)) {
+            (WeightSource::Gguf { .. }, Some(name)) => {
+                self.qtensor_by_name(&name, device).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn qtensor_by_name(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let WeightSource::Gguf { path, content } = self else {
+            return Err(Error::Unsupported("quantised tensors outside GGUF".into()));
+        };
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        content.tensor(&mut f, name, device).map_err(|e| {
+            Error::format(
+                path,
+                name,
+                "tensor data inside the file",
+                format!("{e} (truncated or corrupt file?)"),
+            )
+        })
+    }
+}
