@@ -6,6 +6,8 @@
 //! `eval` / `generate` / `serve`.
 
 pub mod error;
+pub mod guard;
 pub mod model;
+pub mod stats;
 
 pub use error::{Error, Result};
