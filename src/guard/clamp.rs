@@ -113,7 +113,7 @@ pub fn clamp_residual(
     }
     let h2 = h.reshape((tokens, d_model))?;
     let a = selected.reshape((tokens, n))?.to_dtype(DType::F32)?;
-    let w = decoder_rows.to_dtype(DType::F32)?;
+    let w = decoder_rows.to_dtype(DType::F32)?.contiguous()?;
     let diff = match *spec {
         ClampSpec::ClampAll { value } => a.affine(-1.0, value)?,
         ClampSpec::PerFeature { value } => a
