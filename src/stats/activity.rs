@@ -44,10 +44,11 @@ pub fn token_activity(
     starts_with_bos: bool,
 ) -> Result<Vec<Vec<bool>>> {
     let selected = as_batch(selected, lengths)?;
+    // Some selected feature is > 0 iff the largest one is (reduced in f32, which every backend has).
     let any = if selected.dim(2)? == 0 {
         Tensor::zeros(selected.dims()[..2].to_vec(), DType::U8, selected.device())?
     } else {
-        selected.gt(0f32)?.max(2)?
+        selected.max(2)?.gt(0f32)?
     };
     let any = any.to_vec2::<u8>()?;
     Ok(any
