@@ -1,0 +1,22 @@
+//! The guardrail: choose features, calibrate a gate, clamp at inference, and store it all.
+//!
+//! * [`percentile`]: NumPy-exact percentiles.
+//! * [`select`]: feature selection rules (§1.4 of the spec and the Farrell et al. baseline).
+//! * [`gate`]: the per-row decision, ρ > τ and its dilution-robust variants (§2).
+//! * [`calibrate`]: the gate threshold from retain-corpus scores.
+//! * [`clamp`]: the residual edit at clamped tokens (§3).
+//! * [`file`]: the self-describing guardrail file.
+
+pub mod calibrate;
+pub mod clamp;
+pub mod file;
+pub mod gate;
+pub mod percentile;
+pub mod select;
+
+pub use calibrate::{calibrate, Calibration, CalibrationSummary};
+pub use clamp::{clamp_mask, clamp_residual, ClampSpec};
+pub use file::GuardrailFile;
+pub use gate::{Gate, GateDecision, GateStream};
+pub use percentile::{percentile, percentiles};
+pub use select::{PercentileRule, Ranking, SelectionRule};

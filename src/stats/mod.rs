@@ -1,0 +1,17 @@
+//! Corpus statistics of SAE latents: what feature selection and gate calibration read.
+//!
+//! * [`FeatureStats`]: per-feature masked means, mean squares and firing frequencies, streaming
+//!   and mergeable (§1.3 of the spec).
+//! * [`RowActivity`] and [`token_activity`]: per-token activity of selected features, the input of
+//!   the gate statistic ρ (§2).
+//!
+//! Latents arrive as right-padded `(batch, seq, d_sae)` (or `(seq, d_sae)`) tensors with each
+//! row's valid length, or as plain row-major slices.
+
+pub mod activity;
+pub mod features;
+mod latents;
+mod store;
+
+pub use activity::{select_features, token_activity, RowActivity};
+pub use features::{counted_tokens, FeatureStats, StatsProvenance};
