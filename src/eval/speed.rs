@@ -1,0 +1,94 @@
+//! Throughput measurements of the forward pass (prefill) and of KV-cached decoding, for `dsg bench`.
+
+use std::time::Instant;
+
+use crate::generate::{generate, GenerateOptions};
+use crate::model::{Batch, ForwardOptions, Hooks, Logits, Model};
+use crate::{Error, Result};
+
+/// One measured configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Throughput {
+    /// What was measured (`prefill` or `decode`).
+    pub phase: String,
+    /// Prompt length for prefill; number of generated tokens for decode.
+    pub tokens: usize,
+    /// Median seconds over the repetitions.
+    pub median_secs: f64,
+    /// Tokens per second at the median.
+    pub tokens_per_sec: f64,
+    /// Repetitions.
+    pub reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prefill throughput: one forward pass over the first `len` of `tokens` (last-position logits), median
+/// of `reps` runs after one warm-up, with `hooks` active.
+pub fn prefill(
+    model: &Model,
+    tokens: &[u32],
+    len: usize,
+    reps: usize,
+    hooks: &mut dyn Hooks,
+) -> Result<Throughput> {
+    if tokens.len() < len || reps == 0 {
+        return Err(Error::Invalid(format!(
+            "prefill of {len} tokens needs that many tokens ({} given) and reps > 0",
+            tokens.len()
+        )));
+    }
+    let batch = Batch::single(tokens[..len].to_vec(), model.device())?;
+    let opts = ForwardOptions {
+        logits: Logits::Last,
+        ..Default::default()
+    };
+    model.forward(&batch, &opts, hooks, None)?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        model.forward(&batch, &opts, hooks, None)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let m = median(times);
+    Ok(Throughput {
+        phase: "prefill".into(),
+        tokens: len,
+        median_secs: m,
+        tokens_per_sec: len as f64 / m,
+        reps,
+    })
+}
+
+/// Decode throughput: greedy generation of `n_new` tokens after `prompt` (no stop tokens), timing the
+/// steps after the first token; median of `reps` runs.
+pub fn decode(
+    model: &Model,
+    prompt: &[u32],
+    n_new: usize,
+    quantized: bool,
+    reps: usize,
+    hooks: &mut dyn Hooks,
+) -> Result<Throughput> {
+    let opts = GenerateOptions {
+        max_new_tokens: n_new,
+        quantized_decode: quantized,
+        ..Default::default()
+    };
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let g = generate(model, prompt, &opts, hooks, |_| {})?;
+        times.push(g.decode_secs / (g.tokens.len().max(2) - 1) as f64);
+    }
+    let per_token = median(times);
+    Ok(Throughput {
+        phase: if quantized { "decode (quantised)" } else { "decode (f32)" }.into(),
+        tokens: n_new,
+        median_secs: per_token * (n_new.max(2) - 1) as f64,
+        tokens_per_sec: 1.0 / per_token,
+        reps: reps.max(1),
+    })
+}
