@@ -113,7 +113,15 @@ PER_LAYER = {
 for _l in range(N_LAYER):
     for _h, _g in PER_LAYER.items():
         HF_TO_GGUF[f"model.layers.{_l}.{_h}"] = f"blk.{_l}.{_g}"
-GGUF_TO_HF = {v: k for k, v in HF_TO_GGUF.items()}
+
+
+def gguf_to_hf(name: str) -> str:
+    """llama.cpp tensor name -> HF Llama parameter name, for any number of blocks."""
+    if name.startswith("blk."):
+        _, layer, rest = name.split(".", 2)
+        hf = {g: h for h, g in PER_LAYER.items()}[rest]
+        return f"model.layers.{layer}.{hf}"
+    return {g: h for h, g in HF_TO_GGUF.items() if not h.startswith("model.layers.")}[name]
 
 
 # ---------------------------------------------------------------- Q/K permutation (llama.cpp convert_hf_to_gguf.py)
@@ -303,7 +311,7 @@ def reference_from_dequantised(meta, tensors, ids: torch.Tensor) -> torch.Tensor
             arr = unpermute(arr, n_head, n_head)
         elif name.endswith("attn_k.weight"):
             arr = unpermute(arr, n_head, n_kv)
-        sd[GGUF_TO_HF[name]] = torch.from_numpy(np.ascontiguousarray(arr))
+        sd[gguf_to_hf(name)] = torch.from_numpy(np.ascontiguousarray(arr))
     if tied:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -381,7 +389,7 @@ def quant_check(sd, tensors) -> dict:
     n_head, n_kv = N_HEAD, N_HEAD_KV
     out = {}
     for name, (arr, qt, _) in tensors.items():
-        hf = GGUF_TO_HF[name]
+        hf = gguf_to_hf(name)
         orig = sd[hf]
         if name.endswith("attn_q.weight"):
             arr = unpermute(arr, n_head, n_head)
@@ -445,16 +453,17 @@ def main():
 
         # The un-quantised model through the same path, to show what quantisation costs.
         r_exact = reference_from_dequantised(
-            meta, {k: (sd[GGUF_TO_HF[k]] if not (k.endswith("attn_q.weight") or k.endswith("attn_k.weight"))
-                       else permute(sd[GGUF_TO_HF[k]], N_HEAD, N_HEAD if "attn_q" in k else N_HEAD_KV),
+            meta, {k: (sd[gguf_to_hf(k)] if not (k.endswith("attn_q.weight") or k.endswith("attn_k.weight"))
+                       else permute(sd[gguf_to_hf(k)], N_HEAD, N_HEAD if "attn_q" in k else N_HEAD_KV),
                        v[1], v[2]) for k, v in tensors.items()}, ids_t)
 
         ref_path = out / f"{stem}.gguf.reference.safetensors"
-        save_file({"input_ids": ids_t.contiguous(), "logits": r1}, ref_path, metadata={
+        # One metadata key: safetensors writes the metadata map in hash order, so several keys make the bytes vary.
+        save_file({"input_ids": ids_t.contiguous(), "logits": r1}, ref_path, metadata={"about": json.dumps({
             "generator": "scripts/make_gguf_fixtures.py",
             "method": "gguf.quants.dequantize -> un-permute Q/K -> transformers LlamaForCausalLM f32 eager",
             "text": REFERENCE_TEXT,
-        })
+        }, sort_keys=True)})
         # Round trip: re-read file and reference, recompute, must be identical.
         meta_b, tensors_b = read_gguf(path)
         loaded = load_file(ref_path)

@@ -336,11 +336,12 @@ def build(name, cfg, init, out_root: Path) -> dict:
         ref[f"logits_{i}"] = logits
         ref[f"hidden_{i}"] = hidden
         info["max_abs_logit"] = max(info["max_abs_logit"], logits.abs().max().item())
-    save_file(ref, d / "reference.safetensors", metadata={
+    # One metadata key: safetensors writes the metadata map in hash order, so several keys make the bytes vary.
+    save_file(ref, d / "reference.safetensors", metadata={"about": json.dumps({
         "generator": "scripts/make_tiny_models.py",
         "hidden_note": "hidden_i[0] = input to block 0; hidden_i[k] = output of block k-1 for k < n_layers; "
                        "hidden_i[n_layers] = output of the LAST block AFTER the final norm (HF convention)",
-    })
+    }, sort_keys=True)})
 
     # Round trip: reload both the model folder and the reference file, recompute.
     re = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
