@@ -7,5 +7,6 @@
 
 pub mod error;
 pub mod model;
+pub mod sae;
 
 pub use error::{Error, Result};
