@@ -13,9 +13,9 @@ use crate::{Error, Result};
 pub enum Activation {
     /// `f = max(pre, 0)` (SAELens "standard").
     Relu,
-    /// `f = relu(pre) · 1[pre > θ]` with a per-latent threshold θ (Gemma Scope, SAELens "jumprelu").
-    /// For θ ≥ 0 (every released SAE) this is `pre · 1[pre > θ]`; the explicit ReLU matches both
-    /// reference implementations when a threshold is negative.
+    /// `f = relu(pre) · 1[pre > θ]` with a per-latent threshold θ (Gemma Scope, SAELens
+    /// "jumprelu"). For θ ≥ 0 (every released SAE) this is `pre · 1[pre > θ]`; the explicit ReLU
+    /// matches both reference implementations when a threshold is negative.
     JumpRelu {
         /// Per-latent thresholds, shape `(d_sae,)`, f32.
         threshold: Tensor,

@@ -79,7 +79,8 @@ impl Sae {
         Ok(out)
     }
 
-    /// Normalises `x` (`(..., d_in)`) as the SAE expects, in f32; returns the statistics to undo it.
+    /// Normalises `x` (`(..., d_in)`) as the SAE expects, in f32; returns the statistics to undo
+    /// it.
     pub fn normalize(&self, x: &Tensor) -> Result<(Tensor, NormState)> {
         let x = self.check_width(x, self.d_in(), "input")?;
         self.normalization.apply(&x)

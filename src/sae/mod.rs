@@ -1,14 +1,16 @@
 //! Sparse autoencoders: one [`Sae`] type that every supported file format loads into.
 //!
-//! An SAE maps an activation `x` (`d_in` wide) to latents `f` (`d_sae` wide) and back. The order of
-//! operations follows SAELens: normalise `x` per token → subtract `b_dec` if `apply_b_dec_to_input`
-//! → `pre = x·W_enc + b_enc` → activation (ReLU, JumpReLU, TopK) → `f·W_dec + b_dec` → de-normalise.
+//! An SAE maps an activation `x` (`d_in` wide) to latents `f` (`d_sae` wide) and back. The order
+//! of operations follows SAELens: normalise `x` per token → subtract `b_dec` if
+//! `apply_b_dec_to_input` → `pre = x·W_enc + b_enc` → activation (ReLU, JumpReLU, TopK) →
+//! `f·W_dec + b_dec` → de-normalise.
 //!
 //! Everything runs in f32, whatever dtype the file stored. Loaders fold format-specific constants
 //! into the weights so that the runtime has one code path:
 //! * a constant input scale (`expected_average_only_in` with a known factor `s`):
 //!   `W_enc·s`, `W_dec/s`, `b_dec/s` (SAELens's `fold_activation_norm_scaling_factor`);
-//! * SAELens's legacy `finetuning_scaling_factor` `c` (decode used `(f·c)·W_dec`): `W_dec[i] · c[i]`;
+//! * SAELens's legacy `finetuning_scaling_factor` `c` (decode used `(f·c)·W_dec`):
+//!   `W_dec[i] · c[i]`;
 //! * TopK's `rescale_acts_by_decoder_norm` (`pre·‖W_dec[i]‖`, decode `f/‖W_dec[i]‖`): SAELens's
 //!   `fold_W_dec_norm`, i.e. `W_enc[:, i]·n_i`, `b_enc[i]·n_i`, `W_dec[i]/n_i`.
 //!
@@ -76,7 +78,8 @@ pub struct SaeParts {
 }
 
 impl Sae {
-    /// Loads an SAE, detecting the format from `path` (a file or a directory); see [`detect_format`].
+    /// Loads an SAE, detecting the format from `path` (a file or a directory); see
+    /// [`detect_format`].
     pub fn load(path: &Path, device: &candle_core::Device) -> crate::Result<Sae> {
         formats::load(path, device)
     }

@@ -1,8 +1,9 @@
 //! Per-token input normalisation, as SAELens's `normalize_activations` defines it.
 //!
-//! A constant scale (`expected_average_only_in` with a known factor) is folded into the weights at
-//! load time and never appears here. The two per-token kinds rescale each input row before encoding;
-//! the statistics are kept in a [`NormState`] so that a reconstruction can be mapped back.
+//! A constant scale (`expected_average_only_in` with a known factor) is folded into the weights
+//! at load time and never appears here. The two per-token kinds rescale each input row before
+//! encoding; the statistics are kept in a [`NormState`] so that a reconstruction can be mapped
+//! back.
 
 use candle_core::{DType, Tensor, D};
 
@@ -21,7 +22,8 @@ pub enum Normalization {
     /// Each row is scaled to norm √d_in; the reconstruction is scaled back.
     ConstantNormRescale,
     /// Each row is standardised: `(x − mean) / (std + 1e-5)` with the unbiased (n − 1) std;
-    /// the reconstruction is mapped back by `y · std + mean` (SAELens leaves out the epsilon there).
+    /// the reconstruction is mapped back by `y · std + mean` (SAELens leaves out the epsilon
+    /// there).
     LayerNorm,
 }
 
@@ -41,7 +43,7 @@ impl Normalization {
             Normalization::None => Ok((x.clone(), NormState::Identity)),
             Normalization::ConstantNormRescale => {
                 let d_in = x.dim(D::Minus1)? as f64;
-                // A zero row would give an infinite coefficient; flooring the norm keeps it at zero.
+                // A zero row would give an infinite coefficient; a floored norm keeps it at 0.
                 let norm = x
                     .sqr()?
                     .sum_keepdim(D::Minus1)?
@@ -93,7 +95,7 @@ impl NormState {
     }
 
     /// Per-row factor that maps a *direction* in normalised space to input space (`(..., 1)`), or
-    /// `None` for the identity: `1/coeff` or `std`. Useful to turn decoder rows into residual edits.
+    /// `None` for the identity: `1/coeff` or `std`. Turns decoder rows into residual edits.
     pub fn direction_scale(&self) -> Result<Option<Tensor>> {
         Ok(match self {
             NormState::Identity => None,

@@ -194,7 +194,7 @@ mod tests {
             .flat_map(|a| norms.map(|n| (a, n)))
         {
             // Widths like real SAEs' (large K and N) as well as tiny ones.
-            // K > 512 with few rows is the regime where an unpadded product would round differently.
+            // K > 512 with few rows is where an unpadded product would round differently.
             for (d_in, d_sae, rows) in [(16, 48, 7), (16, 48, 30), (640, 2048, 7), (640, 2048, 30)]
             {
                 let sae = random_sae(d_in, d_sae, act, norm);

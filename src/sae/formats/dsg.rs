@@ -1,11 +1,12 @@
 //! dsg's own SAE format: `sae.safetensors` + `sae.json`.
 //!
-//! The safetensors file holds `W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`, `b_dec` and,
-//! for JumpReLU, `threshold`, all in one dtype (f32, f16 or bf16); its header metadata carries
-//! `format = dsg-sae`. The JSON file says how to apply the SAE (activation, `k`, `b_dec`
-//! subtraction, normalisation, hook point, shapes) and carries the descriptive [`SaeMeta`]
-//! fields at the top level. Weights round-trip exactly (f32, or values already representable in
-//! the stored dtype); the JSON is self-describing so a reader never has to guess.
+//! The safetensors file holds `W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`, `b_dec`
+//! and, for JumpReLU, `threshold`, all in one dtype (f32, f16 or bf16); its header metadata
+//! carries `format = dsg-sae` (the version lives in the JSON). The JSON file says how to apply
+//! the SAE (activation, `k`, `b_dec` subtraction, normalisation, hook point, shapes) and carries
+//! the descriptive [`SaeMeta`] fields at the top level. Weights round-trip exactly (f32, or values
+//! already representable in the stored dtype); the JSON is self-describing so a reader never has to
+//! guess.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -116,11 +117,8 @@ pub(crate) fn save(sae: &Sae, path: &Path, meta: &SaeMeta, dtype: DType) -> Resu
     if let Activation::JumpRelu { threshold } = sae.activation() {
         tensors.push(("threshold", cpu(threshold)?));
     }
-    let st_meta: HashMap<String, String> = [
-        ("format".to_string(), FORMAT_TAG.to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-    ]
-    .into();
+    // One entry only: the header's map is a HashMap; a single key keeps the bytes deterministic.
+    let st_meta: HashMap<String, String> = [("format".to_string(), FORMAT_TAG.to_string())].into();
     safetensors::serialize_to_file(
         tensors.iter().map(|(n, t)| (*n, t)),
         Some(st_meta),

@@ -163,7 +163,8 @@ mod tests {
     fn infers_hooks_from_release_layouts() {
         let res = "/hf/gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71/params.npz";
         assert_eq!(hook(res), Some(HookPoint::resid_post(3)));
-        let cache = "/c/models--google--gemma-scope-9b-pt-res/snapshots/ab/layer_20/width_131k/average_l0_62/params.npz";
+        let cache = "/c/models--google--gemma-scope-9b-pt-res/snapshots/ab/\
+                     layer_20/width_131k/average_l0_62/params.npz";
         assert_eq!(hook(cache), Some(HookPoint::resid_post(20)));
         let mlp = "/x/gemma-scope-2b-pt-mlp/layer_5/width_16k/average_l0_40/params.npz";
         assert_eq!(hook(mlp).map(|h| h.site), Some(Site::MlpOut));

@@ -3,7 +3,7 @@
 //! | format | layout |
 //! |---|---|
 //! | Gemma Scope | `…/layer_{L}/width_*/average_l0_*/params.npz` |
-//! | Gemma Scope 2 | `…/resid_post*/layer_{L}_width_*/params.safetensors` (+ optional `config.json`) |
+//! | Gemma Scope 2 | `…/resid_post*/layer_{L}_width_*/params.safetensors` (+ `config.json`) |
 //! | SAELens | a directory with `cfg.json` + `sae_weights.safetensors` |
 //! | sparsify | a directory (named after the hookpoint) with `cfg.json` + `sae.safetensors` |
 //! | dsg | a directory with `sae.json` + `sae.safetensors`, or `X.safetensors` + `X.json` |
@@ -39,7 +39,8 @@ fn resolve(path: &Path) -> Result<(SaeFormat, PathBuf)> {
             Error::missing(
                 path,
                 "an SAE: expected sae.json (dsg), cfg.json + sae_weights.safetensors (SAELens), \
-                 cfg.json + sae.safetensors (sparsify), params.npz or params.safetensors (Gemma Scope)",
+                 cfg.json + sae.safetensors (sparsify), params.npz or params.safetensors \
+                 (Gemma Scope)",
             )
         });
     }
@@ -49,13 +50,14 @@ fn resolve(path: &Path) -> Result<(SaeFormat, PathBuf)> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let dir = path.parent().unwrap_or(Path::new("."));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    match (name, ext) {
-        ("cfg.json" | "sae_weights.safetensors", _) | ("sae.safetensors" | "sae.json", _) => {
-            if let Some(found) = detect_dir(dir) {
-                return Ok(found);
-            }
+    // A file that belongs to a directory format stands for its directory.
+    if matches!(
+        name,
+        "cfg.json" | "sae_weights.safetensors" | "sae.safetensors" | "sae.json"
+    ) {
+        if let Some(found) = detect_dir(dir) {
+            return Ok(found);
         }
-        _ => {}
     }
     match ext {
         "npz" => Ok((SaeFormat::GemmaScopeNpz, path.to_path_buf())),

@@ -10,9 +10,9 @@
 //!
 //! A legacy `scaling_factor` / `finetuning_scaling_factor` tensor that is not all ones scaled the
 //! latents before decoding (`(f·c)·W_dec`, SAELens ≤ 5); it is folded into `W_dec`, so `encode`
-//! keeps SAELens's values and `decode` its reconstruction. `expected_average_only_in` is folded when
-//! the factor is known (`cfg.json` `norm_scaling_factor` / `activation_normalization_factor`, or
-//! `activation_scaler.json` `scaling_factor`); otherwise the SAE is used as SAELens uses it from
+//! keeps SAELens's values and `decode` its reconstruction. `expected_average_only_in` is folded
+//! when the factor is known (`cfg.json` `norm_scaling_factor` / `activation_normalization_factor`,
+//! or `activation_scaler.json` `scaling_factor`); otherwise the SAE is used as SAELens uses it from
 //! disk (inputs unscaled) and a warning is recorded in the metadata.
 
 use std::path::Path;

@@ -1,13 +1,13 @@
 //! EleutherAI sparsify directories: `cfg.json` + `sae.safetensors`, one per hookpoint.
 //!
 //! Tensors: `encoder.weight` `(num_latents, d_in)` (nn.Linear layout), `encoder.bias`, `W_dec`
-//! `(num_latents, d_in)`, `b_dec` `(d_in,)`, optionally `W_skip`. Encoding subtracts `b_dec`, applies
-//! the linear map and ReLU, then keeps the top `k` (or the maximum of each of `k` groups for
-//! `groupmax`). Sparsify's ReLU-then-top-k equals top-k-then-ReLU as a dense vector, so this maps
-//! onto [`Activation::TopK`]. `b_dec` is always subtracted (sparsify does so for every SAE that is
-//! not a transcoder; SAELens's converter instead ties it to `normalize_decoder`, which is not what
-//! sparsify computes). The folder name (`layers.{L}`) gives the hook point; a `config.json` one
-//! level up may name the model and data set.
+//! `(num_latents, d_in)`, `b_dec` `(d_in,)`, optionally `W_skip`. Encoding subtracts `b_dec`,
+//! applies the linear map and ReLU, then keeps the top `k` (or the maximum of each of `k` groups
+//! for `groupmax`). Sparsify's ReLU-then-top-k equals top-k-then-ReLU as a dense vector, so this
+//! maps onto [`Activation::TopK`]. `b_dec` is always subtracted (sparsify does so for every SAE
+//! that is not a transcoder; SAELens's converter instead ties it to `normalize_decoder`, which is
+//! not what sparsify computes). The folder name (`layers.{L}`) gives the hook point; a
+//! `config.json` one level up may name the model and data set.
 
 use std::path::Path;
 

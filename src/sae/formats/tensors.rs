@@ -11,6 +11,8 @@ use crate::{Error, Result};
 pub(crate) struct TensorFile {
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
+    /// Every name the file held, sorted (for error messages after tensors were taken).
+    names: Vec<String>,
 }
 
 impl TensorFile {
@@ -25,10 +27,17 @@ impl TensorFile {
                 e.to_string(),
             )
         })?;
-        Ok(TensorFile {
+        Ok(Self::new(path, tensors))
+    }
+
+    fn new(path: &Path, tensors: HashMap<String, Tensor>) -> Self {
+        let mut names: Vec<String> = tensors.keys().cloned().collect();
+        names.sort();
+        TensorFile {
             path: path.to_path_buf(),
             tensors,
-        })
+            names,
+        }
     }
 
     /// Reads every array of an (uncompressed) NumPy `.npz` archive.
@@ -45,10 +54,7 @@ impl TensorFile {
             })?
             .into_iter()
             .collect();
-        Ok(TensorFile {
-            path: path.to_path_buf(),
-            tensors,
-        })
+        Ok(Self::new(path, tensors))
     }
 
     /// The file's path.
@@ -93,11 +99,13 @@ impl TensorFile {
     /// Removes the first of `names` that is present; a missing tensor is an error naming them all.
     pub fn take(&mut self, names: &[&str]) -> Result<(String, Tensor)> {
         self.take_opt(names).ok_or_else(|| {
-            let mut have: Vec<_> = self.tensors.keys().cloned().collect();
-            have.sort();
             Error::missing(
                 &self.path,
-                format!("tensor `{}` (file holds {have:?})", names.join("` or `")),
+                format!(
+                    "tensor `{}` (file holds {:?})",
+                    names.join("` or `"),
+                    self.names
+                ),
             )
         })
     }
