@@ -379,7 +379,7 @@ def dsg_fixture():
             break
     d = fresh("dsg/jumprelu_f16")
     save_np({n: v.astype(np.float16) for n, v in p.items()}, str(d / "sae.safetensors"),
-            metadata={"format": "dsg-sae", "format_version": "1"})
+            metadata={"format": "dsg-sae"})
     (d / "sae.json").write_text(json.dumps({
         "format": "dsg-sae", "format_version": 1, "d_in": d_in, "d_sae": d_sae,
         "activation": "jumprelu", "apply_b_dec_to_input": True, "normalization": "none",
