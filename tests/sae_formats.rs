@@ -329,3 +329,58 @@ fn dsg_file_pair() {
         check_reference(&back, &dir);
     }
 }
+
+/// A scratch copy of fixture directory `rel` whose `cfg.json` is edited by `f`.
+fn edited_copy(rel: &str, name: &str, f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = scratch(name);
+    for entry in std::fs::read_dir(fixture(rel)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = dir.join("cfg.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    f(&mut cfg);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn saelens_log_threshold_is_exponentiated() {
+    let dir = edited_copy("saelens/v6_jumprelu", "log_threshold", |_| {});
+    let file = dir.join("sae_weights.safetensors");
+    let mut t = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let threshold = t.remove("threshold").unwrap();
+    t.insert("log_threshold".into(), threshold.log().unwrap());
+    candle_core::safetensors::save(&t, &file).unwrap();
+    let sae = Sae::load(&dir, &Device::Cpu).unwrap();
+    check_reference(&sae, &fixture("saelens/v6_jumprelu"));
+}
+
+#[test]
+fn saelens_expected_average_only_in_folds_a_known_scale() {
+    let s = 2.5f64;
+    let dir = edited_copy("saelens/v6_jumprelu", "scaled_input", |c| {
+        c["normalize_activations"] = "expected_average_only_in".into()
+    });
+    // Without a recorded factor the SAE is used as SAELens uses it from disk, with a warning.
+    let plain = Sae::load(&dir, &Device::Cpu).unwrap();
+    assert_eq!(plain.metadata().warnings.len(), 1);
+    check_reference(&plain, &fixture("saelens/v6_jumprelu"));
+
+    // With SAELens's activation_scaler.json, inputs are scaled by s inside the SAE: encoding x / s
+    // gives the reference's latents for x, and the reconstruction comes back divided by s.
+    std::fs::write(
+        dir.join("activation_scaler.json"),
+        format!("{{\"scaling_factor\": {s}}}"),
+    )
+    .unwrap();
+    let sae = Sae::load(&dir, &Device::Cpu).unwrap();
+    assert!(sae.metadata().warnings.is_empty());
+    assert_eq!(sae.normalization(), Normalization::None);
+    let r = reference(&fixture("saelens/v6_jumprelu"));
+    let x = (&r["x"] / s).unwrap();
+    assert_close("encode", &sae.encode(&x).unwrap(), &r["f"]);
+    let want = (&r["reconstruct"] / s).unwrap();
+    assert_close("reconstruct", &sae.reconstruct(&x).unwrap(), &want);
+}

@@ -149,5 +149,8 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         assert_eq!(back, [[1.0, 2.0, 3.0]]);
+        let scale = state.direction_scale().unwrap().unwrap();
+        assert_eq!(scale.to_vec2::<f32>().unwrap(), [[1.0]]);
+        assert!(NormState::Identity.direction_scale().unwrap().is_none());
     }
 }
