@@ -47,43 +47,9 @@ pub(super) fn load(dir: &Path) -> Result<Sae> {
     let cfg_path = dir.join("cfg.json");
     let weights_path = dir.join("sae_weights.safetensors");
     let cfg = parse_config(&cfg_path)?;
-    let unsupported = |what: String| Error::Unsupported(format!("{}: {what}", cfg_path.display()));
-
     let mut file = TensorFile::read_safetensors(&weights_path)?;
     let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
-    let activation =
-        match cfg.architecture.as_str() {
-            "standard" => Activation::Relu,
-            "jumprelu" | "batchtopk" | "matryoshka_batchtopk"
-                if file.has("threshold") || file.has("log_threshold") =>
-            {
-                let threshold = match file.vector_opt(&["threshold"], d_sae)? {
-                    Some(t) => t,
-                    None => file.vector(&["log_threshold"], d_sae)?.exp()?,
-                };
-                Activation::JumpRelu { threshold }
-            }
-            "topk" | "batchtopk" | "matryoshka_batchtopk" => Activation::TopK {
-                k: cfg
-                    .k
-                    .ok_or_else(|| Error::missing(&cfg_path, "field `k` for a topk SAE"))?,
-            },
-            "jumprelu" => {
-                return Err(Error::missing(
-                    &weights_path,
-                    "tensor `threshold` (or `log_threshold`)",
-                ))
-            }
-            "gated" => return Err(unsupported(
-                "gated SAEs (b_gate, b_mag, r_mag) are not supported; convert to JumpReLU first"
-                    .into(),
-            )),
-            other => {
-                return Err(unsupported(format!(
-                    "architecture `{other}` is not supported"
-                )))
-            }
-        };
+    let activation = activation(&cfg, &cfg_path, &mut file)?;
 
     let w_enc = file.matrix(&["W_enc"], d_in, d_sae)?;
     let w_dec = file.matrix(&["W_dec"], d_sae, d_in)?;
@@ -104,27 +70,7 @@ pub(super) fn load(dir: &Path) -> Result<Sae> {
         }),
         ..SaeMeta::default()
     };
-    let (normalization, input_scale) = match cfg.normalize.as_str() {
-        "none" => (Normalization::None, None),
-        "constant_norm_rescale" => (Normalization::ConstantNormRescale, None),
-        "layer_norm" => (Normalization::LayerNorm, None),
-        "expected_average_only_in" => match cfg.input_scale.or(activation_scaler(dir)?) {
-            Some(s) => (Normalization::None, Some(s)),
-            None => {
-                meta.warnings.push(
-                    "normalize_activations is expected_average_only_in but no scaling factor is \
-                     recorded; inputs are used unscaled (as SAELens does when loading from disk)"
-                        .into(),
-                );
-                (Normalization::None, None)
-            }
-        },
-        other => {
-            return Err(unsupported(format!(
-                "normalize_activations `{other}` is not supported"
-            )))
-        }
-    };
+    let (normalization, input_scale) = normalization(&cfg, dir, &mut meta)?;
     let hook = cfg
         .hook_name
         .as_deref()
@@ -153,6 +99,74 @@ pub(super) fn load(dir: &Path) -> Result<Sae> {
         sae.fold_decoder_norm()?;
     }
     Ok(sae)
+}
+
+/// The activation function the architecture names, with its threshold tensor if any.
+fn activation(cfg: &Config, cfg_path: &Path, file: &mut TensorFile) -> Result<Activation> {
+    let unsupported = |what: &str| Error::Unsupported(format!("{}: {what}", cfg_path.display()));
+    let has_threshold = file.has("threshold") || file.has("log_threshold");
+    Ok(match cfg.architecture.as_str() {
+        "standard" => Activation::Relu,
+        // BatchTopK SAEs are exported for inference as JumpReLU with one global threshold.
+        "jumprelu" | "batchtopk" | "matryoshka_batchtopk" if has_threshold => {
+            let threshold = match file.vector_opt(&["threshold"], cfg.d_sae)? {
+                Some(t) => t,
+                None => file.vector(&["log_threshold"], cfg.d_sae)?.exp()?,
+            };
+            Activation::JumpRelu { threshold }
+        }
+        "topk" | "batchtopk" | "matryoshka_batchtopk" => Activation::TopK {
+            k: cfg
+                .k
+                .ok_or_else(|| Error::missing(cfg_path, "field `k` for a topk SAE"))?,
+        },
+        "jumprelu" => {
+            return Err(Error::missing(
+                file.path(),
+                "tensor `threshold` (or `log_threshold`)",
+            ))
+        }
+        "gated" => {
+            return Err(unsupported(
+                "gated SAEs (b_gate, b_mag, r_mag) are not supported; convert to JumpReLU first",
+            ))
+        }
+        other => {
+            return Err(unsupported(&format!(
+                "architecture `{other}` is not supported"
+            )))
+        }
+    })
+}
+
+/// The runtime normalisation and a constant input scale to fold, if known.
+fn normalization(
+    cfg: &Config,
+    dir: &Path,
+    meta: &mut SaeMeta,
+) -> Result<(Normalization, Option<f64>)> {
+    Ok(match cfg.normalize.as_str() {
+        "none" => (Normalization::None, None),
+        "constant_norm_rescale" => (Normalization::ConstantNormRescale, None),
+        "layer_norm" => (Normalization::LayerNorm, None),
+        "expected_average_only_in" => match cfg.input_scale.or(activation_scaler(dir)?) {
+            Some(s) => (Normalization::None, Some(s)),
+            None => {
+                meta.warnings.push(
+                    "normalize_activations is expected_average_only_in but no scaling factor is \
+                     recorded; inputs are used unscaled (as SAELens does when loading from disk)"
+                        .into(),
+                );
+                (Normalization::None, None)
+            }
+        },
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: normalize_activations `{other}` is not supported",
+                dir.join("cfg.json").display()
+            )))
+        }
+    })
 }
 
 /// Reads `cfg.json`, mapping legacy configs onto v6 names.
