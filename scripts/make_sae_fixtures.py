@@ -239,7 +239,7 @@ def saelens_v6(rel: str, cls, cfg_cls, *, seed: int, d_in: int, d_sae: int, act:
     p, x, out, maths = draw(seed, d_in, d_sae, act=act, x_scale=x_scale, x_shift=x_shift, **maths)
     d = fresh(rel)
     source = "numpy"
-    if HAVE_SAELENS:
+    if HAVE_SAELENS:  # main() only calls this with sae-lens installed
         cfg = cfg_cls(d_in=d_in, d_sae=d_sae, **cfg_extra,
                       metadata=SAEMetadata(hook_name=hook, model_name="gpt2-small",
                                            dataset_path="Skylion007/openwebtext"))
@@ -253,14 +253,6 @@ def saelens_v6(rel: str, cls, cfg_cls, *, seed: int, d_in: int, d_sae: int, act:
             lib["pre"] = lib["pre"] * np.linalg.norm(p["W_dec"].astype(np.float64), axis=-1)
         agree(rel, out, lib)
         source = f"sae_lens {sae_lens.__version__} {cls.__name__}.load_from_disk"
-    else:  # pragma: no cover - hand-written v6 layout
-        arch = {"relu": "standard"}.get(act, act)
-        cfg = {"d_in": d_in, "d_sae": d_sae, "architecture": arch, "dtype": "float32",
-               "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-               "reshape_activations": "none", **cfg_extra,
-               "metadata": {"hook_name": hook, "sae_lens_version": "6.0.0"}}
-        (d / "cfg.json").write_text(json.dumps(cfg))
-        save_np(p, str(d / "sae_weights.safetensors"))
     write_reference(d, out, source=source, hook=hook)
 
 
