@@ -85,7 +85,12 @@ pub fn decode(
     }
     let per_token = median(times);
     Ok(Throughput {
-        phase: if quantized { "decode (quantised)" } else { "decode (f32)" }.into(),
+        phase: if quantized {
+            "decode (quantised)"
+        } else {
+            "decode (f32)"
+        }
+        .into(),
         tokens: n_new,
         median_secs: per_token * (n_new.max(2) - 1) as f64,
         tokens_per_sec: 1.0 / per_token,

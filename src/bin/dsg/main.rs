@@ -66,6 +66,26 @@ enum Command {
         #[arg(long)]
         f32_decode: bool,
     },
+    /// Prefill and decode throughput (tokens/s), printed as a table (or JSON).
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text to take prompt tokens from; default: WikiText-2 test from ../shared/data, else a built-in text.
+        #[arg(long)]
+        text: Option<PathBuf>,
+        /// Prefill lengths.
+        #[arg(long, value_delimiter = ',', default_value = "128,512,1024")]
+        prefill: Vec<usize>,
+        /// Tokens to generate in the decode measurement.
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        /// Repetitions (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Perplexity of a text file.
     Perplexity {
         #[command(flatten)]
@@ -145,6 +165,67 @@ fn info(lm: &LoadedModel) {
     );
 }
 
+fn bench(
+    lm: &LoadedModel,
+    text: Option<PathBuf>,
+    prefill: &[usize],
+    decode_tokens: usize,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
+    use dsg::eval::speed;
+    use dsg::model::{FnHook, HookPoint};
+    let default_text = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/wikitext/wikitext-2-raw-v1.test.raw");
+    let text = match text {
+        Some(p) => read_text(&p)?,
+        None if default_text.exists() => read_text(&default_text)?,
+        None => "The quick brown fox jumps over the lazy dog. ".repeat(400),
+    };
+    let tokens = lm.tokenizer.encode(&text, false)?;
+    // A pass-through hook at block 3 keeps the hook machinery in the measured path.
+    let mut hook = FnHook::new(HookPoint::resid_post(3), |_, _| Ok(None));
+    let mut rows = Vec::new();
+    for &n in prefill {
+        rows.push(speed::prefill(&lm.model, &tokens, n, reps, &mut hook)?);
+    }
+    let prompt = &tokens[..32.min(tokens.len())];
+    rows.push(speed::decode(
+        &lm.model,
+        prompt,
+        decode_tokens,
+        false,
+        reps,
+        &mut hook,
+    )?);
+    if lm.model.has_quantized() {
+        rows.push(speed::decode(
+            &lm.model,
+            prompt,
+            decode_tokens,
+            true,
+            reps,
+            &mut hook,
+        )?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    println!(
+        "{:<20} {:>8} {:>12} {:>10}",
+        "phase", "tokens", "median s", "tok/s"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:>8} {:>12.4} {:>10.1}",
+            r.phase, r.tokens, r.median_secs, r.tokens_per_sec
+        );
+    }
+    Ok(())
+}
+
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -209,6 +290,21 @@ fn main() -> Result<()> {
                 g.stop
             );
         }
+        Command::Bench {
+            model,
+            text,
+            prefill,
+            decode_tokens,
+            reps,
+            json,
+        } => bench(
+            &load_model(&model)?,
+            text,
+            &prefill,
+            decode_tokens,
+            reps,
+            json,
+        )?,
         Command::Perplexity {
             model,
             file,
