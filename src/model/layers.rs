@@ -5,9 +5,10 @@
 //! candle's autograd; [`Kernels`] picks one.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::{MlpActivation, ModelConfig, NormKind, RopeStyle};
+use super::softmax::masked_softmax;
 use super::weights::WeightSource;
 use crate::Result;
 
@@ -303,9 +304,9 @@ pub struct Attention {
     softcap: Option<f64>,
 }
 
-/// Attention scores are computed for at most this many (query, key) pairs per head group at once, which
-/// bounds memory on long inputs.
-const ATTN_CHUNK_ELEMS: usize = 1 << 22;
+/// Queries attended at once: bounds the score matrix on long inputs and lets each chunk skip the keys
+/// after its last query.
+const QUERY_CHUNK: usize = 128;
 
 impl Attention {
     /// Loads `{prefix}.{q,k,v,o}_proj` (or GPT-2's fused `c_attn` / `c_proj`).
@@ -396,28 +397,23 @@ impl Attention {
         let g = h / self.n_kv_heads;
         // Group the query heads that share a kv head, so k and v need no repeat.
         let qg = (q.reshape((b, self.n_kv_heads, g, l, hd))? * self.scale)?;
-        let kt = k.t()?; // (b, kvh, hd, keys)
-        let chunk = (ATTN_CHUNK_ELEMS / keys.max(1) / g.max(1)).clamp(1, l.max(1));
+        // Queries are taken in chunks; a chunk only needs the keys up to its last query (cached keys
+        // come first, then the new tokens in order), which skips most of the causally masked work.
+        let cached = keys - l;
+        let chunk = if l <= QUERY_CHUNK { l } else { QUERY_CHUNK };
         let mut outs = Vec::with_capacity(l.div_ceil(chunk));
         for start in (0..l).step_by(chunk) {
             let n = chunk.min(l - start);
+            let visible = cached + start + n;
             let qc = qg
                 .narrow(3, start, n)?
                 .reshape((b, self.n_kv_heads, g * n, hd))?;
-            let mut scores = qc.matmul(&kt)?; // (b, kvh, g*n, keys)
-            if let Some(cap) = self.softcap {
-                scores = ((scores / cap)?.tanh()? * cap)?;
-            }
-            let m = mask.narrow(1, start, n)?.unsqueeze(1)?.unsqueeze(1)?;
-            let scores = scores
-                .reshape((b, self.n_kv_heads, g, n, keys))?
-                .broadcast_add(&m)?
-                .reshape((b, self.n_kv_heads, g * n, keys))?;
-            let probs = match kernels {
-                Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-                Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
-            };
-            let o = probs.matmul(v)?; // (b, kvh, g*n, hd)
+            let kc = k.narrow(2, 0, visible)?;
+            let vc = v.narrow(2, 0, visible)?;
+            let scores = qc.matmul(&kc.t()?)?; // (b, kvh, g*n, visible)
+            let m = mask.narrow(1, start, n)?.narrow(2, 0, visible)?;
+            let probs = masked_softmax(&scores, &m, self.softcap, kernels)?;
+            let o = probs.matmul(&vc.contiguous()?)?; // (b, kvh, g*n, hd)
             outs.push(o.reshape((b, self.n_kv_heads, g, n, hd))?);
         }
         let out = if outs.len() == 1 {

@@ -230,7 +230,17 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// candle's barrier-pool workers spin for a while after each parallel op; next to rayon's own workers
+/// that oversubscribes small machines and made quantised decoding up to 10x slower here. Unless the user
+/// chose a value, let them park at once.
+fn configure_threads() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
+}
+
 fn main() -> Result<()> {
+    configure_threads();
     let cli = Cli::parse();
     match cli.command {
         Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),

@@ -1,0 +1,105 @@
+//! Attention probabilities: soft-cap, additive mask and softmax fused into one pass over the scores.
+//!
+//! On the CPU a custom kernel reads each score once (the unfused ops make four full passes over a
+//! `(heads, queries, keys)` tensor, which dominated long prefills); elsewhere, and when gradients are
+//! needed, the same maths runs as ordinary tensor ops.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::layers::Kernels;
+use crate::Result;
+
+struct MaskedSoftmax {
+    softcap: Option<f32>,
+    /// Queries per batch row in the scores' row order (`kv_heads * group * n`).
+    rows_per_batch: usize,
+    /// Queries per head group (rows of the mask per batch row).
+    n: usize,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (Some((a0, a1)), Some((m0, m1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("masked-softmax needs contiguous inputs")
+        };
+        let scores = &s1.as_slice::<f32>()?[a0..a1];
+        let mask = &s2.as_slice::<f32>()?[m0..m1];
+        let keys = *l1.dims().last().expect("rank >= 1");
+        let mut out = vec![0f32; scores.len()];
+        let (rows_per_batch, n, cap) = (self.rows_per_batch, self.n, self.softcap);
+        out.par_chunks_mut(keys)
+            .zip(scores.par_chunks(keys))
+            .enumerate()
+            .for_each(|(r, (dst, src))| {
+                let (b, i) = (r / rows_per_batch, r % n);
+                let m = &mask[(b * n + i) * keys..(b * n + i + 1) * keys];
+                let mut max = f32::NEG_INFINITY;
+                for ((d, &x), &mv) in dst.iter_mut().zip(src).zip(m) {
+                    let x = match cap {
+                        Some(c) => (x / c).tanh() * c,
+                        None => x,
+                    };
+                    *d = x + mv;
+                    max = max.max(*d);
+                }
+                let mut sum = 0f32;
+                for d in dst.iter_mut() {
+                    *d = (*d - max).exp();
+                    sum += *d;
+                }
+                let inv = 1.0 / sum;
+                dst.iter_mut().for_each(|d| *d *= inv);
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `softmax(softcap(scores) + mask)` over the last dimension.
+///
+/// `scores` is `(batch, kv_heads, group * n, keys)`, `mask` is `(batch, n, keys)` (additive, shared by
+/// all heads).
+pub fn masked_softmax(
+    scores: &Tensor,
+    mask: &Tensor,
+    softcap: Option<f64>,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    let (b, kvh, gn, keys) = scores.dims4()?;
+    let n = mask.dim(1)?;
+    let fused = kernels == Kernels::Fused && scores.device().is_cpu();
+    if fused && scores.dtype() == candle_core::DType::F32 {
+        let op = MaskedSoftmax {
+            softcap: softcap.map(|c| c as f32),
+            rows_per_batch: kvh * gn,
+            n,
+        };
+        return Ok(scores
+            .contiguous()?
+            .apply_op2_no_bwd(&mask.contiguous()?, &op)?);
+    }
+    let mut s = scores.clone();
+    if let Some(cap) = softcap {
+        s = ((s / cap)?.tanh()? * cap)?;
+    }
+    let g = gn / n;
+    let s = s
+        .reshape((b, kvh, g, n, keys))?
+        .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(1)?)?
+        .reshape((b, kvh, gn, keys))?;
+    Ok(match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(&s)?,
+        Kernels::Differentiable => candle_nn::ops::softmax(&s, D::Minus1)?,
+    })
+}
