@@ -286,3 +286,35 @@ fn token_logprobs_agree_with_log_softmax_of_the_logits() {
         );
     }
 }
+
+#[test]
+fn hooks_see_the_prompt_and_every_generated_token() {
+    use dsg::generate::{generate, GenerateOptions};
+    let model = load("gemma2_softcap", "config.json");
+    let r = reference("gemma2_softcap");
+    let prompt = r.rows[1].clone();
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    let mut hook = FnHook::new(HookPoint::resid_post(1), |ctx, _| {
+        seen.push((ctx.start_positions[0], ctx.lengths[0]));
+        Ok(None)
+    });
+    let opts = GenerateOptions {
+        max_new_tokens: 5,
+        ..Default::default()
+    };
+    let g = generate(&model, &prompt, &opts, &mut hook, |_| {}).unwrap();
+    assert_eq!(g.tokens.len(), 5);
+    let n = prompt.len();
+    assert_eq!(
+        seen,
+        vec![(0, n), (n, 1), (n + 1, 1), (n + 2, 1), (n + 3, 1)]
+    );
+    // Greedy generation equals argmax of a full forward pass over the growing sequence.
+    let mut seq = prompt.clone();
+    for &t in &g.tokens {
+        let logits = all_logits(&model, &Batch::single(seq.clone(), &Device::Cpu).unwrap());
+        let last = logits.i((0, seq.len() - 1)).unwrap().argmax(0).unwrap();
+        assert_eq!(last.to_scalar::<u32>().unwrap(), t);
+        seq.push(t);
+    }
+}

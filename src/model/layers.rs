@@ -5,7 +5,7 @@
 //! candle's autograd; [`Kernels`] picks one.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::{MlpActivation, ModelConfig, NormKind, RopeStyle};
 use super::softmax::masked_softmax;
@@ -78,6 +78,38 @@ impl Linear {
             )?)?),
         };
         Ok(self)
+    }
+
+    /// Stacks maps that read the same input into one (outputs concatenated), so one matrix product
+    /// replaces several. Missing biases count as zero; a quantised copy is made (Q8_0) if any part had one.
+    pub fn concat(parts: &[Linear]) -> Result<Self> {
+        let ws: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::cat(&ws, 0)?;
+        let bias = if parts.iter().any(|p| p.bias.is_some()) {
+            let bs = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(p.weight.dim(0)?, DType::F32, p.weight.device()),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&bs, 0)?)
+        } else {
+            None
+        };
+        let quantized = if parts.iter().any(|p| p.quantized.is_some()) {
+            Some(QMatMul::from_qtensor(QTensor::quantize(
+                &weight,
+                GgmlDType::Q8_0,
+            )?)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            quantized,
+        })
     }
 
     /// Whether a quantised copy of the weight is available.
@@ -156,11 +188,12 @@ impl Norm {
     }
 }
 
-/// The feed-forward sublayer: gated (gate/up/down) or plain (fc/proj).
+/// The feed-forward sublayer: gated (gate and up fused into one map, then down) or plain (fc/proj).
 pub struct Mlp {
-    gate: Option<Linear>,
+    /// `[gate; up]` stacked (gated MLPs) or GPT-2's `c_fc`.
     up: Linear,
     down: Linear,
+    gated: bool,
     activation: MlpActivation,
 }
 
@@ -173,41 +206,40 @@ impl Mlp {
         device: &Device,
     ) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
-        if cfg.gated_mlp {
-            Ok(Mlp {
-                gate: Some(Linear::load(
-                    src,
-                    &format!("{prefix}.gate_proj"),
-                    f,
-                    d,
-                    false,
-                    device,
-                )?),
-                up: Linear::load(src, &format!("{prefix}.up_proj"), f, d, false, device)?,
-                down: Linear::load(src, &format!("{prefix}.down_proj"), d, f, false, device)?,
+        let lin = |name: &str, out: usize, inp: usize| {
+            Linear::load(src, &format!("{prefix}.{name}"), out, inp, false, device)
+        };
+        Ok(if cfg.gated_mlp {
+            Mlp {
+                up: Linear::concat(&[lin("gate_proj", f, d)?, lin("up_proj", f, d)?])?,
+                down: lin("down_proj", d, f)?,
+                gated: true,
                 activation: cfg.activation,
-            })
+            }
         } else {
-            Ok(Mlp {
-                gate: None,
+            Mlp {
                 up: conv1d(src, &format!("{prefix}.c_fc"), d, f, device)?,
                 down: conv1d(src, &format!("{prefix}.c_proj"), f, d, device)?,
+                gated: false,
                 activation: cfg.activation,
-            })
-        }
+            }
+        })
     }
 
     /// Applies the MLP.
     pub fn forward(&self, x: &Tensor, quantized: bool) -> Result<Tensor> {
-        let act = |t: Tensor| -> Result<Tensor> {
+        let act = |t: &Tensor| -> Result<Tensor> {
             Ok(match self.activation {
-                MlpActivation::Silu => candle_nn::ops::silu(&t)?,
+                MlpActivation::Silu => candle_nn::ops::silu(t)?,
                 MlpActivation::GeluTanh => t.gelu()?,
             })
         };
-        let h = match &self.gate {
-            Some(gate) => (act(gate.forward(x, quantized)?)? * self.up.forward(x, quantized)?)?,
-            None => act(self.up.forward(x, quantized)?)?,
+        let h = self.up.forward(x, quantized)?;
+        let h = if self.gated {
+            let f = h.dim(D::Minus1)? / 2;
+            (act(&h.narrow(D::Minus1, 0, f)?)? * h.narrow(D::Minus1, f, f)?)?
+        } else {
+            act(&h)?
         };
         self.down.forward(&h, quantized)
     }
@@ -293,9 +325,8 @@ impl RopeTables {
 
 /// Multi-head (grouped-query) self-attention.
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `[q; k; v]` stacked into one map.
+    qkv: Linear,
     o: Linear,
     n_heads: usize,
     n_kv_heads: usize,
@@ -318,36 +349,26 @@ impl Attention {
     ) -> Result<Self> {
         let (d, hd) = (cfg.d_model, cfg.head_dim);
         let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
-        let (q, k, v, o) = if cfg.gated_mlp {
+        let (qkv, o) = if cfg.gated_mlp {
             let lin = |name: &str, out: usize, inp: usize, bias: bool| {
                 Linear::load(src, &format!("{prefix}.{name}"), out, inp, bias, device)
             };
             (
-                lin("q_proj", qd, d, cfg.qkv_bias)?,
-                lin("k_proj", kvd, d, cfg.qkv_bias)?,
-                lin("v_proj", kvd, d, cfg.qkv_bias)?,
+                Linear::concat(&[
+                    lin("q_proj", qd, d, cfg.qkv_bias)?,
+                    lin("k_proj", kvd, d, cfg.qkv_bias)?,
+                    lin("v_proj", kvd, d, cfg.qkv_bias)?,
+                ])?,
                 lin("o_proj", d, qd, cfg.out_bias)?,
             )
         } else {
-            let fused = conv1d(src, &format!("{prefix}.c_attn"), d, 3 * d, device)?;
-            let bias = fused.bias.as_ref().expect("conv1d has a bias");
-            let part = |i: usize| -> Result<Linear> {
-                Ok(Linear::new(
-                    fused.weight.narrow(0, i * d, d)?.contiguous()?,
-                    Some(bias.narrow(0, i * d, d)?.contiguous()?),
-                ))
-            };
             (
-                part(0)?,
-                part(1)?,
-                part(2)?,
+                conv1d(src, &format!("{prefix}.c_attn"), d, 3 * d, device)?,
                 conv1d(src, &format!("{prefix}.c_proj"), d, d, device)?,
             )
         };
         Ok(Attention {
-            q,
-            k,
-            v,
+            qkv,
             o,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
@@ -372,9 +393,14 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.q.forward(x, quantized)?, self.n_heads)?;
-        let k = split(self.k.forward(x, quantized)?, self.n_kv_heads)?;
-        let v = split(self.v.forward(x, quantized)?, self.n_kv_heads)?;
+        let (qd, kvd) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        let all = self.qkv.forward(x, quantized)?;
+        let q = split(all.narrow(2, 0, qd)?, self.n_heads)?;
+        let k = split(all.narrow(2, qd, kvd)?, self.n_kv_heads)?;
+        let v = split(all.narrow(2, qd + kvd, kvd)?, self.n_kv_heads)?;
         match rope {
             Some(r) => Ok((r.apply(&q, kernels)?, r.apply(&k, kernels)?, v)),
             None => Ok((q, k, v)),
