@@ -11,8 +11,6 @@ import os
 import statistics
 import time
 
-LENGTHS = [128, 512, 1024]
-DECODE_TOKENS = 64
 
 
 def wikitext_ids(tokenize):
@@ -22,7 +20,7 @@ def wikitext_ids(tokenize):
     return tokenize(text[:20000])
 
 
-def bench_torch(model_path, reps, threads):
+def bench_torch(model_path, reps, threads, lengths, decode_tokens):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,7 +32,7 @@ def bench_torch(model_path, reps, threads):
     ids = wikitext_ids(lambda t: tok(t, add_special_tokens=False)["input_ids"])
     rows = []
     with torch.inference_mode():
-        for n in LENGTHS:
+        for n in lengths:
             x = torch.tensor([ids[:n]])
             model(x, logits_to_keep=1)
             times = []
@@ -51,19 +49,19 @@ def bench_torch(model_path, reps, threads):
             model(x, logits_to_keep=1)
             pre = time.perf_counter() - t
             t = time.perf_counter()
-            model.generate(x, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS, do_sample=False)
-            times.append((time.perf_counter() - t - pre) / DECODE_TOKENS)
-        rows.append(("decode", DECODE_TOKENS, statistics.median(times) * DECODE_TOKENS))
+            model.generate(x, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False)
+            times.append((time.perf_counter() - t - pre) / decode_tokens)
+        rows.append(("decode", decode_tokens, statistics.median(times) * decode_tokens))
     return rows
 
 
-def bench_llama_cpp(model_path, reps, threads):
+def bench_llama_cpp(model_path, reps, threads, lengths, decode_tokens):
     from llama_cpp import Llama
 
     llm = Llama(model_path=model_path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=1024, verbose=False)
     ids = wikitext_ids(lambda t: llm.tokenize(t.encode("utf-8"), add_bos=False, special=False))
     rows = []
-    for n in LENGTHS:
+    for n in lengths:
         times = []
         for i in range(reps + 1):
             llm.reset()
@@ -77,11 +75,11 @@ def bench_llama_cpp(model_path, reps, threads):
         llm.reset()
         llm.eval(ids[:32])
         t = time.perf_counter()
-        for _ in range(DECODE_TOKENS):
+        for _ in range(decode_tokens):
             nxt = int(llm.scores[llm.n_tokens - 1].argmax())
             llm.eval([nxt])
         times.append(time.perf_counter() - t)
-    rows.append(("decode", DECODE_TOKENS, statistics.median(times)))
+    rows.append(("decode", decode_tokens, statistics.median(times)))
     return rows
 
 
@@ -98,10 +96,12 @@ def main():
         phase = "decode" if r["phase"].startswith("decode") else "prefill"
         key = (phase, r["tokens"]) if phase == "prefill" else (r["phase"], r["tokens"])
         table[key] = {"dsg": r["tokens_per_sec"]}
+    lengths = [r["tokens"] for r in dsg if r["phase"] == "prefill"]
+    decode_tokens = max(r["tokens"] for r in dsg if r["phase"] != "prefill")
     refs = {}
     for name, fn in (("pytorch_f32", bench_torch), ("llama_cpp", bench_llama_cpp)):
         try:
-            refs[name] = fn(a.model, a.reps, a.threads)
+            refs[name] = fn(a.model, a.reps, a.threads, lengths, decode_tokens)
         except ImportError as e:
             print(f"# {name}: skipped ({e})")
     header = f"| phase | tokens | dsg tok/s | PyTorch f32 tok/s | llama.cpp tok/s | dsg / PyTorch | dsg / llama.cpp |"

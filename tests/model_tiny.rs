@@ -318,3 +318,22 @@ fn hooks_see_the_prompt_and_every_generated_token() {
         seq.push(t);
     }
 }
+
+#[test]
+fn perplexity_windows_score_each_window_from_its_own_start() {
+    use dsg::eval::perplexity::perplexity;
+    let model = load("llama_gqa", "config.json");
+    let r = reference("llama_gqa");
+    let row = r.rows[2].clone(); // 20 tokens
+    let whole = perplexity(&model, &row, 64, &mut NoHooks).unwrap();
+    assert_eq!((whole.n_predicted, whole.n_windows), (19, 1));
+    let lp = model
+        .token_logprobs(&Batch::single(row.clone(), &Device::Cpu).unwrap(), &mut NoHooks)
+        .unwrap();
+    let mean = -lp[0].iter().map(|&x| x as f64).sum::<f64>() / 19.0;
+    assert!((whole.mean_nll - mean).abs() < 1e-6 && (whole.perplexity - mean.exp()).abs() < 1e-5);
+    // Windows of 8: [0..8) [8..16) [16..20), each predicting 7, 7 and 3 tokens.
+    let split = perplexity(&model, &row, 8, &mut NoHooks).unwrap();
+    assert_eq!((split.n_predicted, split.n_windows), (17, 3));
+    assert!(perplexity(&model, &row[..1], 8, &mut NoHooks).is_err());
+}
