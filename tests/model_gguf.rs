@@ -221,3 +221,102 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// A Hugging Face directory: tiny Llama weights plus a tokenizer.json/tokenizer_config.json written here,
+/// with Gemma's chat template (which forbids a system turn and renders `assistant` as `model`).
+#[test]
+fn hf_directory_with_tokenizer_and_gemma_template() {
+    let dir = tempdir().join("hf_llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("tiny/llama_gqa");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    // 253 byte symbols + 3 specials = the model's 256 ids.
+    let bytes: Vec<String> = {
+        let tok = model::load(&fixture("gguf/tiny_f32.gguf"), &Device::Cpu)
+            .unwrap()
+            .tokenizer;
+        (3..256u32).map(|i| tok_str_raw(&tok, i)).collect()
+    };
+    let mut vocab = serde_json::Map::new();
+    for (i, b) in bytes.iter().enumerate() {
+        vocab.insert(b.clone(), (i as u64).into());
+    }
+    let specials = ["<bos>", "<start_of_turn>", "<end_of_turn>"];
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            vocab.insert(s.to_string(), (253 + i as u64).into());
+            serde_json::json!({"id": 253 + i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let template = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+    let cfg = serde_json::json!({"bos_token": "<bos>", "eos_token": "<end_of_turn>", "add_bos_token": true,
+        "chat_template": template});
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+
+    let lm = model::load(&dir, &Device::Cpu).unwrap();
+    assert_eq!(lm.tokenizer.bos_id(), Some(253));
+    assert!(lm.tokenizer.adds_bos());
+    let msgs = [
+        Message::new("user", " hi "),
+        Message::new("assistant", "yo"),
+    ];
+    let text = lm.tokenizer.apply_chat_template(&msgs, true).unwrap();
+    assert_eq!(
+        text,
+        "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\nyo<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let ids = lm.tokenizer.encode_chat(&msgs, true).unwrap();
+    assert_eq!(
+        ids.iter().filter(|&&t| t == 253).count(),
+        1,
+        "exactly one BOS"
+    );
+    assert_eq!(ids[0], 253);
+    let e = lm
+        .tokenizer
+        .apply_chat_template(
+            &[Message::new("system", "s"), Message::new("user", "u")],
+            true,
+        )
+        .err()
+        .expect("system turn must be refused")
+        .to_string();
+    assert!(e.contains("System role not supported"), "{e}");
+    // The model runs on what the tokenizer produces.
+    let batch = Batch::single(ids, &Device::Cpu).unwrap();
+    lm.model
+        .forward(&batch, &ForwardOptions::default(), &mut NoHooks, None)
+        .unwrap();
+
+    // A tokenizer larger than the embedding is refused.
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    v["vocab_size"] = 200.into();
+    std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("embed_tokens") || e.contains("vocab") || e.contains("256"),
+        "{e}"
+    );
+}
+
+/// The raw vocabulary string of a token (byte-level symbols such as `Ġ`).
+fn tok_str_raw(tok: &dsg::model::Tokenizer, id: u32) -> String {
+    tok.id_to_token(id).unwrap()
+}

@@ -328,7 +328,10 @@ fn perplexity_windows_score_each_window_from_its_own_start() {
     let whole = perplexity(&model, &row, 64, &mut NoHooks).unwrap();
     assert_eq!((whole.n_predicted, whole.n_windows), (19, 1));
     let lp = model
-        .token_logprobs(&Batch::single(row.clone(), &Device::Cpu).unwrap(), &mut NoHooks)
+        .token_logprobs(
+            &Batch::single(row.clone(), &Device::Cpu).unwrap(),
+            &mut NoHooks,
+        )
         .unwrap();
     let mean = -lp[0].iter().map(|&x| x as f64).sum::<f64>() / 19.0;
     assert!((whole.mean_nll - mean).abs() < 1e-6 && (whole.perplexity - mean.exp()).abs() < 1e-5);

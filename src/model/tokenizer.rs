@@ -172,6 +172,11 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// The vocabulary entry of an id, as stored (byte-level symbols such as `Ġ` included).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The id of a token string, if it is one token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
