@@ -293,8 +293,7 @@ fn hf_directory_with_tokenizer_and_gemma_template() {
             &[Message::new("system", "s"), Message::new("user", "u")],
             true,
         )
-        .err()
-        .expect("system turn must be refused")
+        .expect_err("system turn must be refused")
         .to_string();
     assert!(e.contains("System role not supported"), "{e}");
     // The model runs on what the tokenizer produces.
