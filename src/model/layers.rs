@@ -8,6 +8,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::{MlpActivation, ModelConfig, NormKind, RopeStyle};
+use super::q4_1::Q41Matrix;
 use super::softmax::masked_softmax;
 use super::weights::WeightSource;
 use crate::Result;
@@ -22,13 +23,21 @@ pub enum Kernels {
     Differentiable,
 }
 
+/// A quantised copy of a weight matrix.
+enum QuantWeight {
+    /// Any ggml type with a candle kernel (Q8_0, Q4_0, k-quants).
+    Candle(QMatMul),
+    /// Q4_1, with dsg's own kernel.
+    Q41(Q41Matrix),
+}
+
 /// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding.
 pub struct Linear {
     /// Weight, (out, in), f32.
     pub weight: Tensor,
     /// Bias, (out).
     pub bias: Option<Tensor>,
-    quantized: Option<QMatMul>,
+    quantized: Option<QuantWeight>,
 }
 
 impl Linear {
@@ -60,24 +69,30 @@ impl Linear {
         Linear::new(weight, bias).with_quantized(src.qtensor(&name, device)?)
     }
 
-    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Types without a
-    /// SIMD kernel on this CPU (e.g. Q4_1) are re-quantised from the f32 weight to Q8_0, which keeps
-    /// them within about 0.4% of the stored values and makes them several times faster.
+    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1 keeps its
+    /// blocks (dsg's kernel); Q4_0 and Q8_0 use candle's; other types without a SIMD kernel here are
+    /// re-quantised from the f32 weight to Q8_0 (within about 0.4% of the stored values).
     pub fn with_quantized(mut self, q: Option<QTensor>) -> Result<Self> {
         self.quantized = match q {
             None => None,
-            Some(q) if matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q8_0) => {
-                Some(QMatMul::from_qtensor(q)?)
-            }
             Some(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 None
             }
-            Some(_) => Some(QMatMul::from_qtensor(QTensor::quantize(
-                &self.weight,
-                GgmlDType::Q8_0,
-            )?)?),
+            Some(q) if matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q8_0) => {
+                Some(QuantWeight::Candle(QMatMul::from_qtensor(q)?))
+            }
+            Some(q) => match Q41Matrix::from_qtensor(&q)? {
+                Some(m) => Some(QuantWeight::Q41(m)),
+                None => Some(Self::q8_0(&self.weight)?),
+            },
         };
         Ok(self)
+    }
+
+    fn q8_0(weight: &Tensor) -> Result<QuantWeight> {
+        Ok(QuantWeight::Candle(QMatMul::from_qtensor(
+            QTensor::quantize(weight, GgmlDType::Q8_0)?,
+        )?))
     }
 
     /// Stacks maps that read the same input into one (outputs concatenated), so one matrix product
@@ -97,11 +112,17 @@ impl Linear {
         } else {
             None
         };
-        let quantized = if parts.iter().any(|p| p.quantized.is_some()) {
-            Some(QMatMul::from_qtensor(QTensor::quantize(
-                &weight,
-                GgmlDType::Q8_0,
-            )?)?)
+        let q41: Vec<&Q41Matrix> = parts
+            .iter()
+            .filter_map(|p| match &p.quantized {
+                Some(QuantWeight::Q41(m)) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let quantized = if q41.len() == parts.len() {
+            Q41Matrix::concat(&q41).map(QuantWeight::Q41)
+        } else if parts.iter().any(|p| p.quantized.is_some()) {
+            Some(Self::q8_0(&weight)?)
         } else {
             None
         };
@@ -114,7 +135,11 @@ impl Linear {
 
     /// Whether a quantised copy of the weight is available.
     pub fn has_quantized(&self) -> bool {
-        matches!(self.quantized, Some(QMatMul::QTensor(_)))
+        match &self.quantized {
+            Some(QuantWeight::Candle(q)) => matches!(q, QMatMul::QTensor(_)),
+            Some(QuantWeight::Q41(_)) => true,
+            None => false,
+        }
     }
 
     /// Applies the map to `x` of shape (..., in); `quantized` uses the stored quantised weight when present.
@@ -124,7 +149,11 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
         let y = match (&self.quantized, quantized) {
-            (Some(q @ QMatMul::QTensor(_)), true) => q.forward(&x2)?,
+            (Some(QuantWeight::Candle(q)), true) => q.forward(&x2)?,
+            (Some(QuantWeight::Q41(m)), true) if x2.device().is_cpu() => {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
+            }
             _ => x2.matmul(&self.weight.t()?)?,
         };
         let y = match &self.bias {

@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod gguf;
 pub mod hooks;
 pub mod layers;
+pub mod q4_1;
 pub mod softmax;
 pub mod tokenizer;
 pub mod weights;
