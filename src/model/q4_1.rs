@@ -218,13 +218,11 @@ mod tests {
         }
         let xq = quantize_rows(&xs, 3, 96);
         let nb = 3;
-        for r in 0..70 {
-            let wr = &mat.data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
+        for ((r, wr), g) in mat.data.chunks(nb * BLOCK_BYTES).enumerate().zip(&got) {
             let p = dot_portable(wr, &xq.q[..96], &xq.d[..3], &xq.s[..3], nb);
             assert!(
-                (p - got[r]).abs() <= 1e-4 * scale.max(1.0),
-                "row {r}: {p} vs {}",
-                got[r]
+                (p - g).abs() <= 1e-4 * scale.max(1.0),
+                "row {r}: {p} vs {g}"
             );
         }
         let both = Q41Matrix::concat(&[&mat, &mat]).unwrap();
