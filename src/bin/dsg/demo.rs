@@ -75,7 +75,7 @@ fn show(
     println!("correct answer: {}", (b'A' + item.answer as u8) as char);
     let ids = mcq_prompt(&lm.tokenizer, subject, item)?;
     let (records, plain, guarded) = explain::run(lm, std::slice::from_mut(guard), &ids)?;
-    explain::print_record(lm, guard, "guardrail", &records[0]);
+    explain::print_record(lm, guard, "guardrail", &records[0], 12);
     println!(
         "next token without guard: {:?} (p {:.3}); with guard: {:?} (p {:.3})",
         plain.0, plain.1, guarded.0, guarded.1

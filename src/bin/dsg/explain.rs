@@ -54,8 +54,14 @@ pub fn run(
     Ok((records, plain, guarded))
 }
 
-/// Prints a guardrail's decision and the tokens where its features fired.
-pub fn print_record(lm: &LoadedModel, guard: &Guardrail, name: &str, r: &RowRecord) {
+/// Prints a guardrail's decision and the first `max_tokens` tokens where its features fired.
+pub fn print_record(
+    lm: &LoadedModel,
+    guard: &Guardrail,
+    name: &str,
+    r: &RowRecord,
+    max_tokens: usize,
+) {
     let gate = &guard.file().gate;
     println!(
         "{name}: score {:.4} vs threshold {:.4} ({:?}) → {}",
@@ -70,15 +76,22 @@ pub fn print_record(lm: &LoadedModel, guard: &Guardrail, name: &str, r: &RowReco
     );
     let active = r.active_features.iter().filter(|f| !f.is_empty()).count();
     println!("  {active} of {} tokens active", r.tokens.len());
-    for (t, (id, feats)) in r.tokens.iter().zip(&r.active_features).enumerate() {
-        if !feats.is_empty() {
-            println!(
-                "  {t:>4} {:<18} {}{:?}",
-                format!("{:?}", lm.tokenizer.token_str(*id)),
-                if r.clamped[t] { "clamped " } else { "" },
-                feats
-            );
-        }
+    let fired = r
+        .tokens
+        .iter()
+        .zip(&r.active_features)
+        .enumerate()
+        .filter(|(_, (_, f))| !f.is_empty());
+    for (t, (id, feats)) in fired.take(max_tokens) {
+        println!(
+            "  {t:>4} {:<18} {}{:?}",
+            format!("{:?}", lm.tokenizer.token_str(*id)),
+            if r.clamped[t] { "clamped " } else { "" },
+            feats
+        );
+    }
+    if active > max_tokens {
+        println!("  … {} more active tokens", active - max_tokens);
     }
 }
 

@@ -115,6 +115,9 @@ fn stats_paths(out: &Path) -> [PathBuf; 3] {
 
 fn save_stats(out: &Path, forget: &CorpusStats, retain: &CorpusStats) -> Result<()> {
     let [f, r, a] = stats_paths(out);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     forget.features.save(&f)?;
     retain.features.save(&r)?;
     retain

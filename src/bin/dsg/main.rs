@@ -380,7 +380,7 @@ fn main() -> Result<()> {
             }
             let (records, plain, guarded) = explain::run(&lm, &mut guards, &ids)?;
             for ((g, r), p) in guards.iter().zip(&records).zip(&guard.guards) {
-                explain::print_record(&lm, g, &p.display().to_string(), r);
+                explain::print_record(&lm, g, &p.display().to_string(), r, usize::MAX);
             }
             println!(
                 "next token without guards: {:?} (p {:.3}); with: {:?} (p {:.3})",
