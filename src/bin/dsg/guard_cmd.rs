@@ -257,7 +257,14 @@ pub fn fit(lm: &LoadedModel, args: &FitArgs) -> Result<Option<GuardrailFile>> {
     config.seed = args.seed;
     config.data_fraction = args.fraction;
     let (forget, retain) = match &args.from_stats {
-        Some(prefix) => load_stats(prefix)?,
+        Some(prefix) => {
+            let stats = load_stats(prefix)?;
+            config.corpora = (
+                stats.0.features.provenance.corpus.clone(),
+                stats.1.features.provenance.corpus.clone(),
+            );
+            stats
+        }
         None => {
             let [f_rows, r_rows] = corpus_rows(lm, args)?;
             let shard = args.shard.unwrap_or(Shard::ALL);
