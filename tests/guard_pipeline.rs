@@ -11,11 +11,13 @@ use dsg::guard::fit::{collect_pair, fit_from_stats};
 use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{fit, FitConfig, Gate, Guardrail, GuardrailFile, PercentileRule, SelectionRule};
 use dsg::model::{
-    Batch, ForwardOptions, HookPoint, Logits, Model, ModelConfig, NoHooks, WeightSource,
+    Batch, ForwardOptions, HookList, HookPoint, Logits, Model, ModelConfig, NoHooks, WeightSource,
 };
 use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
 use dsg::stats::collect::Shard;
-use dsg::stats::corpus::{load_documents, load_mcq, McqSplit, SplitMix64};
+use dsg::stats::corpus::{
+    build_rows, load_documents, load_mcq, mcq_prompt, McqItem, McqSplit, RowOptions, SplitMix64,
+};
 
 const D_SAE: usize = 32;
 const BOS: u32 = 1;
@@ -315,4 +317,65 @@ fn canonical_wmdp_split_is_reproduced() {
     let docs = load_documents(&path, McqSplit::Selection).unwrap();
     assert_eq!(docs.len(), ids("selection").len());
     assert!(docs[0].contains("\nA. ") && docs[0].contains("\nD. "));
+}
+
+#[test]
+fn corpus_rows_and_mcq_prompts_with_a_real_tokenizer() {
+    let lm = dsg::model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap();
+    let tok = &lm.tokenizer;
+    let docs: Vec<String> = (0..40)
+        .map(|i| format!("Document {i} talks about the weather and the river in some detail."))
+        .chain(["short".to_string()])
+        .collect();
+    let opts = RowOptions {
+        ctx: 16,
+        seed: 0,
+        max_docs: Some(30),
+    };
+    let rows = build_rows(tok, &docs, &opts).unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows
+        .iter()
+        .all(|r| r.len() == 16 && r[0] == tok.bos_id().unwrap()));
+    assert_eq!(rows, build_rows(tok, &docs, &opts).unwrap());
+    let eos = tok.eos_id().unwrap();
+    assert!(
+        rows.iter().flatten().any(|&t| t == eos),
+        "documents are EOS-joined"
+    );
+
+    let item = McqItem {
+        index: 0,
+        subject: None,
+        question: "Which river?".into(),
+        choices: ["a", "b", "c", "d"].map(String::from).to_vec(),
+        answer: 0,
+    };
+    let ids = mcq_prompt(tok, "high_school_geography", &item).unwrap();
+    let text = tok.decode(&ids, false).unwrap();
+    assert!(text.contains("<|im_start|>user\nThe following are multiple choice questions (with answers) about high school geography.\nWhich river?\nA. a\nB. b\nC. c\nD. d<|im_end|>"), "{text:?}");
+    assert!(
+        text.ends_with("<|im_start|>assistant\nAnswer: ("),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn several_guardrails_compose_and_a_silent_one_changes_nothing() {
+    let (model, sae, sha, mut file) = fitted();
+    let prompt = rows(1, 20, 3, 100, 9);
+    file.calibration = None;
+    file.gate = Gate::Paper { tau: -1.0 };
+    let mut alone = guard(file.clone(), &sae, &sha);
+    let expected = all_logits(&model, prompt.clone(), &mut alone);
+    let mut on = guard(file.clone(), &sae, &sha);
+    file.gate = Gate::Paper { tau: 2.0 };
+    let mut off = guard(file, &sae, &sha);
+    let mut list = HookList::new();
+    list.push(&mut off);
+    list.push(&mut on);
+    let both = all_logits(&model, prompt, &mut list);
+    assert_eq!(common::max_abs_diff(&expected, &both), 0.0);
+    assert!(!off.records()[0].rows[0].decision.fired);
+    assert!(on.records()[0].rows[0].decision.fired);
 }
