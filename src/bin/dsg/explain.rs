@@ -41,6 +41,7 @@ pub fn run(
 ) -> Result<(Vec<RowRecord>, TokenProb, TokenProb)> {
     let plain = top_next(lm, ids, &mut NoHooks)?;
     let guarded = {
+        guards.iter_mut().for_each(|g| drop(g.take_records()));
         let mut list = HookList::new();
         for g in guards.iter_mut() {
             list.push(g);
