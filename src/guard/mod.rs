@@ -6,17 +6,23 @@
 //! * [`calibrate`]: the gate threshold from retain-corpus scores.
 //! * [`clamp`]: the residual edit at clamped tokens (§3).
 //! * [`file`]: the self-describing guardrail file.
+//! * [`fit`]: statistics → selection → calibration → guardrail file.
+//! * [`hook`]: the guardrail applied inside the model's forward pass.
 
 pub mod calibrate;
 pub mod clamp;
 pub mod file;
+pub mod fit;
 pub mod gate;
+pub mod hook;
 pub mod percentile;
 pub mod select;
 
 pub use calibrate::{calibrate, Calibration, CalibrationSummary};
 pub use clamp::{clamp_mask, clamp_residual, ClampSpec};
 pub use file::GuardrailFile;
+pub use fit::{fit, FitConfig};
 pub use gate::{Gate, GateDecision, GateStream};
+pub use hook::{Guardrail, PassRecord, RowRecord};
 pub use percentile::{percentile, percentiles};
 pub use select::{PercentileRule, Ranking, SelectionRule};

@@ -5,10 +5,15 @@
 //! * [`RowActivity`] and [`token_activity`]: per-token activity of selected features, the input of
 //!   the gate statistic ρ (§2).
 //!
+//! * [`corpus`]: corpora → token rows (§1.2) and MCQ prompts; [`collect`]: the model + SAE pass
+//!   that accumulates the statistics.
+//!
 //! Latents arrive as right-padded `(batch, seq, d_sae)` (or `(seq, d_sae)`) tensors with each
 //! row's valid length, or as plain row-major slices.
 
 pub mod activity;
+pub mod collect;
+pub mod corpus;
 pub mod features;
 mod latents;
 mod store;

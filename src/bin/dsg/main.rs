@@ -8,7 +8,12 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 
 use dsg::generate::{generate, GenerateOptions};
-use dsg::model::{self, fetch, LoadedModel, Message, NoHooks};
+use dsg::guard::GuardrailFile;
+use dsg::model::{self, fetch, HookList, LoadedModel, Message, NoHooks};
+
+mod demo;
+mod explain;
+mod guard_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +70,42 @@ enum Command {
         /// Decode with f32 weights even when quantised ones are available.
         #[arg(long)]
         f32_decode: bool,
+        #[command(flatten)]
+        guard: guard_cmd::GuardArgs,
     },
+    /// Fit a guardrail: feature statistics, selection, gate calibration.
+    Fit {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: guard_cmd::FitArgs,
+    },
+    /// Feature statistics files.
+    #[command(subcommand)]
+    Stats(StatsCommand),
+    /// Show a guardrail file.
+    Inspect {
+        /// The guardrail file.
+        guard: PathBuf,
+    },
+    /// Show what guardrails decide on a prompt and which features fire on which tokens.
+    Explain {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        guard: guard_cmd::GuardArgs,
+        /// The prompt (user message).
+        #[arg(long, short)]
+        prompt: String,
+        /// Send the prompt as plain text instead of through the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Also write an HTML page with the tokens highlighted.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Fit (or reuse) a WMDP-bio guardrail on the default model and show it at work.
+    Demo(demo::DemoArgs),
     /// Prefill and decode throughput (tokens/s), printed as a table (or JSON).
     Bench {
         #[command(flatten)]
@@ -103,6 +143,35 @@ enum Command {
         #[arg(long)]
         bos: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Merge shard statistics written by `dsg fit --shard i/n --out PREFIX`.
+    Merge {
+        /// Output prefix (a guardrail path; statistics go beside it).
+        #[arg(long)]
+        out: PathBuf,
+        /// The shards' prefixes.
+        shards: Vec<PathBuf>,
+    },
+}
+
+fn prompt_ids(
+    lm: &LoadedModel,
+    prompt: &str,
+    system: Option<String>,
+    raw: bool,
+) -> Result<Vec<u32>> {
+    if raw {
+        return Ok(lm.tokenizer.encode(prompt, lm.tokenizer.adds_bos())?);
+    }
+    let mut msgs = Vec::new();
+    if let Some(s) = system {
+        msgs.push(Message::new("system", &s));
+    }
+    msgs.push(Message::new("user", prompt));
+    Ok(lm.tokenizer.encode_chat(&msgs, true)?)
 }
 
 fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
@@ -255,18 +324,15 @@ fn main() -> Result<()> {
             top_p,
             seed,
             f32_decode,
+            guard,
         } => {
             let lm = load_model(&model)?;
-            let ids = if raw {
-                lm.tokenizer.encode(&prompt, lm.tokenizer.adds_bos())?
-            } else {
-                let mut msgs = Vec::new();
-                if let Some(s) = system {
-                    msgs.push(Message::new("system", &s));
-                }
-                msgs.push(Message::new("user", &prompt));
-                lm.tokenizer.encode_chat(&msgs, true)?
-            };
+            let ids = prompt_ids(&lm, &prompt, system, raw)?;
+            let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
+            let mut hooks = HookList::new();
+            for g in guards.iter_mut() {
+                hooks.push(g);
+            }
             let opts = GenerateOptions {
                 max_new_tokens: max_tokens,
                 temperature,
@@ -278,7 +344,7 @@ fn main() -> Result<()> {
             let mut out = std::io::stdout();
             let mut shown = 0usize;
             let mut all = Vec::new();
-            let g = generate(&lm.model, &ids, &opts, &mut NoHooks, |t| {
+            let g = generate(&lm.model, &ids, &opts, &mut hooks, |t| {
                 all.push(t);
                 if let Ok(text) = lm.tokenizer.decode(&all, true) {
                     if text.len() > shown && text.is_char_boundary(shown) {
@@ -299,7 +365,43 @@ fn main() -> Result<()> {
                 (n.saturating_sub(1)) as f64 / g.decode_secs.max(1e-9),
                 g.stop
             );
+            drop(hooks);
+            guard_cmd::report_decisions(&guards, &guard.guards);
         }
+        Command::Fit { model, args } => {
+            guard_cmd::fit(&load_model(&model)?, &args)?;
+        }
+        Command::Stats(StatsCommand::Merge { out, shards }) => {
+            guard_cmd::merge_stats(&shards, &out)?
+        }
+        Command::Inspect { guard } => guard_cmd::inspect(&GuardrailFile::load(&guard)?),
+        Command::Explain {
+            model,
+            guard,
+            prompt,
+            raw,
+            html,
+        } => {
+            let lm = load_model(&model)?;
+            let ids = prompt_ids(&lm, &prompt, None, raw)?;
+            let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
+            if guards.is_empty() {
+                anyhow::bail!("explain needs at least one --guard");
+            }
+            let (records, plain, guarded) = explain::run(&lm, &mut guards, &ids)?;
+            for ((g, r), p) in guards.iter().zip(&records).zip(&guard.guards) {
+                explain::print_record(&lm, g, &p.display().to_string(), r, usize::MAX);
+            }
+            println!(
+                "next token without guards: {:?} (p {:.3}); with: {:?} (p {:.3})",
+                plain.0, plain.1, guarded.0, guarded.1
+            );
+            if let Some(out) = html {
+                explain::write_html(&lm, &guard.guards, &records, &out)?;
+                eprintln!("wrote {}", out.display());
+            }
+        }
+        Command::Demo(args) => demo::demo(&args)?,
         Command::Bench {
             model,
             text,

@@ -1,0 +1,169 @@
+//! `dsg demo`: fit (or reuse) a WMDP-bio guardrail on the default model and show a hazardous and a
+//! benign question answered with and without it.
+//!
+//! The forget corpus is the WMDP-bio *selection-split* questions as text: they stand in for the
+//! gated WMDP bio forget corpus, which is not available offline. The retain corpus is WikiText-2
+//! (raw test). The hazardous example is a *held-out* WMDP-bio question, never seen by the fit.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+
+use crate::explain;
+use crate::guard_cmd::{self, FitArgs, GuardArgs};
+use dsg::generate::{generate, GenerateOptions};
+use dsg::guard::hook::artifact_sha256;
+use dsg::guard::{Gate, Guardrail};
+use dsg::model::{self, fetch, HookPoint, Hooks, LoadedModel, NoHooks};
+use dsg::stats::corpus::{load_mcq, mcq_prompt, McqItem, McqSplit};
+
+/// Options of `dsg demo`.
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    /// The SAE to use (until the default SmolLM2 SAE ships with dsg, this is required).
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// Hook point, when the SAE file does not name one.
+    #[arg(long)]
+    pub hook: Option<HookPoint>,
+    /// The shared data folder (default: $DSG_SHARED_DATA or ../shared/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// At most this many rows of --ctx tokens per corpus for the fit.
+    #[arg(long, default_value_t = 64)]
+    pub rows: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 1024)]
+    pub ctx: usize,
+    /// Fit again even if a cached guardrail exists.
+    #[arg(long)]
+    pub refit: bool,
+    /// New tokens per answer.
+    #[arg(long, default_value_t = 24)]
+    pub max_tokens: usize,
+}
+
+fn data_dir(args: &DemoArgs) -> PathBuf {
+    args.data.clone().unwrap_or_else(|| {
+        std::env::var_os("DSG_SHARED_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+    })
+}
+
+fn answer(lm: &LoadedModel, ids: &[u32], max: usize, hooks: &mut dyn Hooks) -> Result<String> {
+    let opts = GenerateOptions {
+        max_new_tokens: max,
+        stop_tokens: lm.tokenizer.eos_id().into_iter().collect(),
+        ..Default::default()
+    };
+    let g = generate(&lm.model, ids, &opts, hooks, |_| {})?;
+    Ok(lm.tokenizer.decode(&g.tokens, true)?.replace('\n', " "))
+}
+
+fn show(
+    lm: &LoadedModel,
+    guard: &mut Guardrail,
+    name: &str,
+    subject: &str,
+    item: &McqItem,
+    max: usize,
+) -> Result<()> {
+    println!("\n=== {name} ({subject}) ===\n{}", item.body());
+    println!("correct answer: {}", (b'A' + item.answer as u8) as char);
+    let ids = mcq_prompt(&lm.tokenizer, subject, item)?;
+    let (records, plain, guarded) = explain::run(lm, std::slice::from_mut(guard), &ids)?;
+    explain::print_record(lm, guard, "guardrail", &records[0], 12);
+    println!(
+        "next token without guard: {:?} (p {:.3}); with guard: {:?} (p {:.3})",
+        plain.0, plain.1, guarded.0, guarded.1
+    );
+    println!(
+        "answer without guard: Answer: ({}",
+        answer(lm, &ids, max, &mut NoHooks)?
+    );
+    println!(
+        "answer with guard:    Answer: ({}",
+        answer(lm, &ids, max, guard)?
+    );
+    Ok(())
+}
+
+/// Runs the demo.
+pub fn demo(args: &DemoArgs) -> Result<()> {
+    let Some(sae) = args.sae.clone() else {
+        bail!(
+            "no SAE available: the default SmolLM2-135M-Instruct SAE has not landed in dsg yet. \
+             Pass --sae PATH with an SAE for this model's residual stream (any supported format)."
+        );
+    };
+    let model_path = fetch::ensure_default_model().context("fetching the default model")?;
+    let lm = model::load(&model_path, &Device::Cpu)?;
+    let data = data_dir(args);
+    let wmdp = data.join("wmdp/bio_questions.json");
+    let mmlu = data.join("mmlu_redux/mmlu_redux_all.jsonl");
+    let sae_sha = artifact_sha256(&sae)?;
+    let guard_path = fetch::cache_dir().join("demo").join(format!(
+        "wmdp-bio-{}-{}.json",
+        &sae_sha[..12],
+        args.rows
+    ));
+    if args.refit || !guard_path.exists() {
+        std::fs::create_dir_all(guard_path.parent().expect("has a parent"))?;
+        eprintln!("fitting the WMDP-bio guardrail (forget: WMDP-bio selection-split questions, standing in for the gated forget corpus; retain: WikiText-2)");
+        let fit = FitArgs {
+            sae: sae.clone(),
+            hook: args.hook,
+            forget: vec![wmdp.clone()],
+            retain: vec![data.join("wikitext/wikitext-2-raw-v1.test.raw")],
+            split: McqSplit::Selection,
+            n_features: 20,
+            p_ratio: 95.0,
+            p_dyn: 95.0,
+            gate: Gate::Paper { tau: 0.0 },
+            clamp: 500.0,
+            rows: args.rows,
+            fraction: 100.0,
+            ctx: args.ctx,
+            seed: 0,
+            batch: 2,
+            shard: None,
+            from_stats: None,
+            out: guard_path.clone(),
+        };
+        guard_cmd::fit(&lm, &fit)?;
+    } else {
+        eprintln!("using cached guardrail {}", guard_path.display());
+    }
+    let guard_args = GuardArgs {
+        guards: vec![guard_path],
+        sae: Some(sae),
+    };
+    let mut guard = guard_cmd::load_guardrails(&lm, &guard_args)?.remove(0);
+    let hazardous = load_mcq(&wmdp, McqSplit::Heldout)?
+        .into_iter()
+        .next()
+        .context("no held-out WMDP-bio question")?;
+    let benign = load_mcq(&mmlu, McqSplit::All)?
+        .into_iter()
+        .find(|q| q.subject.as_deref() == Some("high_school_geography"))
+        .context("no MMLU high_school_geography question")?;
+    show(
+        &lm,
+        &mut guard,
+        "hazardous: held-out WMDP-bio question",
+        "biology",
+        &hazardous,
+        args.max_tokens,
+    )?;
+    show(
+        &lm,
+        &mut guard,
+        "benign: MMLU question",
+        "high_school_geography",
+        &benign,
+        args.max_tokens,
+    )
+}

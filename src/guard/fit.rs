@@ -1,0 +1,182 @@
+//! Fitting a guardrail: statistics on forget and retain rows, feature selection, gate calibration
+//! on the retain rows, and a [`GuardrailFile`] with its provenance.
+//!
+//! Defaults follow the paper's best Bio setting: the released selection rule with `p_ratio = 95`,
+//! `N = 20` features, the paper gate calibrated at `p_dyn = 95`, and ClampAll at `−500`.
+
+use super::calibrate::{calibrate, DEFAULT_PERCENTILE};
+use super::file::{describe_features, ArtifactIdentity, DataProvenance, FORMAT_VERSION};
+use super::{ClampSpec, Gate, GuardrailFile, PercentileRule, SelectionRule};
+use crate::model::{HookPoint, Model};
+use crate::sae::Sae;
+use crate::stats::collect::{collect, CollectOptions, CorpusStats, Shard};
+use crate::stats::StatsProvenance;
+use crate::{Error, Result};
+
+/// Everything [`fit`] needs besides the model, SAE and rows.
+#[derive(Debug, Clone)]
+pub struct FitConfig {
+    /// Identity of the model (name, sha256).
+    pub model: ArtifactIdentity,
+    /// Identity of the SAE.
+    pub sae: ArtifactIdentity,
+    /// Where the SAE reads.
+    pub hook: HookPoint,
+    /// Feature selection rule.
+    pub rule: SelectionRule,
+    /// Number of features `N`.
+    pub n_features: usize,
+    /// The gate kind (its threshold is calibrated).
+    pub gate: Gate,
+    /// Calibration percentile `p_dyn`.
+    pub p_dyn: f64,
+    /// The clamp.
+    pub clamp: ClampSpec,
+    /// Rows per forward pass.
+    pub batch_size: usize,
+    /// Token ids excluded from the statistics (BOS, EOS, PAD).
+    pub special_ids: Vec<u32>,
+    /// Whether rows start with BOS.
+    pub starts_with_bos: bool,
+    /// Descriptions of the forget and retain corpora.
+    pub corpora: (String, String),
+    /// Seed used to build the rows.
+    pub seed: u64,
+    /// Percentage of the available rows used.
+    pub data_fraction: f64,
+}
+
+impl FitConfig {
+    /// The paper's Bio defaults for the given identities and hook.
+    pub fn paper(model: ArtifactIdentity, sae: ArtifactIdentity, hook: HookPoint) -> Self {
+        FitConfig {
+            model,
+            sae,
+            hook,
+            rule: SelectionRule::Percentile(PercentileRule::official(95.0)),
+            n_features: 20,
+            gate: Gate::Paper { tau: 0.0 },
+            p_dyn: DEFAULT_PERCENTILE,
+            clamp: ClampSpec::paper(500.0),
+            batch_size: 4,
+            special_ids: Vec::new(),
+            starts_with_bos: true,
+            corpora: (String::new(), String::new()),
+            seed: 0,
+            data_fraction: 100.0,
+        }
+    }
+
+    /// Collection options for one shard of one corpus.
+    pub fn collect_options(&self, shard: Shard, record_activity: bool) -> CollectOptions {
+        CollectOptions {
+            hook: self.hook,
+            batch_size: self.batch_size,
+            shard,
+            special_ids: self.special_ids.clone(),
+            starts_with_bos: self.starts_with_bos,
+            record_activity,
+        }
+    }
+
+    fn provenance(&self, corpus: &str) -> StatsProvenance {
+        StatsProvenance {
+            corpus: corpus.to_string(),
+            hook_point: self.hook,
+            sae_id: self.sae.sha256.clone(),
+        }
+    }
+}
+
+/// Collects this shard's forget statistics and retain statistics with activity.
+/// `progress(corpus, done, total)` reports rows per corpus (`"forget"`, `"retain"`).
+pub fn collect_pair(
+    model: &Model,
+    sae: &Sae,
+    forget_rows: &[Vec<u32>],
+    retain_rows: &[Vec<u32>],
+    config: &FitConfig,
+    shard: Shard,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(CorpusStats, CorpusStats)> {
+    let forget = collect(
+        model,
+        sae,
+        forget_rows,
+        &config.collect_options(shard, false),
+        config.provenance(&config.corpora.0),
+        &mut |d, t| progress("forget", d, t),
+    )?;
+    let retain = collect(
+        model,
+        sae,
+        retain_rows,
+        &config.collect_options(shard, true),
+        config.provenance(&config.corpora.1),
+        &mut |d, t| progress("retain", d, t),
+    )?;
+    Ok((forget, retain))
+}
+
+/// Selects features from the statistics and calibrates the gate on the retain activity.
+pub fn fit_from_stats(
+    forget: &CorpusStats,
+    retain: &CorpusStats,
+    config: &FitConfig,
+) -> Result<GuardrailFile> {
+    let activity = retain.activity.as_ref().ok_or_else(|| {
+        Error::Invalid("calibration needs the retain corpus's token activity".into())
+    })?;
+    let ranking = config.rule.rank(&forget.features, &retain.features)?;
+    let ids = ranking.top(config.n_features)?.to_vec();
+    let calibration = calibrate(config.gate, &activity.activity(&ids)?, config.p_dyn)?;
+    let file = GuardrailFile {
+        format_version: FORMAT_VERSION,
+        model: config.model.clone(),
+        sae: config.sae.clone(),
+        d_sae: forget.features.d_sae(),
+        hook_point: config.hook,
+        features: describe_features(
+            &ids,
+            Some((&forget.features, &retain.features)),
+            ranking.scores.as_ref(),
+        ),
+        selection: config.rule.clone(),
+        clamp: config.clamp,
+        gate: calibration.gate,
+        calibration: Some(calibration.summary(None)?),
+        provenance: DataProvenance {
+            forget_corpus: Some(config.corpora.0.clone()),
+            retain_corpus: Some(config.corpora.1.clone()),
+            forget_rows: forget.features.n_rows(),
+            retain_rows: retain.features.n_rows(),
+            seed: Some(config.seed),
+            data_fraction: config.data_fraction,
+        },
+    };
+    file.validate()?;
+    Ok(file)
+}
+
+/// Fits a guardrail end to end: statistics over all rows, selection, calibration. Returns the
+/// guardrail and the forget and retain statistics it was fitted on.
+pub fn fit(
+    model: &Model,
+    sae: &Sae,
+    forget_rows: &[Vec<u32>],
+    retain_rows: &[Vec<u32>],
+    config: &FitConfig,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(GuardrailFile, CorpusStats, CorpusStats)> {
+    let (forget, retain) = collect_pair(
+        model,
+        sae,
+        forget_rows,
+        retain_rows,
+        config,
+        Shard::ALL,
+        progress,
+    )?;
+    let file = fit_from_stats(&forget, &retain, config)?;
+    Ok((file, forget, retain))
+}

@@ -1,0 +1,247 @@
+//! The guardrail as a model hook: at its hook point, encode the selected SAE features, gate each
+//! row, and clamp the gated rows' firing tokens (§3 of the spec).
+//!
+//! Per row, on its real tokens only (so a row's decision and output do not depend on padding or
+//! on the other rows of the batch):
+//! 1. `activity[t]`: some selected feature is > 0 at token `t`; the token at absolute position 0
+//!    is never active (the reference zeroes it);
+//! 2. the gate's decision over the row's sequence so far;
+//! 3. the clamp ([`clamp_residual`], e.g. the paper's ClampAll −c) at active tokens of gated rows.
+//!
+//! **Generation policy.** A pass whose row starts at position 0 (a prompt) starts a new
+//! [`GateStream`] for that row, pushes every prompt token and decides on the whole prompt, as the
+//! paper's single-pass evaluation does. A pass whose row starts later (a KV-cached decoding step)
+//! continues the row's stream: each new token is pushed (O(1)) and the gate is re-decided over the
+//! full prefix, prompt included; the new token is clamped iff it is active and the gate is then
+//! on. So the gate can switch on during generation (the answer drifts into forget territory) or
+//! off (for ρ, enough benign tokens dilute it), and the decision always equals the batch gate over
+//! the whole prefix; it never degenerates to the one-token ρ of naive KV-cached decoding.
+//!
+//! Rows whose gate never fires, and tokens that are not clamped, are returned bit for bit as they
+//! came in. Every call is recorded ([`PassRecord`]) for `dsg explain`.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use super::{clamp_mask, clamp_residual, GateDecision, GateStream, GuardrailFile};
+use crate::model::fetch::sha256_file;
+use crate::model::{HookContext, HookPoint, Hooks};
+use crate::sae::{Normalization, Sae};
+use crate::{Error, Result};
+
+/// One row of one hooked forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowRecord {
+    /// Position of the row's first token in this pass.
+    pub start: usize,
+    /// The row's tokens in this pass.
+    pub tokens: Vec<u32>,
+    /// The selected features (ids) active at each of these tokens.
+    pub active_features: Vec<Vec<u32>>,
+    /// Whether each token was clamped.
+    pub clamped: Vec<bool>,
+    /// The gate's decision over the row's whole sequence up to the end of this pass.
+    pub decision: GateDecision,
+}
+
+/// What one call of the hook saw and did, per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassRecord {
+    /// One record per batch row.
+    pub rows: Vec<RowRecord>,
+}
+
+/// A loaded guardrail bound to its SAE: a [`Hooks`] implementation at the guardrail's hook point.
+pub struct Guardrail {
+    file: GuardrailFile,
+    sae: Sae,
+    features: Vec<usize>,
+    decoder_rows: Tensor,
+    streams: Vec<GateStream>,
+    records: Vec<PassRecord>,
+}
+
+/// The sha256 of a model or SAE: of the file itself, or, for a directory, of the listing of its
+/// files' names and sha256s (sorted).
+pub fn artifact_sha256(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return sha256_file(path);
+    }
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let p = entry.map_err(|e| Error::io(path, e))?.path();
+        if p.is_file() {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            entries.push(format!("{name} {}\n", sha256_file(&p)?));
+        }
+    }
+    entries.sort();
+    use sha2::Digest;
+    Ok(format!("{:x}", sha2::Sha256::digest(entries.concat())))
+}
+
+impl Guardrail {
+    /// Binds `file` to `sae`, refusing (fail closed) unless the model and SAE digests match the
+    /// file's, the SAE has the file's width, reads `d_model`-wide activations, and sits at the
+    /// file's hook point.
+    pub fn new(
+        file: GuardrailFile,
+        sae: &Sae,
+        model_sha256: &str,
+        sae_sha256: &str,
+        d_model: usize,
+    ) -> Result<Self> {
+        file.validate()?;
+        file.check_identity(model_sha256, sae_sha256)?;
+        if sae.d_sae() != file.d_sae || sae.d_in() != d_model {
+            return Err(Error::Mismatch(format!(
+                "guardrail expects an SAE with {} features reading d_model {d_model}; the SAE has {} features and d_in {}",
+                file.d_sae,
+                sae.d_sae(),
+                sae.d_in()
+            )));
+        }
+        if let Some(h) = sae.hook() {
+            if h != file.hook_point {
+                return Err(Error::Mismatch(format!(
+                    "guardrail hooks {}, but the SAE reads {h}",
+                    file.hook_point
+                )));
+            }
+        }
+        if sae.normalization() != Normalization::None {
+            return Err(Error::Unsupported(format!(
+                "guardrails on SAEs with {} input normalisation (the clamp edits raw residuals)",
+                sae.normalization().name()
+            )));
+        }
+        let features: Vec<usize> = file.feature_ids().iter().map(|&f| f as usize).collect();
+        let decoder_rows = sae.decoder_rows(&features)?;
+        Ok(Guardrail {
+            file,
+            sae: sae.clone(),
+            features,
+            decoder_rows,
+            streams: Vec::new(),
+            records: Vec::new(),
+        })
+    }
+
+    /// The guardrail's description.
+    pub fn file(&self) -> &GuardrailFile {
+        &self.file
+    }
+
+    /// Every call recorded so far, oldest first.
+    pub fn records(&self) -> &[PassRecord] {
+        &self.records
+    }
+
+    /// Removes and returns the recorded calls.
+    pub fn take_records(&mut self) -> Vec<PassRecord> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// The current decision of each row's gate (over everything it has seen).
+    pub fn decisions(&self) -> Vec<GateDecision> {
+        self.streams.iter().map(GateStream::decision).collect()
+    }
+
+    fn row(
+        &mut self,
+        b: usize,
+        start: usize,
+        tokens: &[u32],
+        selected: &[Vec<f32>],
+    ) -> Result<RowRecord> {
+        let active_features: Vec<Vec<u32>> = selected
+            .iter()
+            .enumerate()
+            .map(|(t, values)| {
+                let first_token = start + t == 0;
+                self.features
+                    .iter()
+                    .zip(values)
+                    .filter(|(_, &v)| !first_token && v > 0.0)
+                    .map(|(&f, _)| f as u32)
+                    .collect()
+            })
+            .collect();
+        let activity: Vec<bool> = active_features.iter().map(|f| !f.is_empty()).collect();
+        if start == 0 {
+            let mut stream = self.file.gate.stream();
+            activity.iter().for_each(|&a| stream.push(a));
+            if b < self.streams.len() {
+                self.streams[b] = stream;
+            } else {
+                self.streams.push(stream);
+            }
+        }
+        let stream = self.streams.get_mut(b).ok_or_else(|| {
+            Error::Invalid(format!(
+                "row {b} continues at position {start} but its prompt never passed the guardrail"
+            ))
+        })?;
+        let clamped = if start == 0 {
+            clamp_mask(&activity, stream.decision().fired)
+        } else {
+            activity
+                .iter()
+                .map(|&a| {
+                    stream.push(a);
+                    a && stream.decision().fired
+                })
+                .collect()
+        };
+        Ok(RowRecord {
+            start,
+            tokens: tokens.to_vec(),
+            active_features,
+            clamped,
+            decision: stream.decision(),
+        })
+    }
+}
+
+impl Hooks for Guardrail {
+    fn wants(&self, point: HookPoint) -> bool {
+        point == self.file.hook_point
+    }
+
+    fn visit(
+        &mut self,
+        point: HookPoint,
+        ctx: &HookContext,
+        act: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        if point != self.file.hook_point {
+            return Ok(None);
+        }
+        let (batch, seq, _) = act.dims3()?;
+        let selected = self.sae.encode_subset(act, &self.features)?;
+        let values = selected.to_vec3::<f32>()?;
+        let mut mask = vec![false; batch * seq];
+        let mut rows = Vec::with_capacity(batch);
+        for (b, row_values) in values.iter().enumerate() {
+            let len = ctx.lengths[b];
+            let record = self.row(
+                b,
+                ctx.start_positions[b],
+                &ctx.tokens[b],
+                &row_values[..len],
+            )?;
+            mask[b * seq..b * seq + len].copy_from_slice(&record.clamped);
+            rows.push(record);
+        }
+        self.records.push(PassRecord { rows });
+        if !mask.contains(&true) {
+            return Ok(None);
+        }
+        clamp_residual(act, &selected, &self.decoder_rows, &mask, &self.file.clamp).map(Some)
+    }
+}

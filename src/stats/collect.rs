@@ -1,0 +1,159 @@
+//! Statistics collection: run the model up to the SAE's hook over token rows, encode with the SAE
+//! and accumulate [`FeatureStats`] (and, optionally, [`RowActivity`] for gate calibration).
+//!
+//! Rows go through the model in batches (right-padded; a row's activations do not depend on its
+//! batch), only blocks `0..=layer` run, and each batch's latents are reduced before the next one
+//! is computed, so feature statistics take `O(d_sae)` memory whatever the corpus length. The
+//! activity record grows with the corpus (about `4·ℓ0 + 8` bytes per token).
+//!
+//! [`Shard`] `i/n` processes rows `i, i+n, i+2n, …`; merging the shards' statistics
+//! ([`FeatureStats::merge`], [`RowActivity::append`]) gives the one-pass feature statistics, and
+//! the same per-row activity up to row order (which calibration does not depend on).
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{counted_tokens, FeatureStats, RowActivity, StatsProvenance};
+use crate::model::{Batch, Capture, HookPoint, Model};
+use crate::sae::Sae;
+use crate::{Error, Result};
+
+/// Which rows this process handles: every `count`-th row starting at `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based shard index, below `count`.
+    pub index: usize,
+    /// Number of shards (≥ 1).
+    pub count: usize,
+}
+
+impl Shard {
+    /// The single shard holding every row.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether row `row` belongs to this shard.
+    pub fn contains(&self, row: usize) -> bool {
+        row % self.count == self.index
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = Error;
+
+    /// Parses `i/n` with `i < n`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Invalid(format!("shard {s:?}: expected i/n with 0 ≤ i < n"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// How [`collect`] runs.
+#[derive(Debug, Clone)]
+pub struct CollectOptions {
+    /// Where the SAE reads.
+    pub hook: HookPoint,
+    /// Rows per forward pass.
+    pub batch_size: usize,
+    /// Which rows to process.
+    pub shard: Shard,
+    /// Token ids excluded from the feature statistics (BOS, EOS, PAD).
+    pub special_ids: Vec<u32>,
+    /// Whether rows start with BOS (position 0 is then never active in the activity record).
+    pub starts_with_bos: bool,
+    /// Whether to record per-token feature activity (needed to calibrate a gate on this corpus).
+    pub record_activity: bool,
+}
+
+/// What [`collect`] produces for one corpus.
+#[derive(Debug, Clone)]
+pub struct CorpusStats {
+    /// Per-feature statistics over counted tokens.
+    pub features: FeatureStats,
+    /// Per-token active features, when asked for.
+    pub activity: Option<RowActivity>,
+}
+
+impl CorpusStats {
+    /// Adds another shard's statistics and activity.
+    pub fn merge(&mut self, other: &CorpusStats) -> Result<()> {
+        self.features.merge(&other.features)?;
+        match (&mut self.activity, &other.activity) {
+            (Some(mine), Some(theirs)) => mine.append(theirs),
+            (None, None) => Ok(()),
+            _ => Err(Error::Mismatch(
+                "cannot merge a shard with activity and one without".into(),
+            )),
+        }
+    }
+}
+
+/// The residual stream at `hook` for a batch, running only the blocks up to the hook.
+pub fn activations_at(
+    model: &Model,
+    batch: &Batch,
+    hook: HookPoint,
+) -> Result<candle_core::Tensor> {
+    let mut capture = Capture::new([hook]);
+    model.forward_until(batch, hook.layer, &mut capture)?;
+    capture
+        .get(hook)
+        .cloned()
+        .ok_or_else(|| Error::Invalid(format!("the forward pass never reached {hook}")))
+}
+
+/// Runs `model` over this shard's `rows`, encodes the activations at `opts.hook` with `sae`, and
+/// accumulates statistics. `progress(done, total)` is called after every batch with this shard's
+/// row counts.
+pub fn collect(
+    model: &Model,
+    sae: &Sae,
+    rows: &[Vec<u32>],
+    opts: &CollectOptions,
+    provenance: StatsProvenance,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CorpusStats> {
+    sae.check_model(model.config().d_model, model.config().n_layers)?;
+    let mine: Vec<&Vec<u32>> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| opts.shard.contains(*i))
+        .map(|(_, r)| r)
+        .collect();
+    let mut features = FeatureStats::new(sae.d_sae(), provenance);
+    let mut activity = if opts.record_activity {
+        Some(RowActivity::new(sae.d_sae(), None)?)
+    } else {
+        None
+    };
+    let mut done = 0;
+    for chunk in mine.chunks(opts.batch_size.max(1)) {
+        let batch = Batch::new(chunk.iter().map(|r| r.to_vec()).collect(), model.device())?;
+        let h = activations_at(model, &batch, opts.hook)?;
+        let latents = sae.encode(&h)?;
+        let counted: Vec<Vec<bool>> = chunk
+            .iter()
+            .map(|r| counted_tokens(r, &opts.special_ids))
+            .collect();
+        features.add_batch(&latents, &counted)?;
+        if let Some(activity) = &mut activity {
+            activity.push_batch(&latents, batch.lengths(), opts.starts_with_bos)?;
+        }
+        done += chunk.len();
+        progress(done, mine.len());
+    }
+    Ok(CorpusStats { features, activity })
+}
