@@ -60,7 +60,7 @@ impl<'a> ModelActivations<'a> {
     /// The order of the rows in epoch `epoch`.
     fn epoch_order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ (epoch as u64 + 1) * 0x9E37);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ ((epoch as u64 + 1) * 0x9E37));
         order.shuffle(&mut rng);
         order
     }

@@ -231,7 +231,8 @@ impl Trainer {
         let (loss, aux) = if n_dead > 0 && self.cfg.aux_coef > 0.0 {
             let k_aux = self.cfg.k_aux.min(n_dead);
             let aux_idx = top_k_indices(&pre_v, self.cfg.d_sae, k_aux, Some(&dead));
-            let f_aux = selected_pre(&xc, w_enc_t, b_enc, &aux_idx, k_aux)?.relu()?;
+            // The input is detached so that AuxK moves only the dead latents' own weights, not b_dec.
+            let f_aux = selected_pre(&xc.detach(), w_enc_t, b_enc, &aux_idx, k_aux)?.relu()?;
             let e_hat = sparse_decode(&f_aux, w_dec, &aux_idx, k_aux)?;
             let err = (&x - &recon)?.detach();
             let aux = normalized_sq_err(&e_hat, &err)?;

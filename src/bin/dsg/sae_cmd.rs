@@ -172,7 +172,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
                 dead_tokens,
                 batch_size,
                 lr: lr.unwrap_or_else(|| TrainConfig::default_lr(d_sae)),
-                warmup_steps: 100,
+                warmup_steps: (tokens / batch_size as u64 / 10).min(100) as usize,
                 decay_fraction: 0.2,
                 total_tokens: tokens,
                 seed,
