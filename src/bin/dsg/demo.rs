@@ -22,7 +22,7 @@ use dsg::stats::corpus::{load_mcq, mcq_prompt, McqItem, McqSplit};
 /// Options of `dsg demo`.
 #[derive(Args, Clone)]
 pub struct DemoArgs {
-    /// The SAE to use (until the default SmolLM2 SAE ships with dsg, this is required).
+    /// The SAE to use; default: the SmolLM2-135M-Instruct SAE that ships with dsg (`assets/sae/`).
     #[arg(long)]
     pub sae: Option<PathBuf>,
     /// Hook point, when the SAE file does not name one.
@@ -93,12 +93,13 @@ fn show(
 
 /// Runs the demo.
 pub fn demo(args: &DemoArgs) -> Result<()> {
-    let Some(sae) = args.sae.clone() else {
+    let sae = args.sae.clone().unwrap_or_else(dsg::sae::default_sae_path);
+    if !sae.exists() {
         bail!(
-            "no SAE available: the default SmolLM2-135M-Instruct SAE has not landed in dsg yet. \
-             Pass --sae PATH with an SAE for this model's residual stream (any supported format)."
+            "no SAE at {}: pass --sae PATH with an SAE for this model's residual stream (any supported format)",
+            sae.display()
         );
-    };
+    }
     let model_path = fetch::ensure_default_model().context("fetching the default model")?;
     let lm = model::load(&model_path, &Device::Cpu)?;
     let data = data_dir(args);

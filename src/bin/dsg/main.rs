@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 
+mod sae_cmd;
+
 use dsg::generate::{generate, GenerateOptions};
 use dsg::guard::GuardrailFile;
 use dsg::model::{self, fetch, HookList, LoadedModel, Message, NoHooks};
@@ -125,6 +127,11 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Train and evaluate sparse autoencoders.
+    Sae {
+        #[command(subcommand)]
+        command: sae_cmd::SaeCommand,
     },
     /// Perplexity of a text file.
     Perplexity {
@@ -417,6 +424,7 @@ fn main() -> Result<()> {
             reps,
             json,
         )?,
+        Command::Sae { command } => sae_cmd::run(command)?,
         Command::Perplexity {
             model,
             file,

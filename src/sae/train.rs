@@ -1,0 +1,470 @@
+//! A TopK SAE trainer (OpenAI / EleutherAI sparsify recipe) on candle autograd with hand-written
+//! Adam, so that the optimiser state can be checkpointed and a run resumed exactly.
+//!
+//! * `pre = x̃·W_enc + b_enc` with `x̃ = x·s − b_dec`, where `s = √d_in / E‖x‖` is a constant input
+//!   scale measured on the first chunk (folded into the weights when the SAE is exported);
+//!   `f = TopK_k(pre)` (ReLU'd); `x̂ = f·W_dec + b_dec`.
+//! * Loss: `Σ‖x̂−x‖² / Σ‖x−mean(x)‖²` (the batch FVU) + `aux_coef ·` AuxK, where AuxK reconstructs
+//!   the (detached) residual `x − x̂` from the top `k_aux` pre-activations of *dead* latents (not
+//!   fired for `dead_tokens` tokens), normalised the same way.
+//! * `W_dec` rows are kept unit-norm: the gradient's radial component is removed and rows are
+//!   renormalised after every step. `b_dec` starts at the mean activation; `W_enc = W_decᵀ`.
+//! * Learning rate: linear warm-up, constant, then linear decay to 0 over the last `decay_fraction`
+//!   of the steps. Adam β = (0.9, 0.999), ε = 1e-8, no weight decay.
+//!
+//! Data come from an [`ActivationSource`] in fixed-size chunks; batch `b` of chunk `c` is always the
+//! same tokens, so `step` alone says where a run is, and resuming from a checkpoint replays exactly.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+
+use super::{Activation, Normalization, Sae, SaeMeta, SaeParts};
+use crate::model::HookPoint;
+use crate::{Error, Result};
+
+/// Hyper-parameters of a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Hook point the activations come from.
+    pub hook: HookPoint,
+    /// Number of latents.
+    pub d_sae: usize,
+    /// Active latents per token.
+    pub k: usize,
+    /// Dead latents used by the AuxK loss (at most).
+    pub k_aux: usize,
+    /// AuxK coefficient (1/32 in the OpenAI recipe).
+    pub aux_coef: f64,
+    /// A latent is dead once it has not fired for this many training tokens.
+    pub dead_tokens: u64,
+    /// Tokens per optimiser step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup_steps: usize,
+    /// Fraction of the run over which the learning rate decays linearly to 0 at the end.
+    pub decay_fraction: f64,
+    /// Training tokens in all (rounded down to whole steps).
+    pub total_tokens: u64,
+    /// Seed for initialisation and data order.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The sparsify default learning rate, `2e-4 / √(d_sae / 2¹⁴)`.
+    pub fn default_lr(d_sae: usize) -> f64 {
+        2e-4 / (d_sae as f64 / 16384.0).sqrt()
+    }
+
+    /// Number of optimiser steps in the run.
+    pub fn total_steps(&self) -> usize {
+        (self.total_tokens / self.batch_size as u64) as usize
+    }
+
+    /// The learning rate at `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let total = self.total_steps().max(1);
+        let warm = if self.warmup_steps > 0 {
+            ((step + 1) as f64 / self.warmup_steps as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let decay_steps = (self.decay_fraction * total as f64).round() as usize;
+        let decay_start = total - decay_steps.min(total);
+        let decay = if step >= decay_start && decay_steps > 0 {
+            (total - step) as f64 / decay_steps as f64
+        } else {
+            1.0
+        };
+        self.lr * warm * decay
+    }
+}
+
+/// Where training activations come from: chunk `index` is a fixed `(chunk_tokens, d_in)` f32
+/// tensor, already shuffled; the same index must always give the same rows.
+pub trait ActivationSource {
+    /// Tokens per chunk (a multiple of the batch size is not required; the tail is unused).
+    fn chunk_tokens(&self) -> usize;
+    /// The activations of chunk `index`.
+    fn chunk(&mut self, index: usize) -> Result<Tensor>;
+}
+
+/// Losses and health of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// The step just taken (0-based).
+    pub step: usize,
+    /// Batch FVU (the main loss).
+    pub fvu: f64,
+    /// Normalised AuxK loss (0 when no latent is dead).
+    pub aux: f64,
+    /// Fraction of latents that are dead after this step.
+    pub dead_fraction: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// Where the time of [`Trainer::run`] went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunTimes {
+    /// Seconds spent producing activation chunks.
+    pub source_secs: f64,
+    /// Seconds spent in optimiser steps.
+    pub step_secs: f64,
+    /// Steps taken.
+    pub steps: usize,
+}
+
+/// One parameter with its Adam moments.
+struct Param {
+    var: Var,
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Param {
+    fn new(t: Tensor) -> Result<Self> {
+        Ok(Param {
+            m: t.zeros_like()?,
+            v: t.zeros_like()?,
+            var: Var::from_tensor(&t)?,
+        })
+    }
+}
+
+const NAMES: [&str; 4] = ["w_enc_t", "b_enc", "w_dec", "b_dec"];
+
+/// The state of a training run: weights, Adam moments, step count, per-latent firing clocks.
+pub struct Trainer {
+    cfg: TrainConfig,
+    params: Vec<Param>, // in NAMES order; the encoder is stored transposed, (d_sae, d_in)
+    input_scale: f64,
+    step: usize,
+    since_fired: Vec<u64>,
+}
+
+impl Trainer {
+    /// A fresh trainer for `d_in`-wide activations. `first` (a sample of activations, e.g. the
+    /// first chunk) sets the input scale and `b_dec`'s initial value.
+    pub fn new(cfg: TrainConfig, first: &Tensor) -> Result<Self> {
+        let (_, d_in) = first.dims2()?;
+        let dev = first.device();
+        if cfg.k == 0 || cfg.k > cfg.d_sae || cfg.batch_size == 0 {
+            return Err(Error::Invalid(format!(
+                "need 0 < k ≤ d_sae and a batch size > 0 (k {}, d_sae {}, batch {})",
+                cfg.k, cfg.d_sae, cfg.batch_size
+            )));
+        }
+        let norms = first
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .mean_all()?
+            .to_scalar::<f32>()? as f64;
+        let input_scale = (d_in as f64).sqrt() / norms.max(1e-12);
+        let b_dec = (first.mean(0)? * input_scale)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+        let gauss: Vec<f32> = (0..cfg.d_sae * d_in)
+            .map(|_| {
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        let w_dec = unit_rows(&Tensor::from_vec(gauss, (cfg.d_sae, d_in), dev)?)?;
+        let b_enc = Tensor::zeros(cfg.d_sae, DType::F32, dev)?;
+        let params = [w_dec.clone(), b_enc, w_dec, b_dec]
+            .into_iter()
+            .map(Param::new)
+            .collect::<Result<_>>()?;
+        Ok(Trainer {
+            since_fired: vec![0; cfg.d_sae],
+            cfg,
+            params,
+            input_scale,
+            step: 0,
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+
+    /// One optimiser step on a batch `x` `(batch, d_in)` of raw activations.
+    ///
+    /// Only the full `pre` matrix is dense (and computed without gradient); the selected
+    /// pre-activations and the decoder are recomputed from gathered rows, so the backward pass
+    /// costs `O(batch · k · d_in)` instead of `O(batch · d_sae · d_in)`.
+    pub fn step(&mut self, x: &Tensor) -> Result<StepStats> {
+        let x = (x.to_dtype(DType::F32)? * self.input_scale)?;
+        let n = x.dim(0)?;
+        let [w_enc_t, b_enc, w_dec, b_dec] = [0, 1, 2, 3].map(|i| self.params[i].var.as_tensor());
+        let xc = x.broadcast_sub(b_dec)?;
+        let pre_d = xc.detach().matmul(&w_enc_t.t()?)?.broadcast_add(b_enc)?;
+        let pre_v: Vec<f32> = pre_d.flatten_all()?.to_vec1()?;
+        let idx = top_k_indices(&pre_v, self.cfg.d_sae, self.cfg.k, None);
+        let f = selected_pre(&xc, w_enc_t, b_enc, &idx, self.cfg.k)?.relu()?;
+        let recon = sparse_decode(&f, w_dec, &idx, self.cfg.k)?.broadcast_add(b_dec)?;
+        let fvu = normalized_sq_err(&recon, &x)?;
+        // Firing clocks, then the dead set used by AuxK.
+        let mut fired = vec![false; self.cfg.d_sae];
+        for (&i, v) in idx.iter().zip(f.flatten_all()?.to_vec1::<f32>()?) {
+            fired[i as usize] |= v > 0.0;
+        }
+        for (clock, f) in self.since_fired.iter_mut().zip(&fired) {
+            *clock = if *f { 0 } else { *clock + n as u64 };
+        }
+        let dead: Vec<bool> = self
+            .since_fired
+            .iter()
+            .map(|&c| c >= self.cfg.dead_tokens)
+            .collect();
+        let n_dead = dead.iter().filter(|&&d| d).count();
+        let (loss, aux) = if n_dead > 0 && self.cfg.aux_coef > 0.0 {
+            let k_aux = self.cfg.k_aux.min(n_dead);
+            let aux_idx = top_k_indices(&pre_v, self.cfg.d_sae, k_aux, Some(&dead));
+            // The input is detached so that AuxK moves only the dead latents' own weights, not b_dec.
+            let f_aux = selected_pre(&xc.detach(), w_enc_t, b_enc, &aux_idx, k_aux)?.relu()?;
+            let e_hat = sparse_decode(&f_aux, w_dec, &aux_idx, k_aux)?;
+            let err = (&x - &recon)?.detach();
+            let aux = normalized_sq_err(&e_hat, &err)?;
+            ((&fvu + (&aux * self.cfg.aux_coef)?)?, scalar(&aux)?)
+        } else {
+            (fvu.clone(), 0.0)
+        };
+        let mut grads = loss.backward()?;
+        // Remove the decoder gradient's component along each (unit) row.
+        let wd = self.params[2].var.as_tensor().clone();
+        if let Some(g) = grads.get(&wd) {
+            let radial = (g * &wd)?.sum_keepdim(D::Minus1)?;
+            let g = (g - wd.broadcast_mul(&radial)?)?;
+            grads.insert(&wd, g);
+        }
+        let lr = self.cfg.lr_at(self.step);
+        let t = (self.step + 1) as i32;
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        for p in &mut self.params {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            p.m = ((&p.m * b1)? + (g * (1.0 - b1))?)?;
+            p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let m_hat = (&p.m / (1.0 - b1.powi(t)))?;
+            let v_hat = (&p.v / (1.0 - b2.powi(t)))?;
+            let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+            p.var.set(&(p.var.as_tensor() - (update * lr)?)?)?;
+        }
+        self.params[2]
+            .var
+            .set(&unit_rows(self.params[2].var.as_tensor())?)?;
+        self.step += 1;
+        Ok(StepStats {
+            step: self.step - 1,
+            fvu: scalar(&fvu)?,
+            aux,
+            dead_fraction: self.dead_fraction(),
+            lr,
+        })
+    }
+
+    /// Fraction of latents that have not fired for `dead_tokens` tokens.
+    pub fn dead_fraction(&self) -> f64 {
+        let dead = self
+            .since_fired
+            .iter()
+            .filter(|&&c| c >= self.cfg.dead_tokens)
+            .count();
+        dead as f64 / self.cfg.d_sae as f64
+    }
+
+    /// The SAE as trained, with the input scale folded into the weights (it takes raw activations).
+    pub fn to_sae(&self, meta: SaeMeta) -> Result<Sae> {
+        let t = |i: usize| self.params[i].var.as_tensor().clone();
+        let mut sae = Sae::from_parts(SaeParts {
+            w_enc: t(0).t()?,
+            b_enc: t(1),
+            w_dec: t(2),
+            b_dec: t(3),
+            activation: Activation::TopK { k: self.cfg.k },
+            apply_b_dec_to_input: true,
+            normalization: Normalization::None,
+            hook: Some(self.cfg.hook),
+            meta,
+        })?;
+        sae.fold_input_scale(self.input_scale)?;
+        Ok(sae)
+    }
+
+    /// Writes `trainer.safetensors` (weights, Adam moments, firing clocks) and `trainer.json`
+    /// (config, step, input scale) into `dir`.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tensors = std::collections::HashMap::new();
+        for (name, p) in NAMES.iter().zip(&self.params) {
+            tensors.insert(name.to_string(), p.var.as_tensor().clone());
+            tensors.insert(format!("{name}.m"), p.m.clone());
+            tensors.insert(format!("{name}.v"), p.v.clone());
+        }
+        let clocks: Vec<i64> = self.since_fired.iter().map(|&c| c as i64).collect();
+        tensors.insert(
+            "since_fired".into(),
+            Tensor::new(clocks, &Device::Cpu)?.to_device(self.params[0].m.device())?,
+        );
+        let st = dir.join("trainer.safetensors");
+        candle_core::safetensors::save(&tensors, &st)?;
+        let state = CheckpointState {
+            config: self.cfg.clone(),
+            step: self.step,
+            input_scale: self.input_scale,
+        };
+        let json = dir.join("trainer.json");
+        let text = serde_json::to_string_pretty(&state).expect("serialisable");
+        std::fs::write(&json, text).map_err(|e| Error::io(&json, e))
+    }
+
+    /// Loads a checkpoint written by [`Trainer::save_checkpoint`] onto `device`.
+    pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Self> {
+        let json = dir.join("trainer.json");
+        let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;
+        let state: CheckpointState = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&json, "checkpoint", "trainer state", e.to_string()))?;
+        let st = dir.join("trainer.safetensors");
+        let mut t = candle_core::safetensors::load(&st, device)?;
+        let mut take = |name: String| t.remove(&name).ok_or_else(|| Error::missing(&st, name));
+        let mut params = Vec::new();
+        for name in NAMES {
+            params.push(Param {
+                var: Var::from_tensor(&take(name.to_string())?)?,
+                m: take(format!("{name}.m"))?,
+                v: take(format!("{name}.v"))?,
+            });
+        }
+        let since_fired = take("since_fired".into())?
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|c| c as u64)
+            .collect();
+        Ok(Trainer {
+            cfg: state.config,
+            params,
+            input_scale: state.input_scale,
+            step: state.step,
+            since_fired,
+        })
+    }
+
+    /// Trains from the current step to the end of the run, calling `on_step` after each step
+    /// (progress, periodic [`Trainer::save_checkpoint`]).
+    pub fn run(
+        &mut self,
+        source: &mut dyn ActivationSource,
+        on_step: &mut dyn FnMut(&Trainer, &StepStats) -> Result<()>,
+    ) -> Result<RunTimes> {
+        let mut times = RunTimes::default();
+        let bs = self.cfg.batch_size;
+        let per_chunk = source.chunk_tokens() / bs;
+        if per_chunk == 0 {
+            return Err(Error::Invalid(format!(
+                "a chunk of {} tokens holds no batch of {bs}",
+                source.chunk_tokens()
+            )));
+        }
+        let mut loaded: Option<(usize, Tensor)> = None;
+        while self.step < self.cfg.total_steps() {
+            let c = self.step / per_chunk;
+            if loaded.as_ref().map(|(i, _)| *i) != Some(c) {
+                let t = std::time::Instant::now();
+                loaded = Some((c, source.chunk(c)?));
+                times.source_secs += t.elapsed().as_secs_f64();
+            }
+            let chunk = &loaded.as_ref().expect("loaded").1;
+            let x = chunk.narrow(0, (self.step % per_chunk) * bs, bs)?;
+            let t = std::time::Instant::now();
+            let stats = self.step(&x)?;
+            times.step_secs += t.elapsed().as_secs_f64();
+            times.steps += 1;
+            on_step(self, &stats)?;
+        }
+        Ok(times)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointState {
+    config: TrainConfig,
+    step: usize,
+    input_scale: f64,
+}
+
+/// Rows of `w` scaled to unit L2 norm.
+fn unit_rows(w: &Tensor) -> Result<Tensor> {
+    let n = w
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::INFINITY)?;
+    Ok(w.broadcast_div(&n)?)
+}
+
+/// For each row of `pre` (`n` wide), the indices of its `k` largest entries (among `allowed`
+/// ones, if given), ties towards the lower index; `k` per row, row-major.
+fn top_k_indices(pre: &[f32], n: usize, k: usize, allowed: Option<&[bool]>) -> Vec<u32> {
+    let cand: Vec<usize> = (0..n).filter(|&i| allowed.is_none_or(|a| a[i])).collect();
+    let k = k.min(cand.len());
+    let mut out = Vec::with_capacity(pre.len() / n * k);
+    for row in pre.chunks(n) {
+        let mut order = cand.clone();
+        let cmp = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+        if k > 0 && k < order.len() {
+            order.select_nth_unstable_by(k - 1, cmp);
+        }
+        out.extend(order[..k].iter().map(|&i| i as u32));
+    }
+    out
+}
+
+/// The pre-activations `xc·W_enc[:, i] + b_enc[i]` of the latents `idx` (`k` per row), `(n, k)`,
+/// differentiable in every input.
+fn selected_pre(
+    xc: &Tensor,
+    w_enc_t: &Tensor,
+    b_enc: &Tensor,
+    idx: &[u32],
+    k: usize,
+) -> Result<Tensor> {
+    let (n, d) = xc.dims2()?;
+    let ids = Tensor::new(idx, xc.device())?;
+    let rows = w_enc_t.index_select(&ids, 0)?.reshape((n, k, d))?;
+    let dot = rows.broadcast_mul(&xc.unsqueeze(1)?)?.sum(2)?;
+    Ok((dot + b_enc.index_select(&ids, 0)?.reshape((n, k))?)?)
+}
+
+/// `Σ_j f[r, j] · W_dec[idx[r, j]]` for each row `r`: `(n, k) → (n, d_in)`.
+fn sparse_decode(f: &Tensor, w_dec: &Tensor, idx: &[u32], k: usize) -> Result<Tensor> {
+    let n = f.dim(0)?;
+    let ids = Tensor::new(idx, f.device())?;
+    let rows = w_dec
+        .index_select(&ids, 0)?
+        .reshape((n, k, w_dec.dim(1)?))?;
+    Ok(rows.broadcast_mul(&f.unsqueeze(2)?)?.sum(1)?)
+}
+
+/// `Σ‖a−b‖² / Σ‖b−mean(b)‖²` over the rows of `(n, d)` tensors (differentiable in `a`).
+fn normalized_sq_err(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let err = (a - b)?.sqr()?.sum_all()?;
+    let var = b.broadcast_sub(&b.mean_keepdim(0)?)?.sqr()?.sum_all()?;
+    let var = var.detach().clamp(1e-12f32, f32::INFINITY)?;
+    Ok(err.div(&var)?)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_scalar::<f32>()? as f64)
+}
