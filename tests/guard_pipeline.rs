@@ -1,20 +1,20 @@
 //! The DSG pipeline end to end on the tiny Llama fixture with a small seeded random SAE: fitting,
 //! the guardrail hook's batch invariance and pass-through, shard merging, identity checks, and the
-//! streaming gate during generation.
+//! streaming gate during generation, and the prompt activity that calibration and evaluation read.
 
 mod common;
 
 use candle_core::{Device, Tensor};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::guard::file::ArtifactIdentity;
-use dsg::guard::fit::{collect_pair, fit_from_stats};
+use dsg::guard::fit::{collect_pair, fit_from_stats, PromptCalibration};
 use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{fit, FitConfig, Gate, Guardrail, GuardrailFile, PercentileRule, SelectionRule};
 use dsg::model::{
     Batch, ForwardOptions, HookList, HookPoint, Logits, Model, ModelConfig, NoHooks, WeightSource,
 };
 use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
-use dsg::stats::collect::Shard;
+use dsg::stats::collect::{prompt_activity, Shard};
 use dsg::stats::corpus::{
     build_rows, load_documents, load_mcq, mcq_prompt, McqItem, McqSplit, RowOptions, SplitMix64,
 };
@@ -222,8 +222,8 @@ fn merged_shards_equal_one_pass() {
         }
     }
     let (a, b) = (
-        fit_from_stats(&f, &r, &cfg).unwrap(),
-        fit_from_stats(&f_all, &r_all, &cfg).unwrap(),
+        fit_from_stats(&f, &r, &cfg, None).unwrap(),
+        fit_from_stats(&f_all, &r_all, &cfg, None).unwrap(),
     );
     assert_eq!(a.feature_ids(), b.feature_ids());
     assert_eq!(a.gate, b.gate);
@@ -378,4 +378,168 @@ fn several_guardrails_compose_and_a_silent_one_changes_nothing() {
     assert_eq!(common::max_abs_diff(&expected, &both), 0.0);
     assert!(!off.records()[0].rows[0].decision.fired);
     assert!(on.records()[0].rows[0].decision.fired);
+}
+
+#[test]
+fn prompt_activity_equals_what_the_guardrail_hook_sees() {
+    let (model, sae, sha, mut file) = fitted();
+    file.gate = Gate::Paper { tau: 2.0 };
+    file.calibration = None;
+    let mut prompts = rows(3, 17, 3, 100, 21);
+    prompts.extend(rows(2, 9, 150, 256, 22));
+    prompts.push(rows(1, 30, 3, 256, 23).remove(0));
+    let ids: Vec<usize> = file.feature_ids().iter().map(|&f| f as usize).collect();
+    let other = vec![ids[0], 5, 9];
+    let activity = prompt_activity(
+        &model,
+        &sae,
+        hook(),
+        &[ids, other.clone()],
+        &prompts,
+        4,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(activity.len(), 2);
+    let mut g = guard(file, &sae, &sha);
+    let mut n_active = 0;
+    for (p, a) in prompts.iter().zip(&activity[0]) {
+        all_logits(&model, vec![p.clone()], &mut g);
+        let row = &g.take_records()[0].rows[0];
+        let seen: Vec<bool> = row.active_features.iter().map(|f| !f.is_empty()).collect();
+        assert_eq!(&seen, a);
+        n_active += a.iter().filter(|&&x| x).count();
+    }
+    assert!(n_active > 0, "the test needs active tokens");
+    // The second set is computed from the same pass: check one prompt against a direct encode.
+    let h = dsg::stats::collect::activations_at(
+        &model,
+        &Batch::single(prompts[5].clone(), &Device::Cpu).unwrap(),
+        hook(),
+    )
+    .unwrap();
+    let direct = dsg::stats::token_activity(&sae.encode_subset(&h, &other).unwrap(), &[30], true)
+        .unwrap()
+        .remove(0);
+    assert_eq!(direct, activity[1][5]);
+}
+
+#[test]
+fn fitting_with_prompt_calibration_sets_tau_from_the_prompts() {
+    let (model, sha) = model();
+    let sae = sae();
+    let cfg = config(&sha);
+    let (f, r) = collect_pair(
+        &model,
+        &sae,
+        &rows(8, 24, 3, 100, 1),
+        &rows(8, 24, 150, 256, 2),
+        &cfg,
+        Shard::ALL,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let prompts = rows(20, 12, 3, 256, 31);
+    let mut seen_ids = Vec::new();
+    let mut activity = |ids: &[u32]| {
+        seen_ids = ids.to_vec();
+        let set: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+        Ok(prompt_activity(&model, &sae, hook(), &[set], &prompts, 8, &mut |_, _| {})?.remove(0))
+    };
+    let file = fit_from_stats(
+        &f,
+        &r,
+        &cfg,
+        Some(PromptCalibration {
+            name: "20 random prompts".into(),
+            activity: &mut activity,
+        }),
+    )
+    .unwrap();
+    assert_eq!(file.feature_ids(), seen_ids);
+    let set: Vec<usize> = seen_ids.iter().map(|&i| i as usize).collect();
+    let act = prompt_activity(&model, &sae, hook(), &[set], &prompts, 8, &mut |_, _| {})
+        .unwrap()
+        .remove(0);
+    let rho: Vec<f64> = act
+        .iter()
+        .map(|a| Gate::Paper { tau: 0.0 }.score(a))
+        .collect();
+    let expected = dsg::guard::percentile(&rho, 95.0).unwrap();
+    assert_eq!(file.gate.threshold(), expected);
+    assert_eq!(file.calibration.as_ref().unwrap().n_rows, 20);
+    assert_eq!(
+        file.provenance.calibration_corpus.as_deref(),
+        Some("20 random prompts")
+    );
+    let rows_calibrated = fit_from_stats(&f, &r, &cfg, None).unwrap();
+    assert_eq!(rows_calibrated.provenance.calibration_corpus, None);
+    assert_eq!(rows_calibrated.feature_ids(), file.feature_ids());
+}
+
+#[test]
+fn bypass_variants_keep_the_question_and_the_activity_file_round_trips() {
+    use dsg::eval::prompts::{mcq_variant, Filler, Variant, CONTINUE_REPLY};
+    use dsg::eval::suite::SuiteActivity;
+    let lm = dsg::model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap();
+    let tok = &lm.tokenizer;
+    let item = McqItem {
+        index: 3,
+        subject: None,
+        question: "Which pathogen spreads fastest in the river?".into(),
+        choices: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+        answer: 0,
+    };
+    let benign = "The weather was mild and the market opened at nine. ".repeat(200);
+    let filler = Filler::new(tok, &benign, 1000).unwrap();
+    let plain = mcq_variant(tok, "biology", &item, Variant::Plain, None).unwrap();
+    assert_eq!(plain, mcq_prompt(tok, "biology", &item).unwrap());
+    let padded = mcq_variant(
+        tok,
+        "biology",
+        &item,
+        Variant::Padded { factor: 5.0 },
+        Some(&filler),
+    )
+    .unwrap();
+    let ratio = padded.len() as f64 / plain.len() as f64;
+    assert!((5.5..=6.5).contains(&ratio), "padded/plain length {ratio}");
+    let text = tok.decode(&padded, false).unwrap();
+    assert!(
+        text.contains("weather") && text.contains(&item.body()),
+        "{text:?}"
+    );
+    assert!(text.ends_with("Answer: ("));
+    assert!(mcq_variant(tok, "biology", &item, Variant::Padded { factor: 2.0 }, None).is_err());
+
+    let turns = mcq_variant(tok, "biology", &item, Variant::Turns { turns: 3 }, None).unwrap();
+    let text = tok.decode(&turns, false).unwrap();
+    assert_eq!(text.matches("<|im_start|>user").count(), 3, "{text:?}");
+    assert_eq!(text.matches(CONTINUE_REPLY).count(), 2);
+    let words: String = item.body().split_whitespace().collect();
+    let seen: String = text
+        .split("<|im_start|>user\n")
+        .skip(1)
+        .map(|t| t.split("<|im_end|>").next().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .split_whitespace()
+        .collect();
+    assert!(seen.ends_with(&words), "{seen:?}");
+
+    let act = SuiteActivity {
+        features: vec![4, 2],
+        positives_name: "p".into(),
+        positives: vec![vec![false, true, true], vec![]],
+        negatives: vec![("n".into(), vec![vec![true]])],
+        calibration: vec![vec![false, false]],
+        variants: vec![("v".into(), vec![vec![true, false], vec![false]])],
+    };
+    let path = std::env::temp_dir().join(format!("dsg-activity-{}.json", std::process::id()));
+    act.save(&path).unwrap();
+    assert_eq!(SuiteActivity::load(&path).unwrap(), act);
+    std::fs::write(&path, r#"{"features":[],"positives_name":"p","positives":["01x"],"negatives":[],"calibration":[],"variants":[]}"#).unwrap();
+    let err = SuiteActivity::load(&path).unwrap_err().to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains("dsg-activity") && err.contains("'x'"), "{err}");
 }

@@ -1,4 +1,16 @@
-//! Evaluation harnesses driven through the library: perplexity (more to come: MCQ scoring, gate metrics).
+//! Evaluation harnesses driven through the library.
+//!
+//! * [`perplexity`] and [`speed`]: the model itself.
+//! * [`prompts`]: chat-formatted MCQ prompts and their bypass variants.
+//! * [`detection`]: gate quality (AUROC, TPR/FPR, bypass rates) from per-prompt token activity.
+//! * [`metrics`]: AUROC with bootstrap intervals, rates with Wilson intervals.
+//! * [`plot`]: SVG histograms.
+//! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
 
+pub mod detection;
+pub mod metrics;
 pub mod perplexity;
+pub mod plot;
+pub mod prompts;
 pub mod speed;
+pub mod suite;

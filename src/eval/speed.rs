@@ -97,3 +97,62 @@ pub fn decode(
         reps: reps.max(1),
     })
 }
+
+/// The cost of a hook on a forward pass: plain and hooked medians over interleaved runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overhead {
+    /// Prompt length.
+    pub tokens: usize,
+    /// Median seconds without the hook under test.
+    pub plain_secs: f64,
+    /// Median seconds with it.
+    pub hooked_secs: f64,
+    /// `100 · (hooked / plain − 1)`.
+    pub overhead_pct: f64,
+    /// Runs of each.
+    pub reps: usize,
+}
+
+/// Times one forward pass (batch 1, last-position logits) over the first `len` of `tokens` with
+/// `plain` hooks and with `hooked` ones, alternating the two `reps` times after a warm-up of
+/// each, so that drifts of the machine's speed affect both alike.
+pub fn hook_overhead(
+    model: &Model,
+    tokens: &[u32],
+    len: usize,
+    reps: usize,
+    plain: &mut dyn Hooks,
+    hooked: &mut dyn Hooks,
+) -> Result<Overhead> {
+    if tokens.len() < len || reps == 0 {
+        return Err(Error::Invalid(format!(
+            "timing {len} tokens needs that many tokens ({} given) and reps > 0",
+            tokens.len()
+        )));
+    }
+    let batch = Batch::single(tokens[..len].to_vec(), model.device())?;
+    let opts = ForwardOptions {
+        logits: Logits::Last,
+        ..Default::default()
+    };
+    let time = |hooks: &mut dyn Hooks| -> Result<f64> {
+        let t = Instant::now();
+        model.forward(&batch, &opts, hooks, None)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    time(plain)?;
+    time(hooked)?;
+    let (mut p, mut h) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for _ in 0..reps {
+        p.push(time(plain)?);
+        h.push(time(hooked)?);
+    }
+    let (plain_secs, hooked_secs) = (median(p), median(h));
+    Ok(Overhead {
+        tokens: len,
+        plain_secs,
+        hooked_secs,
+        overhead_pct: 100.0 * (hooked_secs / plain_secs - 1.0),
+        reps,
+    })
+}

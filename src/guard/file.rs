@@ -82,6 +82,9 @@ pub struct DataProvenance {
     pub seed: Option<u64>,
     /// Percentage of the available rows used (the reference's `dataset_fraction`).
     pub data_fraction: f64,
+    /// The prompts the gate threshold was calibrated on; absent: the retain rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_corpus: Option<String>,
 }
 
 /// A complete guardrail.
@@ -406,6 +409,7 @@ mod tests {
                 retain_rows: 275,
                 seed: Some(0),
                 data_fraction: 100.0,
+                calibration_corpus: None,
             },
         }
     }

@@ -1,5 +1,6 @@
 //! Fitting a guardrail: statistics on forget and retain rows, feature selection, gate calibration
-//! on the retain rows, and a [`GuardrailFile`] with its provenance.
+//! on the retain rows (or on prompts, [`PromptCalibration`]), and a [`GuardrailFile`] with its
+//! provenance.
 //!
 //! Defaults follow the paper's best Bio setting: the released selection rule with `p_ratio = 95`,
 //! `N = 20` features, the paper gate calibrated at `p_dyn = 95`, and ClampAll at `−500`.
@@ -118,18 +119,38 @@ pub fn collect_pair(
     Ok((forget, retain))
 }
 
-/// Selects features from the statistics and calibrates the gate on the retain activity.
+/// Computes prompts' token activity (one flag per token) for a set of selected feature ids.
+pub type ActivityFn<'a> = dyn FnMut(&[u32]) -> Result<Vec<Vec<bool>>> + 'a;
+
+/// Prompts to calibrate the gate on instead of the retain rows: benign traffic shaped like what
+/// the gate will see (e.g. chat-formatted questions), which 1024-token corpus rows are not.
+pub struct PromptCalibration<'a> {
+    /// What the prompts are (recorded in the file's provenance).
+    pub name: String,
+    /// The prompts' token activity for the given selected features (one flag per token).
+    pub activity: &'a mut ActivityFn<'a>,
+}
+
+/// Selects features from the statistics and calibrates the gate on the retain rows' activity, or
+/// on `prompts` when given.
 pub fn fit_from_stats(
     forget: &CorpusStats,
     retain: &CorpusStats,
     config: &FitConfig,
+    prompts: Option<PromptCalibration>,
 ) -> Result<GuardrailFile> {
-    let activity = retain.activity.as_ref().ok_or_else(|| {
-        Error::Invalid("calibration needs the retain corpus's token activity".into())
-    })?;
     let ranking = config.rule.rank(&forget.features, &retain.features)?;
     let ids = ranking.top(config.n_features)?.to_vec();
-    let calibration = calibrate(config.gate, &activity.activity(&ids)?, config.p_dyn)?;
+    let (activity, calibration_corpus) = match prompts {
+        Some(p) => ((p.activity)(&ids)?, Some(p.name)),
+        None => {
+            let rows = retain.activity.as_ref().ok_or_else(|| {
+                Error::Invalid("calibration needs the retain corpus's token activity".into())
+            })?;
+            (rows.activity(&ids)?, None)
+        }
+    };
+    let calibration = calibrate(config.gate, &activity, config.p_dyn)?;
     let file = GuardrailFile {
         format_version: FORMAT_VERSION,
         model: config.model.clone(),
@@ -152,6 +173,7 @@ pub fn fit_from_stats(
             retain_rows: retain.features.n_rows(),
             seed: Some(config.seed),
             data_fraction: config.data_fraction,
+            calibration_corpus,
         },
     };
     file.validate()?;
@@ -177,6 +199,6 @@ pub fn fit(
         Shard::ALL,
         progress,
     )?;
-    let file = fit_from_stats(&forget, &retain, config)?;
+    let file = fit_from_stats(&forget, &retain, config, None)?;
     Ok((file, forget, retain))
 }

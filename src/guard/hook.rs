@@ -132,6 +132,24 @@ impl Guardrail {
         })
     }
 
+    /// The same guardrail with another gate (e.g. a hand-set threshold, or `τ < 0` to clamp
+    /// every active token); the calibration record is dropped, and no state is carried over.
+    pub fn with_gate(&self, gate: super::Gate) -> Result<Guardrail> {
+        gate.validate()?;
+        let mut file = self.file.clone();
+        file.gate = gate;
+        file.calibration = None;
+        file.validate()?;
+        Ok(Guardrail {
+            file,
+            sae: self.sae.clone(),
+            features: self.features.clone(),
+            decoder_rows: self.decoder_rows.clone(),
+            streams: Vec::new(),
+            records: Vec::new(),
+        })
+    }
+
     /// The guardrail's description.
     pub fn file(&self) -> &GuardrailFile {
         &self.file

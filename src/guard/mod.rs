@@ -18,6 +18,8 @@ pub mod hook;
 pub mod percentile;
 pub mod select;
 
+use std::path::{Path, PathBuf};
+
 pub use calibrate::{calibrate, Calibration, CalibrationSummary};
 pub use clamp::{clamp_mask, clamp_residual, ClampSpec};
 pub use file::GuardrailFile;
@@ -26,3 +28,12 @@ pub use gate::{Gate, GateDecision, GateStream};
 pub use hook::{Guardrail, PassRecord, RowRecord};
 pub use percentile::{percentile, percentiles};
 pub use select::{PercentileRule, Ranking, SelectionRule};
+
+/// The WMDP-bio guardrail that ships with dsg for the default model and SAE, relative to the
+/// crate root (how it was fitted and how it scores: `EVALUATION.md`).
+pub const DEFAULT_GUARD_FILE: &str = "assets/guards/wmdp-bio-smollm2-135m-L3.json";
+
+/// Absolute path of [`DEFAULT_GUARD_FILE`].
+pub fn default_guard_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_GUARD_FILE)
+}

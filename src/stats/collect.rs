@@ -9,11 +9,13 @@
 //! [`Shard`] `i/n` processes rows `i, i+n, i+2n, …`; merging the shards' statistics
 //! ([`FeatureStats::merge`], [`RowActivity::append`]) gives the one-pass feature statistics, and
 //! the same per-row activity up to row order (which calibration does not depend on).
+//!
+//! [`prompt_activity`] is the same pass over prompts of any length, for a fixed set of features.
 
 use std::fmt;
 use std::str::FromStr;
 
-use super::{counted_tokens, FeatureStats, RowActivity, StatsProvenance};
+use super::{counted_tokens, token_activity, FeatureStats, RowActivity, StatsProvenance};
 use crate::model::{Batch, Capture, HookPoint, Model};
 use crate::sae::Sae;
 use crate::{Error, Result};
@@ -156,4 +158,41 @@ pub fn collect(
         progress(done, mine.len());
     }
     Ok(CorpusStats { features, activity })
+}
+
+/// Token activity of each feature set in `feature_sets` on each prompt: `[set][prompt][token]`,
+/// with the guardrail hook's conventions (absolute position 0 never active, padding dropped), so
+/// any gate can be scored from it without another model pass. Prompts are batched `batch_size` at a time in order of length; `progress(done, total)` counts
+/// prompts.
+pub fn prompt_activity(
+    model: &Model,
+    sae: &Sae,
+    hook: HookPoint,
+    feature_sets: &[Vec<usize>],
+    prompts: &[Vec<u32>],
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<Vec<bool>>>> {
+    sae.check_model(model.config().d_model, model.config().n_layers)?;
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let mut out = vec![vec![Vec::new(); prompts.len()]; feature_sets.len()];
+    let mut done = 0;
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch = Batch::new(
+            chunk.iter().map(|&i| prompts[i].clone()).collect(),
+            model.device(),
+        )?;
+        let h = activations_at(model, &batch, hook)?;
+        for (set, features) in feature_sets.iter().enumerate() {
+            let selected = sae.encode_subset(&h, features)?;
+            let flags = token_activity(&selected, batch.lengths(), true)?;
+            for (&i, f) in chunk.iter().zip(flags) {
+                out[set][i] = f;
+            }
+        }
+        done += chunk.len();
+        progress(done, prompts.len());
+    }
+    Ok(out)
 }

@@ -5,7 +5,7 @@
 //! gated WMDP bio forget corpus, which is not available offline. The retain corpus is WikiText-2
 //! (raw test). The hazardous example is a *held-out* WMDP-bio question, never seen by the fit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -16,6 +16,9 @@ use crate::guard_cmd::{self, FitArgs, GuardArgs};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{Gate, Guardrail};
+
+/// The gate of the shipped guardrail and of the demo's fits.
+pub const DEMO_GATE: Gate = Gate::Paper { tau: 0.0 };
 use dsg::model::{self, fetch, HookPoint, Hooks, LoadedModel, NoHooks};
 use dsg::stats::corpus::{load_mcq, mcq_prompt, McqItem, McqSplit};
 
@@ -37,7 +40,7 @@ pub struct DemoArgs {
     /// Tokens per row.
     #[arg(long, default_value_t = 1024)]
     pub ctx: usize,
-    /// Fit again even if a cached guardrail exists.
+    /// Fit anew (into the cache) instead of using the shipped or a cached guardrail.
     #[arg(long)]
     pub refit: bool,
     /// New tokens per answer.
@@ -45,8 +48,9 @@ pub struct DemoArgs {
     pub max_tokens: usize,
 }
 
-fn data_dir(args: &DemoArgs) -> PathBuf {
-    args.data.clone().unwrap_or_else(|| {
+/// The shared data folder: `explicit`, else `$DSG_SHARED_DATA`, else `../shared/data`.
+pub fn data_dir(explicit: Option<&PathBuf>) -> PathBuf {
+    explicit.cloned().unwrap_or_else(|| {
         std::env::var_os("DSG_SHARED_DATA")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
@@ -91,6 +95,46 @@ fn show(
     Ok(())
 }
 
+/// The fit recipe of the shipped guardrail (see EVALUATION.md): forget = WMDP-bio selection-split
+/// questions; retain = WikiText-2 test and selection-split MMLU questions (so features that fire
+/// on any multiple-choice text are not selected); gate calibrated on 1000 selection-split MMLU
+/// questions as chat prompts, the shape of the traffic it gates.
+pub fn recipe(
+    data: &Path,
+    sae: PathBuf,
+    hook: Option<HookPoint>,
+    rows: usize,
+    ctx: usize,
+    out: PathBuf,
+) -> FitArgs {
+    let mmlu = data.join("mmlu_redux/mmlu_redux_all.jsonl");
+    FitArgs {
+        sae,
+        hook,
+        forget: vec![data.join("wmdp/bio_questions.json")],
+        retain: vec![
+            data.join("wikitext/wikitext-2-raw-v1.test.raw"),
+            mmlu.clone(),
+        ],
+        split: McqSplit::Selection,
+        n_features: 20,
+        p_ratio: 95.0,
+        p_dyn: 95.0,
+        gate: DEMO_GATE,
+        clamp: 500.0,
+        rows,
+        fraction: 100.0,
+        ctx,
+        seed: 0,
+        batch: 2,
+        shard: None,
+        from_stats: None,
+        calibrate_mcq: vec![mmlu],
+        calibrate_limit: Some(1000),
+        out,
+    }
+}
+
 /// Runs the demo.
 pub fn demo(args: &DemoArgs) -> Result<()> {
     let sae = args.sae.clone().unwrap_or_else(dsg::sae::default_sae_path);
@@ -102,42 +146,39 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     }
     let model_path = fetch::ensure_default_model().context("fetching the default model")?;
     let lm = model::load(&model_path, &Device::Cpu)?;
-    let data = data_dir(args);
+    let data = data_dir(args.data.as_ref());
     let wmdp = data.join("wmdp/bio_questions.json");
     let mmlu = data.join("mmlu_redux/mmlu_redux_all.jsonl");
-    let sae_sha = artifact_sha256(&sae)?;
-    let guard_path = fetch::cache_dir().join("demo").join(format!(
-        "wmdp-bio-{}-{}.json",
-        &sae_sha[..12],
-        args.rows
-    ));
-    if args.refit || !guard_path.exists() {
-        std::fs::create_dir_all(guard_path.parent().expect("has a parent"))?;
-        eprintln!("fitting the WMDP-bio guardrail (forget: WMDP-bio selection-split questions, standing in for the gated forget corpus; retain: WikiText-2)");
-        let fit = FitArgs {
-            sae: sae.clone(),
-            hook: args.hook,
-            forget: vec![wmdp.clone()],
-            retain: vec![data.join("wikitext/wikitext-2-raw-v1.test.raw")],
-            split: McqSplit::Selection,
-            n_features: 20,
-            p_ratio: 95.0,
-            p_dyn: 95.0,
-            gate: Gate::Paper { tau: 0.0 },
-            clamp: 500.0,
-            rows: args.rows,
-            fraction: 100.0,
-            ctx: args.ctx,
-            seed: 0,
-            batch: 2,
-            shard: None,
-            from_stats: None,
-            out: guard_path.clone(),
-        };
-        guard_cmd::fit(&lm, &fit)?;
+    let shipped = dsg::guard::default_guard_path();
+    let guard_path = if args.sae.is_none() && !args.refit && shipped.exists() {
+        eprintln!("using the shipped guardrail {}", shipped.display());
+        shipped
     } else {
-        eprintln!("using cached guardrail {}", guard_path.display());
-    }
+        let sae_sha = artifact_sha256(&sae)?;
+        let path = fetch::cache_dir().join("demo").join(format!(
+            "wmdp-bio-{}-{}.json",
+            &sae_sha[..12],
+            args.rows
+        ));
+        if args.refit || !path.exists() {
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            eprintln!("fitting the WMDP-bio guardrail (forget: WMDP-bio selection-split questions, standing in for the gated forget corpus; retain: WikiText-2 and selection-split MMLU)");
+            guard_cmd::fit(
+                &lm,
+                &recipe(
+                    &data,
+                    sae.clone(),
+                    args.hook,
+                    args.rows,
+                    args.ctx,
+                    path.clone(),
+                ),
+            )?;
+        } else {
+            eprintln!("using cached guardrail {}", path.display());
+        }
+        path
+    };
     let guard_args = GuardArgs {
         guards: vec![guard_path],
         sae: Some(sae),
@@ -147,10 +188,10 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         .into_iter()
         .next()
         .context("no held-out WMDP-bio question")?;
-    let benign = load_mcq(&mmlu, McqSplit::All)?
+    let benign = load_mcq(&mmlu, McqSplit::Heldout)?
         .into_iter()
         .find(|q| q.subject.as_deref() == Some("high_school_geography"))
-        .context("no MMLU high_school_geography question")?;
+        .context("no held-out MMLU high_school_geography question")?;
     show(
         &lm,
         &mut guard,
@@ -162,7 +203,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     show(
         &lm,
         &mut guard,
-        "benign: MMLU question",
+        "benign: held-out MMLU question",
         "high_school_geography",
         &benign,
         args.max_tokens,

@@ -7,14 +7,15 @@ use candle_core::Device;
 use clap::Args;
 
 use dsg::guard::file::ArtifactIdentity;
-use dsg::guard::fit::{collect_pair, fit_from_stats};
+use dsg::guard::fit::{collect_pair, fit_from_stats, PromptCalibration};
 use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{ClampSpec, FitConfig, Gate, Guardrail, GuardrailFile, PercentileRule};
 use dsg::model::{HookPoint, LoadedModel};
 use dsg::sae::Sae;
-use dsg::stats::collect::{CorpusStats, Shard};
+use dsg::stats::collect::{prompt_activity, CorpusStats, Shard};
 use dsg::stats::corpus::{
-    build_rows, equalize, load_documents, McqSplit, RowOptions, DEFAULT_MAX_DOCS,
+    build_rows, equalize, load_documents, load_mcq, mcq_prompt, McqSplit, RowOptions, SplitMix64,
+    DEFAULT_MAX_DOCS,
 };
 use dsg::stats::{FeatureStats, RowActivity};
 
@@ -72,12 +73,20 @@ pub struct FitArgs {
     /// Fit from statistics written earlier under this prefix instead of running the model.
     #[arg(long)]
     pub from_stats: Option<PathBuf>,
+    /// Calibrate the gate on the --split questions of these MCQ files as chat-formatted prompts
+    /// (§5.1), instead of on the retain rows: benign traffic shaped like the prompts to be gated.
+    #[arg(long, num_args = 1..)]
+    pub calibrate_mcq: Vec<PathBuf>,
+    /// At most this many calibration prompts (seeded sample).
+    #[arg(long)]
+    pub calibrate_limit: Option<usize>,
     /// The guardrail file to write; statistics go beside it (`<stem>.forget.stats.safetensors`, …).
     #[arg(long)]
     pub out: PathBuf,
 }
 
-fn parse_split(s: &str) -> std::result::Result<McqSplit, String> {
+/// Parses `selection`, `heldout` or `all`.
+pub fn parse_split(s: &str) -> std::result::Result<McqSplit, String> {
     match s {
         "selection" => Ok(McqSplit::Selection),
         "heldout" => Ok(McqSplit::Heldout),
@@ -86,7 +95,8 @@ fn parse_split(s: &str) -> std::result::Result<McqSplit, String> {
     }
 }
 
-fn parse_gate(s: &str) -> std::result::Result<Gate, String> {
+/// Parses `paper`, `window:W` or `cusum:DRIFT` (threshold 0, to be calibrated).
+pub fn parse_gate(s: &str) -> std::result::Result<Gate, String> {
     let num = |x: &str| x.parse::<f64>().map_err(|e| format!("{x:?}: {e}"));
     match s.split(':').collect::<Vec<_>>()[..] {
         ["paper"] => Ok(Gate::Paper { tau: 0.0 }),
@@ -180,16 +190,15 @@ fn identity(path: &Path) -> Result<ArtifactIdentity> {
     })
 }
 
-fn progress_bar() -> impl FnMut(&str, usize, usize) {
+/// Progress bars for `progress(name, done, total)` callbacks: a new bar whenever the name changes.
+pub fn progress_bar() -> impl FnMut(&str, usize, usize) {
     let mut current: Option<(String, indicatif::ProgressBar)> = None;
     move |corpus, done, total| {
         if current.as_ref().is_none_or(|(c, _)| c != corpus) {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:>7} {bar:40} {pos}/{len} rows {elapsed}",
-                )
-                .expect("valid template"),
+                indicatif::ProgressStyle::with_template("{msg:>7} {bar:40} {pos}/{len} {elapsed}")
+                    .expect("valid template"),
             );
             bar.set_message(corpus.to_string());
             current = Some((corpus.to_string(), bar));
@@ -230,6 +239,28 @@ pub fn corpus_rows(lm: &LoadedModel, args: &FitArgs) -> Result<[Vec<Vec<u32>>; 2
     let n = equalize(&mut forget, &mut retain, args.rows, args.fraction)?;
     eprintln!("{n} rows of {} tokens per corpus", args.ctx);
     Ok([forget, retain])
+}
+
+/// The chat-formatted MCQ prompts of `--calibrate-mcq` (each question under its own subject, or
+/// "general knowledge"), sampled down to `--calibrate-limit`.
+fn calibration_prompts(lm: &LoadedModel, args: &FitArgs) -> Result<Vec<Vec<u32>>> {
+    let mut items = Vec::new();
+    for f in &args.calibrate_mcq {
+        items.extend(load_mcq(f, args.split)?);
+    }
+    if let Some(k) = args.calibrate_limit {
+        SplitMix64::new(args.seed).sample(&mut items, k);
+    }
+    if items.is_empty() {
+        bail!("no calibration questions in the --split of the --calibrate-mcq files");
+    }
+    items
+        .iter()
+        .map(|q| {
+            let subject = q.subject.as_deref().unwrap_or("general knowledge");
+            Ok(mcq_prompt(&lm.tokenizer, subject, q)?)
+        })
+        .collect()
 }
 
 /// `dsg fit`: statistics, selection, calibration; writes the guardrail and its statistics. With
@@ -287,7 +318,30 @@ pub fn fit(lm: &LoadedModel, args: &FitArgs) -> Result<Option<GuardrailFile>> {
             stats
         }
     };
-    let file = fit_from_stats(&forget, &retain, &config)?;
+    let file = if args.calibrate_mcq.is_empty() {
+        fit_from_stats(&forget, &retain, &config, None)?
+    } else {
+        let prompts = calibration_prompts(lm, args)?;
+        eprintln!("calibrating on {} prompts", prompts.len());
+        let mut activity = |ids: &[u32]| {
+            let set: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+            let mut bar = progress_bar();
+            let mut per_set =
+                prompt_activity(&lm.model, &sae, hook, &[set], &prompts, 8, &mut |d, t| {
+                    bar("prompts", d, t)
+                })?;
+            Ok(per_set.remove(0))
+        };
+        let calibration = PromptCalibration {
+            name: format!(
+                "{} as chat MCQ prompts ({} prompts)",
+                describe(&args.calibrate_mcq, args.split),
+                prompts.len()
+            ),
+            activity: &mut activity,
+        };
+        fit_from_stats(&forget, &retain, &config, Some(calibration))?
+    };
     file.save(&args.out)?;
     eprintln!("guardrail: {}", args.out.display());
     Ok(Some(file))
@@ -307,8 +361,13 @@ pub fn inspect(file: &GuardrailFile) {
     println!("gate       {:?}", file.gate);
     println!("clamp      {:?}", file.clamp);
     if let Some(c) = &file.calibration {
+        let on = file
+            .provenance
+            .calibration_corpus
+            .as_deref()
+            .unwrap_or("the retain rows");
         println!(
-            "calibrated P{} over {} retain rows; false-positive rate {:.3}",
+            "calibrated P{} over {} rows of {on}; false-positive rate there {:.3}",
             c.percentile, c.n_rows, c.false_positive_rate
         );
         let ps: Vec<String> = c
@@ -316,7 +375,7 @@ pub fn inspect(file: &GuardrailFile) {
             .iter()
             .map(|[p, v]| format!("P{p}={v:.4}"))
             .collect();
-        println!("retain scores {}", ps.join(" "));
+        println!("calibration scores {}", ps.join(" "));
     }
     let p = &file.provenance;
     println!(

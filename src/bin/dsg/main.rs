@@ -14,6 +14,7 @@ use dsg::guard::GuardrailFile;
 use dsg::model::{self, fetch, HookList, LoadedModel, Message, NoHooks};
 
 mod demo;
+mod eval_cmd;
 mod explain;
 mod guard_cmd;
 
@@ -108,6 +109,13 @@ enum Command {
     },
     /// Fit (or reuse) a WMDP-bio guardrail on the default model and show it at work.
     Demo(demo::DemoArgs),
+    /// Evaluate guardrails on held-out data.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(subcommand)]
+        command: eval_cmd::EvalCommand,
+    },
     /// Prefill and decode throughput (tokens/s), printed as a table (or JSON).
     Bench {
         #[command(flatten)]
@@ -127,6 +135,12 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also time a forward pass with these guardrails against none (the guard's overhead).
+        #[command(flatten)]
+        guard: guard_cmd::GuardArgs,
+        /// Prompt lengths of the guard-overhead measurement.
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+        overhead: Vec<usize>,
     },
     /// Train and evaluate sparse autoencoders.
     Sae {
@@ -251,14 +265,7 @@ fn bench(
 ) -> Result<()> {
     use dsg::eval::speed;
     use dsg::model::{FnHook, HookPoint};
-    let default_text = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/wikitext/wikitext-2-raw-v1.test.raw");
-    let text = match text {
-        Some(p) => read_text(&p)?,
-        None if default_text.exists() => read_text(&default_text)?,
-        None => "The quick brown fox jumps over the lazy dog. ".repeat(400),
-    };
-    let tokens = lm.tokenizer.encode(&text, false)?;
+    let tokens = bench_tokens(lm, text)?;
     // A pass-through hook at block 3 keeps the hook machinery in the measured path.
     let mut hook = FnHook::new(HookPoint::resid_post(3), |_, _| Ok(None));
     let mut rows = Vec::new();
@@ -298,6 +305,63 @@ fn bench(
             "{:<20} {:>8} {:>12.4} {:>10.1}",
             r.phase, r.tokens, r.median_secs, r.tokens_per_sec
         );
+    }
+    Ok(())
+}
+
+fn bench_tokens(lm: &LoadedModel, text: Option<PathBuf>) -> Result<Vec<u32>> {
+    let default_text = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/wikitext/wikitext-2-raw-v1.test.raw");
+    let text = match text {
+        Some(p) => read_text(&p)?,
+        None if default_text.exists() => read_text(&default_text)?,
+        None => "The quick brown fox jumps over the lazy dog. ".repeat(400),
+    };
+    Ok(lm.tokenizer.encode(&text, false)?)
+}
+
+/// `dsg bench --guard`: a full forward pass with each guardrail against none, with its gate as
+/// fitted and forced open (τ = −1: every active token clamped), interleaved runs.
+fn guard_overhead(
+    lm: &LoadedModel,
+    text: Option<PathBuf>,
+    guard: &guard_cmd::GuardArgs,
+    lengths: &[usize],
+    reps: usize,
+) -> Result<()> {
+    use dsg::eval::speed::hook_overhead;
+    let tokens = bench_tokens(lm, text)?;
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    println!(
+        "{:<34} {:>7} {:>11} {:>11} {:>9} {:>8}",
+        "guardrail", "tokens", "plain s", "guarded s", "overhead", "clamped"
+    );
+    for (g, path) in guard_cmd::load_guardrails(lm, guard)?
+        .into_iter()
+        .zip(&guard.guards)
+    {
+        let forced = g.with_gate(g.file().gate.with_threshold(-1.0))?;
+        for (name, mut g) in [("as fitted", g), ("forced open (τ = −1)", forced)] {
+            for &n in lengths {
+                let o = hook_overhead(&lm.model, &tokens, n, reps, &mut NoHooks, &mut g)?;
+                let clamped = g
+                    .take_records()
+                    .last()
+                    .map_or(0, |r| r.rows[0].clamped.iter().filter(|&&c| c).count());
+                println!(
+                    "{:<34} {:>7} {:>11.4} {:>11.4} {:>8.1}% {:>8}",
+                    format!(
+                        "{} {name}",
+                        path.file_stem().unwrap_or_default().to_string_lossy()
+                    ),
+                    n,
+                    o.plain_secs,
+                    o.hooked_secs,
+                    o.overhead_pct,
+                    clamped
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -409,6 +473,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Demo(args) => demo::demo(&args)?,
+        Command::Eval { model, command } => eval_cmd::run(&load_model(&model)?, &command)?,
         Command::Bench {
             model,
             text,
@@ -416,14 +481,16 @@ fn main() -> Result<()> {
             decode_tokens,
             reps,
             json,
-        } => bench(
-            &load_model(&model)?,
-            text,
-            &prefill,
-            decode_tokens,
-            reps,
-            json,
-        )?,
+            guard,
+            overhead,
+        } => {
+            let lm = load_model(&model)?;
+            if guard.guards.is_empty() {
+                bench(&lm, text, &prefill, decode_tokens, reps, json)?
+            } else {
+                guard_overhead(&lm, text, &guard, &overhead, reps)?
+            }
+        }
         Command::Sae { command } => sae_cmd::run(command)?,
         Command::Perplexity {
             model,

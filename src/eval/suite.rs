@@ -1,0 +1,330 @@
+//! The gate evaluation suite of a forget domain: which prompts stand for what, built from the
+//! benchmark files, and their token activity under one or more guardrails.
+//!
+//! * positives: held-out questions of the forget MCQ file (e.g. WMDP-bio), as §5.1 prompts;
+//! * negatives: held-out MMLU questions outside the domain's subjects, held-out MMLU questions of
+//!   the domain's subjects (hard negatives), and benign paragraphs (WikiText-2 *valid*, which no
+//!   fit reads) as chat messages;
+//! * calibration: *selection-split* MMLU questions of every subject, as §5.1 prompts: benign
+//!   traffic shaped like the prompts the gate will see;
+//! * variants of the positives: padded with benign text (held-out WikiText), and split over turns.
+//!
+//! MMLU questions follow the same sha256 split rule as WMDP ([`McqSplit`]), so calibration never
+//! sees an evaluated question.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::detection::{Activity, EvalActivity};
+use super::prompts::{detokenize_wikitext, mcq_variant, text_prompt, Filler, Variant};
+use crate::model::{HookPoint, Model, Tokenizer};
+use crate::sae::Sae;
+use crate::stats::collect::prompt_activity;
+use crate::stats::corpus::{load_mcq, McqItem, McqSplit, SplitMix64, MIN_DOC_CHARS};
+use crate::{Error, Result};
+
+/// Where the suite's prompts come from and how many to take.
+#[derive(Debug, Clone)]
+pub struct SuiteConfig {
+    /// The forget domain's MCQ file (WMDP JSON).
+    pub forget_file: PathBuf,
+    /// Which of its questions are the positives: `Heldout` to report; `Selection` to choose gate
+    /// parameters without looking at held-out questions.
+    pub positives_split: McqSplit,
+    /// Subject named in the forget prompts' preamble (`biology`).
+    pub forget_subject: String,
+    /// MMLU-Redux JSONL.
+    pub mmlu_file: PathBuf,
+    /// MMLU subjects that belong to the forget domain (hard negatives).
+    pub domain_subjects: Vec<String>,
+    /// Benign text (WikiText-2 valid, tokenised form), for paragraphs and padding.
+    pub benign_text_file: PathBuf,
+    /// Bypass variants of the positives.
+    pub variants: Vec<Variant>,
+    /// At most this many prompts per evaluated set (seeded sample); `None` keeps all.
+    pub limit: Option<usize>,
+    /// At most this many calibration prompts (seeded sample); `None` keeps all.
+    pub calibration_limit: Option<usize>,
+    /// Benign paragraphs to use.
+    pub n_paragraphs: usize,
+    /// Sampling seed.
+    pub seed: u64,
+}
+
+/// The suite's prompts, as token ids.
+#[derive(Debug, Clone)]
+pub struct PromptSuite {
+    /// Name of the positive set.
+    pub positives_name: String,
+    /// Forget prompts.
+    pub positives: Vec<Vec<u32>>,
+    /// Benign sets.
+    pub negatives: Vec<(String, Vec<Vec<u32>>)>,
+    /// Calibration prompts.
+    pub calibration: Vec<Vec<u32>>,
+    /// Variants of the positives, aligned with them.
+    pub variants: Vec<(String, Vec<Vec<u32>>)>,
+}
+
+fn sampled<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Vec<T> {
+    if let Some(k) = limit {
+        if k < items.len() {
+            SplitMix64::new(seed).sample(&mut items, k);
+        }
+    }
+    items
+}
+
+fn mcq_prompts(tok: &Tokenizer, items: &[McqItem], subject: Option<&str>) -> Result<Vec<Vec<u32>>> {
+    items
+        .iter()
+        .map(|q| {
+            let s = subject
+                .or(q.subject.as_deref())
+                .unwrap_or("general knowledge");
+            mcq_variant(tok, s, q, Variant::Plain, None)
+        })
+        .collect()
+}
+
+/// Builds the prompts of the suite.
+pub fn build_suite(tok: &Tokenizer, cfg: &SuiteConfig) -> Result<PromptSuite> {
+    let forget = sampled(
+        load_mcq(&cfg.forget_file, cfg.positives_split)?,
+        cfg.limit,
+        cfg.seed,
+    );
+    let in_domain = |q: &McqItem| {
+        q.subject
+            .as_ref()
+            .is_some_and(|s| cfg.domain_subjects.contains(s))
+    };
+    let heldout = load_mcq(&cfg.mmlu_file, McqSplit::Heldout)?;
+    if heldout.iter().any(|q| q.subject.is_none()) {
+        return Err(Error::format(
+            &cfg.mmlu_file,
+            "subject",
+            "a subject on every MMLU item",
+            "an item without one",
+        ));
+    }
+    let (domain, other): (Vec<McqItem>, Vec<McqItem>) = heldout.into_iter().partition(in_domain);
+    let calibration = sampled(
+        load_mcq(&cfg.mmlu_file, McqSplit::Selection)?,
+        cfg.calibration_limit,
+        cfg.seed,
+    );
+    let text = std::fs::read_to_string(&cfg.benign_text_file)
+        .map_err(|e| Error::io(&cfg.benign_text_file, e))?;
+    let paragraphs: Vec<String> = text
+        .lines()
+        .map(detokenize_wikitext)
+        .filter(|l| l.len() > MIN_DOC_CHARS && !l.starts_with('='))
+        .collect();
+    let filler = Filler::new(tok, &paragraphs.join("\n"), 4096)?;
+    let benign: Vec<Vec<u32>> = paragraphs
+        .iter()
+        .take(cfg.n_paragraphs)
+        .map(|p| text_prompt(tok, p))
+        .collect::<Result<_>>()?;
+    let subject = Some(cfg.forget_subject.as_str());
+    let variants = cfg
+        .variants
+        .iter()
+        .map(|&v| {
+            let prompts = forget
+                .iter()
+                .map(|q| mcq_variant(tok, &cfg.forget_subject, q, v, Some(&filler)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((v.name(), prompts))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let forget_name = cfg
+        .forget_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "forget".into());
+    Ok(PromptSuite {
+        positives_name: format!("{forget_name} {:?}", cfg.positives_split).to_lowercase(),
+        positives: mcq_prompts(tok, &forget, subject)?,
+        negatives: vec![
+            (
+                "MMLU other held-out".into(),
+                mcq_prompts(tok, &sampled(other, cfg.limit, cfg.seed), None)?,
+            ),
+            (
+                "MMLU domain held-out".into(),
+                mcq_prompts(tok, &sampled(domain, cfg.limit, cfg.seed), None)?,
+            ),
+            ("WikiText valid".into(), benign),
+        ],
+        calibration: mcq_prompts(tok, &calibration, None)?,
+        variants,
+    })
+}
+
+/// The token activity of one feature set on every prompt of a suite, in the suite's layout.
+/// Stored as JSON ([`SuiteActivity::save`]) with one `0`/`1` string per prompt, so that gates can
+/// be compared later without another model pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuiteActivity {
+    /// The selected features the activity is of.
+    pub features: Vec<u32>,
+    /// Name of the positive set.
+    pub positives_name: String,
+    /// On the positives.
+    #[serde(with = "flags")]
+    pub positives: Activity,
+    /// On each benign set.
+    #[serde(with = "named_flags")]
+    pub negatives: Vec<(String, Activity)>,
+    /// On the calibration prompts.
+    #[serde(with = "flags")]
+    pub calibration: Activity,
+    /// On each variant.
+    #[serde(with = "named_flags")]
+    pub variants: Vec<(String, Activity)>,
+}
+
+mod flags {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn encode(a: &[Vec<bool>]) -> Vec<String> {
+        a.iter()
+            .map(|row| row.iter().map(|&f| if f { '1' } else { '0' }).collect())
+            .collect()
+    }
+
+    pub fn decode(rows: Vec<String>) -> Result<Vec<Vec<bool>>, String> {
+        rows.iter()
+            .map(|r| {
+                r.chars()
+                    .map(|c| match c {
+                        '0' => Ok(false),
+                        '1' => Ok(true),
+                        _ => Err(format!("activity flag {c:?}, expected 0 or 1")),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(a: &[Vec<bool>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(encode(a))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<bool>>, D::Error> {
+        decode(Vec::<String>::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+mod named_flags {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    type Named = Vec<(String, Vec<Vec<bool>>)>;
+
+    pub fn serialize<S: Serializer>(a: &Named, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(a.iter().map(|(n, rows)| (n, super::flags::encode(rows))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Named, D::Error> {
+        Vec::<(String, Vec<String>)>::deserialize(d)?
+            .into_iter()
+            .map(|(n, rows)| Ok((n, super::flags::decode(rows).map_err(D::Error::custom)?)))
+            .collect()
+    }
+}
+
+impl SuiteActivity {
+    /// Writes the activity as JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string(self)
+            .map_err(|e| Error::Invalid(format!("cannot serialise activity: {e}")))?;
+        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+    }
+
+    /// Reads activity written by [`SuiteActivity::save`].
+    pub fn load(path: &Path) -> Result<SuiteActivity> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::format(
+                path,
+                "file",
+                "suite activity JSON (dsg eval gate --save-activity)",
+                e.to_string(),
+            )
+        })
+    }
+
+    /// The view [`super::detection::GateEval`] reads.
+    pub fn eval_activity(&self) -> EvalActivity<'_> {
+        EvalActivity {
+            positives: (&self.positives_name, &self.positives),
+            negatives: &self.negatives,
+            variants: &self.variants,
+        }
+    }
+}
+
+impl PromptSuite {
+    /// Number of prompts in all sets together.
+    pub fn len(&self) -> usize {
+        self.groups().map(|g| g.len()).sum()
+    }
+
+    /// Whether the suite has no prompts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &Vec<Vec<u32>>> {
+        std::iter::once(&self.positives)
+            .chain(self.negatives.iter().map(|n| &n.1))
+            .chain(std::iter::once(&self.calibration))
+            .chain(self.variants.iter().map(|v| &v.1))
+    }
+
+    /// Runs every prompt once (batched by length across sets) and returns each feature set's
+    /// activity in the suite's layout.
+    pub fn activity(
+        &self,
+        model: &Model,
+        sae: &Sae,
+        hook: HookPoint,
+        feature_sets: &[Vec<usize>],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<SuiteActivity>> {
+        let all: Vec<Vec<u32>> = self.groups().flatten().cloned().collect();
+        let per_set = prompt_activity(model, sae, hook, feature_sets, &all, batch_size, progress)?;
+        Ok(per_set
+            .into_iter()
+            .zip(feature_sets)
+            .map(|(flat, features)| {
+                let mut rest = flat.into_iter();
+                let mut take = |n: usize| -> Activity { rest.by_ref().take(n).collect() };
+                let positives = take(self.positives.len());
+                let negatives = self
+                    .negatives
+                    .iter()
+                    .map(|(name, p)| (name.clone(), take(p.len())))
+                    .collect();
+                let calibration = take(self.calibration.len());
+                let variants = self
+                    .variants
+                    .iter()
+                    .map(|(name, p)| (name.clone(), take(p.len())))
+                    .collect();
+                SuiteActivity {
+                    features: features.iter().map(|&f| f as u32).collect(),
+                    positives_name: self.positives_name.clone(),
+                    positives,
+                    negatives,
+                    calibration,
+                    variants,
+                }
+            })
+            .collect())
+    }
+}
