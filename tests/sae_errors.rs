@@ -1,34 +1,14 @@
 //! Broken or mismatched SAE files must fail with errors that name the file and the field at fault.
 //! Each test copies a good fixture into a scratch directory and breaks one thing.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use dsg::sae::Sae;
 use dsg::Error;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sae")
-        .join(rel)
-}
-
-/// A fresh scratch copy of the files of fixture directory `rel`, under `name`.
-fn copy_fixture(rel: &str, name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("sae_errors")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture(rel)).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
-}
 
 fn read(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
@@ -59,8 +39,9 @@ fn poke(t: &Tensor, i: usize, v: f32) -> Tensor {
 
 #[test]
 fn missing_tensor_names_file_and_tensor() {
-    let dir = copy_fixture(
+    let dir = common::copy_sae_fixture(
         "gemma-scope-2-1b-pt/resid_post_all/layer_7_width_16k_l0_small",
+        "sae_errors",
         "missing_threshold",
     );
     let file = dir.join("params.safetensors");
@@ -74,7 +55,7 @@ fn missing_tensor_names_file_and_tensor() {
 
 #[test]
 fn shape_mismatch_names_file_tensor_and_shapes() {
-    let dir = copy_fixture("saelens/v6_jumprelu", "bad_shape");
+    let dir = common::copy_sae_fixture("saelens/v6_jumprelu", "sae_errors", "bad_shape");
     let file = dir.join("sae_weights.safetensors");
     let mut t = read(&file);
     // cfg.json says d_in 32, d_sae 64; a (33, 64) encoder fits neither orientation.
@@ -91,14 +72,14 @@ fn shape_mismatch_names_file_tensor_and_shapes() {
 
 #[test]
 fn transposed_matrices_are_oriented_by_shape() {
-    let dir = copy_fixture("saelens/v6_jumprelu", "transposed");
+    let dir = common::copy_sae_fixture("saelens/v6_jumprelu", "sae_errors", "transposed");
     let file = dir.join("sae_weights.safetensors");
     let mut t = read(&file);
     let w_dec = t["W_dec"].t().unwrap().contiguous().unwrap();
     t.insert("W_dec".into(), w_dec);
     write(&file, &t);
     let sae = Sae::load(&dir, &Device::Cpu).unwrap();
-    let good = Sae::load(&fixture("saelens/v6_jumprelu"), &Device::Cpu).unwrap();
+    let good = Sae::load(&common::sae_fixture("saelens/v6_jumprelu"), &Device::Cpu).unwrap();
     let same = |a: &Tensor, b: &Tensor| {
         a.flatten_all().unwrap().to_vec1::<f32>().unwrap()
             == b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -108,7 +89,7 @@ fn transposed_matrices_are_oriented_by_shape() {
 
 #[test]
 fn nan_weight_names_file_tensor_and_index() {
-    let dir = copy_fixture("sparsify/topk_bf16/layers.2", "layers.2");
+    let dir = common::copy_sae_fixture("sparsify/topk_bf16/layers.2", "sae_errors", "layers.2");
     let file = dir.join("sae.safetensors");
     let mut t = read(&file);
     let w = t["W_dec"].to_dtype(candle_core::DType::F32).unwrap();
@@ -121,8 +102,9 @@ fn nan_weight_names_file_tensor_and_index() {
 
 #[test]
 fn infinite_weight_in_npz_names_file_and_member() {
-    let dir = copy_fixture(
+    let dir = common::copy_sae_fixture(
         "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71",
+        "sae_errors",
         "inf_npz",
     );
     let file = dir.join("params.npz");
@@ -140,7 +122,8 @@ fn infinite_weight_in_npz_names_file_and_member() {
 
 #[test]
 fn wrong_model_width_names_file_and_sizes() {
-    let path = fixture("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71/params.npz");
+    let path =
+        common::sae_fixture("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71/params.npz");
     let sae = Sae::load(&path, &Device::Cpu).unwrap();
     let err = sae.check_model(2304, 26).unwrap_err();
     assert!(matches!(err, Error::Mismatch(_)), "{err:?}");
@@ -156,7 +139,7 @@ fn wrong_model_width_names_file_and_sizes() {
 
 #[test]
 fn input_of_wrong_width_is_refused() {
-    let sae = Sae::load(&fixture("saelens/v6_jumprelu"), &Device::Cpu).unwrap();
+    let sae = Sae::load(&common::sae_fixture("saelens/v6_jumprelu"), &Device::Cpu).unwrap();
     let x = Tensor::zeros((2, 31), candle_core::DType::F32, &Device::Cpu).unwrap();
     let msg = sae.encode(&x).unwrap_err().to_string();
     assert_mentions(&msg, &["v6_jumprelu", "[2, 31]", "32"]);
@@ -164,7 +147,7 @@ fn input_of_wrong_width_is_refused() {
 
 #[test]
 fn missing_config_field_names_file_and_field() {
-    let dir = copy_fixture("saelens/v6_topk", "no_d_sae");
+    let dir = common::copy_sae_fixture("saelens/v6_topk", "sae_errors", "no_d_sae");
     let cfg_path = dir.join("cfg.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
@@ -176,33 +159,27 @@ fn missing_config_field_names_file_and_field() {
 }
 
 /// Edits `cfg.json` of a scratch copy of `rel` with `f`.
-fn with_cfg(rel: &str, name: &str, f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let dir = copy_fixture(rel, name);
-    let cfg_path = dir.join("cfg.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    f(&mut cfg);
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    dir
-}
 
 #[test]
 fn gated_and_unknown_architectures_are_unsupported() {
-    let dir = with_cfg("saelens/v6_jumprelu", "gated", |c| {
+    let dir = common::edited_sae_fixture("saelens/v6_jumprelu", "sae_errors", "gated", |c| {
         c["architecture"] = "gated".into()
     });
     let (err, msg) = load_err(&dir);
     assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
     assert_mentions(&msg, &["cfg.json", "gated"]);
-    let dir = with_cfg("saelens/v6_jumprelu", "matching_pursuit", |c| {
-        c["architecture"] = "matching_pursuit".into()
-    });
+    let dir = common::edited_sae_fixture(
+        "saelens/v6_jumprelu",
+        "sae_errors",
+        "matching_pursuit",
+        |c| c["architecture"] = "matching_pursuit".into(),
+    );
     assert_mentions(&load_err(&dir).1, &["cfg.json", "matching_pursuit"]);
 }
 
 #[test]
 fn hook_z_sae_loads_but_fails_the_model_check() {
-    let dir = with_cfg("saelens/v6_jumprelu", "hook_z", |c| {
+    let dir = common::edited_sae_fixture("saelens/v6_jumprelu", "sae_errors", "hook_z", |c| {
         c["metadata"]["hook_name"] = "blocks.5.attn.hook_z".into()
     });
     let sae = Sae::load(&dir, &Device::Cpu).unwrap();
@@ -217,14 +194,18 @@ fn hook_z_sae_loads_but_fails_the_model_check() {
 
 #[test]
 fn sparsify_transcoder_and_skip_are_unsupported() {
-    let dir = with_cfg("sparsify/topk_bf16/layers.2", "layers.2", |c| {
-        c["transcode"] = true.into()
-    });
+    let dir = common::edited_sae_fixture(
+        "sparsify/topk_bf16/layers.2",
+        "sae_errors",
+        "transcode/layers.2",
+        |c| c["transcode"] = true.into(),
+    );
     let (err, msg) = load_err(&dir);
     assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
     assert_mentions(&msg, &["cfg.json", "transcoder"]);
 
-    let dir = copy_fixture("sparsify/topk_bf16/layers.2", "skip/layers.2");
+    let dir =
+        common::copy_sae_fixture("sparsify/topk_bf16/layers.2", "sae_errors", "skip/layers.2");
     let file = dir.join("sae.safetensors");
     let mut t = read(&file);
     t.insert(
@@ -237,11 +218,11 @@ fn sparsify_transcoder_and_skip_are_unsupported() {
 
 #[test]
 fn unknown_paths_say_what_was_expected() {
-    let missing = fixture("no/such/sae");
+    let missing = common::sae_fixture("no/such/sae");
     let (err, msg) = load_err(&missing);
     assert!(matches!(err, Error::Missing { .. }), "{err:?}");
     assert_mentions(&msg, &["no/such/sae"]);
-    let empty = copy_fixture("saelens/v6_topk", "empty");
+    let empty = common::copy_sae_fixture("saelens/v6_topk", "sae_errors", "empty");
     for f in std::fs::read_dir(&empty).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
@@ -250,7 +231,7 @@ fn unknown_paths_say_what_was_expected() {
 
 #[test]
 fn malformed_json_names_the_file() {
-    let dir = copy_fixture("dsg/jumprelu_f16", "bad_json");
+    let dir = common::copy_sae_fixture("dsg/jumprelu_f16", "sae_errors", "bad_json");
     std::fs::write(dir.join("sae.json"), "{\"format\": \"dsg-sae\", ").unwrap();
     // The directory is still recognised as dsg's (sae.json exists), and the parse error names it.
     assert_mentions(&load_err(&dir).1, &["sae.json", "JSON"]);

@@ -5,6 +5,8 @@
 //! `encode`, `decode` and the full reconstruction. The scale factor only matters for the
 //! `constant_norm_rescale` fixture, whose inputs have norms around 160.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -13,22 +15,6 @@ use dsg::model::{HookPoint, Site};
 use dsg::sae::{detect_format, Activation, Normalization, Sae, SaeFormat};
 
 const TOL: f32 = 1e-5;
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sae")
-        .join(rel)
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("sae_formats")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn reference(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap()
@@ -93,13 +79,13 @@ fn check_reference(sae: &Sae, dir: &Path) {
 }
 
 fn load(rel: &str) -> (Sae, PathBuf) {
-    let path = fixture(rel);
+    let path = common::sae_fixture(rel);
     (Sae::load(&path, &Device::Cpu).unwrap(), path)
 }
 
 #[test]
 fn gemma_scope_npz() {
-    let dir = fixture("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71");
+    let dir = common::sae_fixture("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71");
     let file = dir.join("params.npz");
     assert_eq!(detect_format(&file).unwrap(), SaeFormat::GemmaScopeNpz);
     assert_eq!(detect_format(&dir).unwrap(), SaeFormat::GemmaScopeNpz);
@@ -294,7 +280,7 @@ fn dsg_round_trip_is_exact() {
         meta.metrics.l0 = Some(0.1 + i as f64);
         meta.metrics.extra.insert("delta_kl".into(), 0.25);
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let dir = scratch(&format!("round_trip_{i}_{dtype:?}"));
+            let dir = common::scratch("sae_formats", &format!("round_trip_{i}_{dtype:?}"));
             sae.save_as(&dir, &meta, dtype).unwrap();
             assert_eq!(detect_format(&dir).unwrap(), SaeFormat::Dsg);
             let back = Sae::load(&dir, &Device::Cpu).unwrap();
@@ -305,7 +291,7 @@ fn dsg_round_trip_is_exact() {
             assert_eq!(back.activation().name(), sae.activation().name());
             assert_eq!(tensors(&back), rounded(&sae, dtype), "{rel} {dtype:?}");
             // Saving what was loaded again gives identical files.
-            let again = scratch(&format!("round_trip_{i}_{dtype:?}_again"));
+            let again = common::scratch("sae_formats", &format!("round_trip_{i}_{dtype:?}_again"));
             back.save_as(&again, back.metadata(), dtype).unwrap();
             for f in ["sae.safetensors", "sae.json"] {
                 let same =
@@ -319,7 +305,7 @@ fn dsg_round_trip_is_exact() {
 #[test]
 fn dsg_file_pair() {
     let (sae, dir) = load("saelens/v6_jumprelu");
-    let out = scratch("file_pair").join("my_sae.safetensors");
+    let out = common::scratch("sae_formats", "file_pair").join("my_sae.safetensors");
     sae.save(&out, sae.metadata()).unwrap();
     assert!(out.with_extension("json").is_file());
     for p in [out.clone(), out.with_extension("json")] {
@@ -330,43 +316,34 @@ fn dsg_file_pair() {
     }
 }
 
-/// A scratch copy of fixture directory `rel` whose `cfg.json` is edited by `f`.
-fn edited_copy(rel: &str, name: &str, f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let dir = scratch(name);
-    for entry in std::fs::read_dir(fixture(rel)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    let cfg_path = dir.join("cfg.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    f(&mut cfg);
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    dir
-}
-
 #[test]
 fn saelens_log_threshold_is_exponentiated() {
-    let dir = edited_copy("saelens/v6_jumprelu", "log_threshold", |_| {});
+    let dir = common::edited_sae_fixture(
+        "saelens/v6_jumprelu",
+        "sae_formats",
+        "log_threshold",
+        |_| {},
+    );
     let file = dir.join("sae_weights.safetensors");
     let mut t = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
     let threshold = t.remove("threshold").unwrap();
     t.insert("log_threshold".into(), threshold.log().unwrap());
     candle_core::safetensors::save(&t, &file).unwrap();
     let sae = Sae::load(&dir, &Device::Cpu).unwrap();
-    check_reference(&sae, &fixture("saelens/v6_jumprelu"));
+    check_reference(&sae, &common::sae_fixture("saelens/v6_jumprelu"));
 }
 
 #[test]
 fn saelens_expected_average_only_in_folds_a_known_scale() {
     let s = 2.5f64;
-    let dir = edited_copy("saelens/v6_jumprelu", "scaled_input", |c| {
-        c["normalize_activations"] = "expected_average_only_in".into()
-    });
+    let dir =
+        common::edited_sae_fixture("saelens/v6_jumprelu", "sae_formats", "scaled_input", |c| {
+            c["normalize_activations"] = "expected_average_only_in".into()
+        });
     // Without a recorded factor the SAE is used as SAELens uses it from disk, with a warning.
     let plain = Sae::load(&dir, &Device::Cpu).unwrap();
     assert_eq!(plain.metadata().warnings.len(), 1);
-    check_reference(&plain, &fixture("saelens/v6_jumprelu"));
+    check_reference(&plain, &common::sae_fixture("saelens/v6_jumprelu"));
 
     // With SAELens's activation_scaler.json, inputs are scaled by s inside the SAE: encoding x / s
     // gives the reference's latents for x, and the reconstruction comes back divided by s.
@@ -378,7 +355,7 @@ fn saelens_expected_average_only_in_folds_a_known_scale() {
     let sae = Sae::load(&dir, &Device::Cpu).unwrap();
     assert!(sae.metadata().warnings.is_empty());
     assert_eq!(sae.normalization(), Normalization::None);
-    let r = reference(&fixture("saelens/v6_jumprelu"));
+    let r = reference(&common::sae_fixture("saelens/v6_jumprelu"));
     let x = (&r["x"] / s).unwrap();
     assert_close("encode", &sae.encode(&x).unwrap(), &r["f"]);
     let want = (&r["reconstruct"] / s).unwrap();

@@ -47,3 +47,46 @@ pub fn ids(t: &Tensor) -> Vec<u32> {
         .map(|x| x as u32)
         .collect()
 }
+
+/// `tests/fixtures/sae/<rel>`.
+pub fn sae_fixture(rel: &str) -> PathBuf {
+    fixture("sae").join(rel)
+}
+
+/// A fresh, empty scratch folder `<target tmp>/<group>/<name>`.
+pub fn scratch(group: &str, name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(group)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A fresh scratch copy (under `group/name`) of the files of SAE fixture folder `rel`.
+pub fn copy_sae_fixture(rel: &str, group: &str, name: &str) -> PathBuf {
+    let dir = scratch(group, name);
+    for entry in std::fs::read_dir(sae_fixture(rel)).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// [`copy_sae_fixture`] with its `cfg.json` edited by `edit`.
+pub fn edited_sae_fixture(
+    rel: &str,
+    group: &str,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let dir = copy_sae_fixture(rel, group, name);
+    let cfg_path = dir.join("cfg.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    dir
+}
