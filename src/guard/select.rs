@@ -212,19 +212,29 @@ pub fn rank_by_ratio(forget: &[f64], retain: &[f64], rule: &PercentileRule) -> R
     let forget_min = percentile(forget, rule.forget_percentile)?;
     let retain_max = percentile(retain, rule.retain_percentile)?;
     let ratio_min = percentile(&ratio, rule.ratio_percentile)?;
-    let mut order: Vec<u32> = (0..forget.len())
+    let order: Vec<u32> = (0..forget.len())
         .filter(|&i| forget[i] >= forget_min && retain[i] <= retain_max && ratio[i] >= ratio_min)
         .map(|i| i as u32)
         .collect();
-    order.sort_by(|&a, &b| forget[b as usize].total_cmp(&forget[a as usize]));
-    Ok(Ranking {
-        order,
+    Ok(ranked_by_forget(order, forget, retain, ratio))
+}
+
+/// `candidates` sorted by forget score, descending (stable), with the scores that ranked them.
+fn ranked_by_forget(
+    mut candidates: Vec<u32>,
+    forget: &[f64],
+    retain: &[f64],
+    ratio: Vec<f64>,
+) -> Ranking {
+    candidates.sort_by(|&a, &b| forget[b as usize].total_cmp(&forget[a as usize]));
+    Ranking {
+        order: candidates,
         scores: Some(FeatureScores {
             forget: forget.to_vec(),
             retain: retain.to_vec(),
             ratio,
         }),
-    })
+    }
 }
 
 /// The Farrell et al. rule on per-feature firing frequencies (indexed by feature id).
@@ -233,19 +243,16 @@ pub fn rank_by_frequency(forget: &[f64], retain: &[f64], retain_threshold: f64) 
     if forget.iter().chain(retain).any(|x| x.is_nan()) || retain_threshold.is_nan() {
         return Err(Error::Invalid("firing frequencies contain NaN".into()));
     }
-    let mut order: Vec<u32> = (0..forget.len() as u32)
+    let order: Vec<u32> = (0..forget.len() as u32)
         .rev()
         .filter(|&i| retain[i as usize] < retain_threshold && forget[i as usize] != 0.0)
         .collect();
-    order.sort_by(|&a, &b| forget[b as usize].total_cmp(&forget[a as usize]));
-    Ok(Ranking {
+    Ok(ranked_by_forget(
         order,
-        scores: Some(FeatureScores {
-            forget: forget.to_vec(),
-            retain: retain.to_vec(),
-            ratio: ratios(forget, retain),
-        }),
-    })
+        forget,
+        retain,
+        ratios(forget, retain),
+    ))
 }
 
 /// A hand-given feature list, checked against the SAE width and for duplicates.
