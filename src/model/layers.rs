@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::{MlpActivation, ModelConfig, NormKind};
 use super::q4_1::Q41Matrix;
+use super::q8_0::Q80Matrix;
 use super::weights::WeightSource;
 use crate::Result;
 
@@ -28,6 +29,8 @@ enum QuantWeight {
     Candle(QMatMul),
     /// Q4_1, with dsg's own kernel.
     Q41(Q41Matrix),
+    /// Q8_0, with dsg's own kernel.
+    Q80(Q80Matrix),
 }
 
 /// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding.
@@ -68,8 +71,8 @@ impl Linear {
         Linear::new(weight, bias).with_quantized(src.qtensor(&name, device)?)
     }
 
-    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1 keeps its
-    /// blocks (dsg's kernel); Q4_0 and Q8_0 use candle's; other types without a SIMD kernel here are
+    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1 and Q8_0 keep
+    /// their blocks (dsg's kernels); Q4_0 uses candle's; other types without a SIMD kernel here are
     /// re-quantised from the f32 weight to Q8_0 (within about 0.4% of the stored values).
     pub fn with_quantized(mut self, q: Option<QTensor>) -> Result<Self> {
         self.quantized = match q {
@@ -77,7 +80,8 @@ impl Linear {
             Some(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 None
             }
-            Some(q) if matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q8_0) => {
+            Some(q) if q.dtype() == GgmlDType::Q8_0 => Some(Self::q8_0_blocks(q)?),
+            Some(q) if q.dtype() == GgmlDType::Q4_0 => {
                 Some(QuantWeight::Candle(QMatMul::from_qtensor(q)?))
             }
             Some(q) => match Q41Matrix::from_qtensor(&q)? {
@@ -89,9 +93,15 @@ impl Linear {
     }
 
     fn q8_0(weight: &Tensor) -> Result<QuantWeight> {
-        Ok(QuantWeight::Candle(QMatMul::from_qtensor(
-            QTensor::quantize(weight, GgmlDType::Q8_0)?,
-        )?))
+        Self::q8_0_blocks(QTensor::quantize(weight, GgmlDType::Q8_0)?)
+    }
+
+    /// dsg's Q8_0 kernel for 2-D matrices, candle's otherwise.
+    fn q8_0_blocks(q: QTensor) -> Result<QuantWeight> {
+        Ok(match Q80Matrix::from_qtensor(&q)? {
+            Some(m) => QuantWeight::Q80(m),
+            None => QuantWeight::Candle(QMatMul::from_qtensor(q)?),
+        })
     }
 
     /// Stacks maps that read the same input into one (outputs concatenated), so one matrix product
@@ -136,7 +146,7 @@ impl Linear {
     pub fn has_quantized(&self) -> bool {
         match &self.quantized {
             Some(QuantWeight::Candle(q)) => matches!(q, QMatMul::QTensor(_)),
-            Some(QuantWeight::Q41(_)) => true,
+            Some(QuantWeight::Q41(_) | QuantWeight::Q80(_)) => true,
             None => false,
         }
     }
@@ -150,6 +160,10 @@ impl Linear {
         let y = match (&self.quantized, quantized) {
             (Some(QuantWeight::Candle(q)), true) => q.forward(&x2)?,
             (Some(QuantWeight::Q41(m)), true) if x2.device().is_cpu() => {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
+            }
+            (Some(QuantWeight::Q80(m)), true) if x2.device().is_cpu() => {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }

@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod kv;
 pub mod layers;
 pub mod q4_1;
+pub mod q8_0;
 pub mod softmax;
 pub mod tokenizer;
 pub mod weights;
