@@ -95,7 +95,7 @@ pub(super) struct QuantizedRow<'a> {
 
 /// `x · Wᵀ` for `m` rows of length `k` against a `rows`-row quantised matrix, `dot(r, x_i)` giving
 /// weight row `r` against quantised activation row `i`; returns `m × rows`. Weight rows are shared
-/// out over rayon's workers; each task reads its rows once.
+/// out over rayon's workers (unless there is only one); each task reads its rows once.
 pub(super) fn par_matmul(
     x: &[f32],
     m: usize,
@@ -112,17 +112,25 @@ pub(super) fn par_matmul(
     };
     const ROWS_PER_TASK: usize = 32;
     let mut by_row = vec![0f32; rows * m];
-    by_row
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, dst)| {
-            for (j, chunk) in dst.chunks_mut(m).enumerate() {
-                let r = task * ROWS_PER_TASK + j;
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    *o = dot(r, row(i));
-                }
+    let task = |(task, dst): (usize, &mut [f32])| {
+        for (j, chunk) in dst.chunks_mut(m).enumerate() {
+            let r = task * ROWS_PER_TASK + j;
+            for (i, o) in chunk.iter_mut().enumerate() {
+                *o = dot(r, row(i));
             }
-        });
+        }
+    };
+    // With one thread, handing each product to rayon's lone worker would only add two context
+    // switches.
+    if rayon::current_num_threads() > 1 {
+        let tasks = by_row.par_chunks_mut(ROWS_PER_TASK * m);
+        tasks.enumerate().for_each(task);
+    } else {
+        by_row
+            .chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(task);
+    }
     if m == 1 {
         return by_row;
     }
