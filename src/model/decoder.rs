@@ -6,9 +6,11 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use super::attention::{attention_mask, step_visibility, Attention, RopeTables};
 use super::config::{ModelConfig, Positions};
 use super::hooks::{HookContext, HookPoint, Hooks, Site};
-use super::layers::{attention_mask, Attention, Kernels, Linear, Mlp, Norm, RopeTables};
+use super::kv::KvCache;
+use super::layers::{Kernels, Linear, Mlp, Norm};
 use super::weights::WeightSource;
 use crate::{Error, Result};
 
@@ -66,31 +68,6 @@ impl Batch {
     /// Padded length.
     pub fn seq_len(&self) -> usize {
         self.ids.dim(1).unwrap_or(0)
-    }
-}
-
-/// Keys and values of earlier tokens, per layer, plus where each cached column sits in its row.
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    /// Per row, per cached column: the token's position, or `None` for padding.
-    key_pos: Vec<Vec<Option<usize>>>,
-}
-
-impl KvCache {
-    /// An empty cache for `batch` rows of a model with `n_layers` blocks.
-    pub fn new(n_layers: usize, batch: usize) -> Self {
-        KvCache {
-            layers: vec![None; n_layers],
-            key_pos: vec![Vec::new(); batch],
-        }
-    }
-
-    /// Number of real tokens cached for each row.
-    pub fn row_lengths(&self) -> Vec<usize> {
-        self.key_pos
-            .iter()
-            .map(|r| r.iter().filter(|p| p.is_some()).count())
-            .collect()
     }
 }
 
@@ -320,14 +297,26 @@ impl Model {
             let len = batch.lengths[row];
             kp.extend((0..l).map(|i| (i < len).then_some(starts[row] + i)));
         }
-        let global_mask = attention_mask(&query_pos, &key_pos, None, &self.device)?;
-        let mut window_masks: Vec<(usize, Tensor)> = Vec::new();
-        for w in self.blocks.iter().filter_map(|blk| blk.window) {
-            if !window_masks.iter().any(|(x, _)| *x == w) {
-                window_masks.push((
-                    w,
-                    attention_mask(&query_pos, &key_pos, Some(w), &self.device)?,
-                ));
+        // A decoding step (one new token per row, CPU, fused kernels) attends straight from the cache
+        // buffers and needs per-row visibility instead of additive mask tensors.
+        let step = cache.is_some()
+            && l == 1
+            && self.kernels == Kernels::Fused
+            && self.device.is_cpu()
+            && self.embed.dtype() == DType::F32;
+        let mut windows: Vec<Option<usize>> = vec![None];
+        for w in self.blocks.iter().map(|blk| blk.window) {
+            if !windows.contains(&w) {
+                windows.push(w);
+            }
+        }
+        let mut masks = Vec::new();
+        let mut visibility = Vec::new();
+        for &w in &windows {
+            if step {
+                visibility.push(step_visibility(&query_pos, &key_pos, w));
+            } else {
+                masks.push(attention_mask(&query_pos, &key_pos, w, &self.device)?);
             }
         }
         let rope = match &self.cfg.positions {
@@ -375,31 +364,32 @@ impl Model {
             };
             x = visit(Site::ResidPre, x)?;
             let h = blk.attn_norm.forward(&x, k)?;
-            let (qh, kh, vh) = blk.attn.qkv(&h, rope.as_ref(), k, q)?;
-            let (kh, vh) = match cache.as_deref_mut() {
+            let wi = windows
+                .iter()
+                .position(|w| *w == blk.window)
+                .expect("listed");
+            let mut a = match cache.as_deref_mut() {
+                Some(c) if step => {
+                    let lkv = &mut c.layers[layer];
+                    blk.attn.step(&h, rope.as_ref(), lkv, &visibility[wi], q)?
+                }
                 Some(c) => {
-                    let (kh, vh) = match &c.layers[layer] {
-                        Some((pk, pv)) => {
-                            (Tensor::cat(&[pk, &kh], 2)?, Tensor::cat(&[pv, &vh], 2)?)
-                        }
-                        None => (kh, vh),
+                    let (qh, kh, vh) = blk.attn.qkv(&h, rope.as_ref(), k, q)?;
+                    let lkv = &mut c.layers[layer];
+                    let earlier = lkv.len() > 0;
+                    lkv.append_tensors(&kh, &vh)?;
+                    let (kh, vh) = if earlier {
+                        lkv.tensors(&self.device)?
+                    } else {
+                        (kh, vh)
                     };
-                    c.layers[layer] = Some((kh.clone(), vh.clone()));
-                    (kh, vh)
+                    blk.attn.attend(&qh, &kh, &vh, &masks[wi], k, q)?
                 }
-                None => (kh, vh),
-            };
-            let mask = match blk.window {
-                Some(w) => {
-                    &window_masks
-                        .iter()
-                        .find(|(x, _)| *x == w)
-                        .expect("built above")
-                        .1
+                None => {
+                    let (qh, kh, vh) = blk.attn.qkv(&h, rope.as_ref(), k, q)?;
+                    blk.attn.attend(&qh, &kh, &vh, &masks[wi], k, q)?
                 }
-                None => &global_mask,
             };
-            let mut a = blk.attn.attend(&qh, &kh, &vh, mask, k, q)?;
             if let Some(n) = &blk.post_attn_norm {
                 a = n.forward(&a, k)?;
             }

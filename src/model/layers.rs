@@ -1,4 +1,4 @@
-//! The sublayers of the decoder: linear maps, norms, MLP, attention with rotary embeddings.
+//! The sublayers of the decoder: linear maps, norms, MLP (attention is in [`super::attention`]).
 //!
 //! Each has a `load` from a [`WeightSource`] and a `forward`. Kernels come in two flavours: fused
 //! (fast, no gradient) for inference, and differentiable (plain tensor ops) for training through
@@ -7,9 +7,9 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use super::config::{MlpActivation, ModelConfig, NormKind, RopeStyle};
+use super::config::{MlpActivation, ModelConfig, NormKind};
 use super::q4_1::Q41Matrix;
-use super::softmax::masked_softmax;
+use super::q8_0::Q80Matrix;
 use super::weights::WeightSource;
 use crate::Result;
 
@@ -29,6 +29,8 @@ enum QuantWeight {
     Candle(QMatMul),
     /// Q4_1, with dsg's own kernel.
     Q41(Q41Matrix),
+    /// Q8_0, with dsg's own kernel.
+    Q80(Q80Matrix),
 }
 
 /// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding.
@@ -69,8 +71,8 @@ impl Linear {
         Linear::new(weight, bias).with_quantized(src.qtensor(&name, device)?)
     }
 
-    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1 keeps its
-    /// blocks (dsg's kernel); Q4_0 and Q8_0 use candle's; other types without a SIMD kernel here are
+    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1 and Q8_0 keep
+    /// their blocks (dsg's kernels); Q4_0 uses candle's; other types without a SIMD kernel here are
     /// re-quantised from the f32 weight to Q8_0 (within about 0.4% of the stored values).
     pub fn with_quantized(mut self, q: Option<QTensor>) -> Result<Self> {
         self.quantized = match q {
@@ -78,7 +80,8 @@ impl Linear {
             Some(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 None
             }
-            Some(q) if matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q8_0) => {
+            Some(q) if q.dtype() == GgmlDType::Q8_0 => Some(Self::q8_0_blocks(q)?),
+            Some(q) if q.dtype() == GgmlDType::Q4_0 => {
                 Some(QuantWeight::Candle(QMatMul::from_qtensor(q)?))
             }
             Some(q) => match Q41Matrix::from_qtensor(&q)? {
@@ -90,9 +93,15 @@ impl Linear {
     }
 
     fn q8_0(weight: &Tensor) -> Result<QuantWeight> {
-        Ok(QuantWeight::Candle(QMatMul::from_qtensor(
-            QTensor::quantize(weight, GgmlDType::Q8_0)?,
-        )?))
+        Self::q8_0_blocks(QTensor::quantize(weight, GgmlDType::Q8_0)?)
+    }
+
+    /// dsg's Q8_0 kernel for 2-D matrices, candle's otherwise.
+    fn q8_0_blocks(q: QTensor) -> Result<QuantWeight> {
+        Ok(match Q80Matrix::from_qtensor(&q)? {
+            Some(m) => QuantWeight::Q80(m),
+            None => QuantWeight::Candle(QMatMul::from_qtensor(q)?),
+        })
     }
 
     /// Stacks maps that read the same input into one (outputs concatenated), so one matrix product
@@ -137,7 +146,7 @@ impl Linear {
     pub fn has_quantized(&self) -> bool {
         match &self.quantized {
             Some(QuantWeight::Candle(q)) => matches!(q, QMatMul::QTensor(_)),
-            Some(QuantWeight::Q41(_)) => true,
+            Some(QuantWeight::Q41(_) | QuantWeight::Q80(_)) => true,
             None => false,
         }
     }
@@ -151,6 +160,10 @@ impl Linear {
         let y = match (&self.quantized, quantized) {
             (Some(QuantWeight::Candle(q)), true) => q.forward(&x2)?,
             (Some(QuantWeight::Q41(m)), true) if x2.device().is_cpu() => {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
+            }
+            (Some(QuantWeight::Q80(m)), true) if x2.device().is_cpu() => {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
@@ -285,226 +298,4 @@ pub fn conv1d(
     let w = src.tensor(&format!("{prefix}.weight"), &[in_dim, out_dim], device)?;
     let b = src.tensor(&format!("{prefix}.bias"), &[out_dim], device)?;
     Ok(Linear::new(w.t()?.contiguous()?, Some(b)))
-}
-
-/// Rotary embedding tables for a batch: cos and sin of shape (batch, seq, head_dim/2), or (seq, head_dim/2)
-/// when every row starts at the same position.
-pub struct RopeTables {
-    cos: Tensor,
-    sin: Tensor,
-    style: RopeStyle,
-}
-
-impl RopeTables {
-    /// Tables for rows whose first new token sits at `starts[b]`, each `seq` tokens long.
-    pub fn new(
-        inv_freq: &[f32],
-        style: RopeStyle,
-        starts: &[usize],
-        seq: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let half = inv_freq.len();
-        let same = starts.iter().all(|&s| s == starts[0]);
-        let rows: Vec<usize> = if same {
-            vec![starts[0]]
-        } else {
-            starts.to_vec()
-        };
-        let mut cos = Vec::with_capacity(rows.len() * seq * half);
-        let mut sin = Vec::with_capacity(rows.len() * seq * half);
-        for &start in &rows {
-            for t in 0..seq {
-                let pos = (start + t) as f32;
-                for &f in inv_freq {
-                    let angle = pos * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
-        let shape: Vec<usize> = if same {
-            vec![seq, half]
-        } else {
-            vec![rows.len(), seq, half]
-        };
-        Ok(RopeTables {
-            cos: Tensor::from_vec(cos, shape.clone(), device)?,
-            sin: Tensor::from_vec(sin, shape, device)?,
-            style,
-        })
-    }
-
-    /// Rotates `x` of shape (batch, heads, seq, head_dim).
-    pub fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        use candle_nn::rotary_emb as re;
-        let x = x.contiguous()?;
-        Ok(match (self.style, kernels) {
-            (RopeStyle::HalfSplit, Kernels::Fused) => re::rope(&x, &self.cos, &self.sin)?,
-            (RopeStyle::Interleaved, Kernels::Fused) => re::rope_i(&x, &self.cos, &self.sin)?,
-            (RopeStyle::HalfSplit, Kernels::Differentiable) => {
-                re::rope_slow(&x, &self.cos, &self.sin)?
-            }
-            (RopeStyle::Interleaved, Kernels::Differentiable) => {
-                re::rope_i_slow(&x, &self.cos, &self.sin)?
-            }
-        })
-    }
-}
-
-/// Multi-head (grouped-query) self-attention.
-pub struct Attention {
-    /// `[q; k; v]` stacked into one map.
-    qkv: Linear,
-    o: Linear,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    scale: f64,
-    softcap: Option<f64>,
-}
-
-/// Queries attended at once: bounds the score matrix on long inputs and lets each chunk skip the keys
-/// after its last query.
-const QUERY_CHUNK: usize = 128;
-
-impl Attention {
-    /// Loads `{prefix}.{q,k,v,o}_proj` (or GPT-2's fused `c_attn` / `c_proj`).
-    pub fn load(
-        src: &WeightSource,
-        prefix: &str,
-        cfg: &ModelConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        let (d, hd) = (cfg.d_model, cfg.head_dim);
-        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
-        let (qkv, o) = if cfg.gated_mlp {
-            let lin = |name: &str, out: usize, inp: usize, bias: bool| {
-                Linear::load(src, &format!("{prefix}.{name}"), out, inp, bias, device)
-            };
-            (
-                Linear::concat(&[
-                    lin("q_proj", qd, d, cfg.qkv_bias)?,
-                    lin("k_proj", kvd, d, cfg.qkv_bias)?,
-                    lin("v_proj", kvd, d, cfg.qkv_bias)?,
-                ])?,
-                lin("o_proj", d, qd, cfg.out_bias)?,
-            )
-        } else {
-            (
-                conv1d(src, &format!("{prefix}.c_attn"), d, 3 * d, device)?,
-                conv1d(src, &format!("{prefix}.c_proj"), d, d, device)?,
-            )
-        };
-        Ok(Attention {
-            qkv,
-            o,
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: hd,
-            scale: cfg.attn_scale,
-            softcap: cfg.attn_softcap,
-        })
-    }
-
-    /// Projects `x` (batch, seq, d) to q (batch, heads, seq, hd) and k, v (batch, kv_heads, seq, hd),
-    /// with rotary embeddings applied when `rope` is given.
-    pub fn qkv(
-        &self,
-        x: &Tensor,
-        rope: Option<&RopeTables>,
-        kernels: Kernels,
-        quantized: bool,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, l, _) = x.dims3()?;
-        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, l, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (qd, kvd) = (
-            self.n_heads * self.head_dim,
-            self.n_kv_heads * self.head_dim,
-        );
-        let all = self.qkv.forward(x, quantized)?;
-        let q = split(all.narrow(2, 0, qd)?, self.n_heads)?;
-        let k = split(all.narrow(2, qd, kvd)?, self.n_kv_heads)?;
-        let v = split(all.narrow(2, qd + kvd, kvd)?, self.n_kv_heads)?;
-        match rope {
-            Some(r) => Ok((r.apply(&q, kernels)?, r.apply(&k, kernels)?, v)),
-            None => Ok((q, k, v)),
-        }
-    }
-
-    /// Attends `q` (batch, heads, seq, hd) over all keys `k`, `v` (batch, kv_heads, keys, hd) under the
-    /// additive `mask` (batch, seq, keys) and applies the output projection: (batch, seq, d).
-    pub fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: &Tensor,
-        kernels: Kernels,
-        quantized: bool,
-    ) -> Result<Tensor> {
-        let (b, h, l, hd) = q.dims4()?;
-        let keys = k.dim(2)?;
-        let g = h / self.n_kv_heads;
-        // Group the query heads that share a kv head, so k and v need no repeat.
-        let qg = (q.reshape((b, self.n_kv_heads, g, l, hd))? * self.scale)?;
-        // Queries are taken in chunks; a chunk only needs the keys up to its last query (cached keys
-        // come first, then the new tokens in order), which skips most of the causally masked work.
-        let cached = keys - l;
-        let chunk = if l <= QUERY_CHUNK { l } else { QUERY_CHUNK };
-        let mut outs = Vec::with_capacity(l.div_ceil(chunk));
-        for start in (0..l).step_by(chunk) {
-            let n = chunk.min(l - start);
-            let visible = cached + start + n;
-            let qc = qg
-                .narrow(3, start, n)?
-                .reshape((b, self.n_kv_heads, g * n, hd))?;
-            let kc = k.narrow(2, 0, visible)?;
-            let vc = v.narrow(2, 0, visible)?;
-            let scores = qc.matmul(&kc.t()?)?; // (b, kvh, g*n, visible)
-            let m = mask.narrow(1, start, n)?.narrow(2, 0, visible)?;
-            let probs = masked_softmax(&scores, &m, self.softcap, kernels)?;
-            let o = probs.matmul(&vc.contiguous()?)?; // (b, kvh, g*n, hd)
-            outs.push(o.reshape((b, self.n_kv_heads, g, n, hd))?);
-        }
-        let out = if outs.len() == 1 {
-            outs.pop().expect("one chunk")
-        } else {
-            Tensor::cat(&outs, 3)?
-        };
-        let out = out
-            .reshape((b, h, l, hd))?
-            .transpose(1, 2)?
-            .reshape((b, l, h * hd))?;
-        self.o.forward(&out, quantized)
-    }
-}
-
-/// Builds the additive attention mask (batch, seq, keys): 0 where query `i` of row `b` may see key `j`,
-/// a large negative number elsewhere. Keys are visible when valid, not in the future, and within the
-/// sliding window if any.
-pub fn attention_mask(
-    query_pos: &[Vec<usize>],
-    key_pos: &[Vec<Option<usize>>],
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
-    const MASKED: f32 = -1e30;
-    let b = query_pos.len();
-    let l = query_pos[0].len();
-    let t = key_pos[0].len();
-    let mut data = Vec::with_capacity(b * l * t);
-    for (qs, ks) in query_pos.iter().zip(key_pos) {
-        for &qp in qs {
-            data.extend(ks.iter().map(|kp| match kp {
-                Some(kp) if *kp <= qp && window.is_none_or(|w| qp - kp < w) => 0.0,
-                _ => MASKED,
-            }));
-        }
-    }
-    Ok(Tensor::from_vec(data, (b, l, t), device)?.to_dtype(DType::F32)?)
 }

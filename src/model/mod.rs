@@ -1,12 +1,15 @@
 //! The hookable decoder: configuration, weights, forward pass, tokenizer, and loading from local files.
 
+pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod fetch;
 pub mod gguf;
 pub mod hooks;
+pub mod kv;
 pub mod layers;
 pub mod q4_1;
+pub mod q8_0;
 pub mod softmax;
 pub mod tokenizer;
 pub mod weights;
@@ -16,8 +19,9 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 pub use config::{Architecture, ModelConfig};
-pub use decoder::{Batch, ForwardOptions, ForwardOutput, KvCache, Logits, Model};
+pub use decoder::{Batch, ForwardOptions, ForwardOutput, Logits, Model};
 pub use hooks::{Capture, FnHook, HookContext, HookList, HookPoint, Hooks, NoHooks, Site};
+pub use kv::KvCache;
 pub use layers::Kernels;
 pub use tokenizer::{Message, Tokenizer};
 pub use weights::WeightSource;

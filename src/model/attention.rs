@@ -1,0 +1,332 @@
+//! Self-attention: rotary embeddings, the additive mask, grouped-query attention over a batch, and the
+//! single-token decoding step that attends straight from the [`KvCache`](super::KvCache) buffers.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{ModelConfig, RopeStyle};
+use super::kv::LayerKv;
+use super::layers::{conv1d, Kernels, Linear};
+use super::softmax::masked_softmax;
+use super::weights::WeightSource;
+use crate::Result;
+
+/// Rotary embedding tables for a batch: cos and sin of shape (batch, seq, head_dim/2), or (seq, head_dim/2)
+/// when every row starts at the same position.
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+    /// The same tables as flat vectors, for [`RopeTables::rotate`].
+    cos_raw: Vec<f32>,
+    sin_raw: Vec<f32>,
+    same: bool,
+    seq: usize,
+}
+
+impl RopeTables {
+    /// Tables for rows whose first new token sits at `starts[b]`, each `seq` tokens long.
+    pub fn new(
+        inv_freq: &[f32],
+        style: RopeStyle,
+        starts: &[usize],
+        seq: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = inv_freq.len();
+        let same = starts.iter().all(|&s| s == starts[0]);
+        let rows: Vec<usize> = if same {
+            vec![starts[0]]
+        } else {
+            starts.to_vec()
+        };
+        let mut cos = Vec::with_capacity(rows.len() * seq * half);
+        let mut sin = Vec::with_capacity(rows.len() * seq * half);
+        for &start in &rows {
+            for t in 0..seq {
+                let pos = (start + t) as f32;
+                for &f in inv_freq {
+                    let angle = pos * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape: Vec<usize> = if same {
+            vec![seq, half]
+        } else {
+            vec![rows.len(), seq, half]
+        };
+        Ok(RopeTables {
+            cos: Tensor::from_slice(&cos, shape.clone(), device)?,
+            sin: Tensor::from_slice(&sin, shape, device)?,
+            style,
+            cos_raw: cos,
+            sin_raw: sin,
+            same,
+            seq,
+        })
+    }
+
+    /// Rotates in place one head vector `x` of token `t` of batch row `row`, as [`RopeTables::apply`]
+    /// does.
+    pub fn rotate(&self, row: usize, t: usize, x: &mut [f32]) {
+        let half = x.len() / 2;
+        let at = (if self.same { 0 } else { row } * self.seq + t) * half;
+        let (cos, sin) = (&self.cos_raw[at..at + half], &self.sin_raw[at..at + half]);
+        let turn = |a: &mut f32, b: &mut f32, c: f32, s: f32| {
+            (*a, *b) = (*a * c - *b * s, *a * s + *b * c);
+        };
+        match self.style {
+            RopeStyle::HalfSplit => {
+                let (lo, hi) = x.split_at_mut(half);
+                for (((a, b), &c), &s) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+                    turn(a, b, c, s);
+                }
+            }
+            RopeStyle::Interleaved => {
+                for ((pair, &c), &s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
+                    let (a, b) = pair.split_at_mut(1);
+                    turn(&mut a[0], &mut b[0], c, s);
+                }
+            }
+        }
+    }
+
+    /// Rotates `x` of shape (batch, heads, seq, head_dim).
+    pub fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        use candle_nn::rotary_emb as re;
+        let x = x.contiguous()?;
+        Ok(match (self.style, kernels) {
+            (RopeStyle::HalfSplit, Kernels::Fused) => re::rope(&x, &self.cos, &self.sin)?,
+            (RopeStyle::Interleaved, Kernels::Fused) => re::rope_i(&x, &self.cos, &self.sin)?,
+            (RopeStyle::HalfSplit, Kernels::Differentiable) => {
+                re::rope_slow(&x, &self.cos, &self.sin)?
+            }
+            (RopeStyle::Interleaved, Kernels::Differentiable) => {
+                re::rope_i_slow(&x, &self.cos, &self.sin)?
+            }
+        })
+    }
+}
+
+/// Multi-head (grouped-query) self-attention.
+pub struct Attention {
+    /// `[q; k; v]` stacked into one map.
+    qkv: Linear,
+    o: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+/// Queries attended at once: bounds the score matrix on long inputs and lets each chunk skip the keys
+/// after its last query.
+const QUERY_CHUNK: usize = 128;
+
+impl Attention {
+    /// Loads `{prefix}.{q,k,v,o}_proj` (or GPT-2's fused `c_attn` / `c_proj`).
+    pub fn load(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.head_dim);
+        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let (qkv, o) = if cfg.gated_mlp {
+            let lin = |name: &str, out: usize, inp: usize, bias: bool| {
+                Linear::load(src, &format!("{prefix}.{name}"), out, inp, bias, device)
+            };
+            (
+                Linear::concat(&[
+                    lin("q_proj", qd, d, cfg.qkv_bias)?,
+                    lin("k_proj", kvd, d, cfg.qkv_bias)?,
+                    lin("v_proj", kvd, d, cfg.qkv_bias)?,
+                ])?,
+                lin("o_proj", d, qd, cfg.out_bias)?,
+            )
+        } else {
+            (
+                conv1d(src, &format!("{prefix}.c_attn"), d, 3 * d, device)?,
+                conv1d(src, &format!("{prefix}.c_proj"), d, d, device)?,
+            )
+        };
+        Ok(Attention {
+            qkv,
+            o,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            scale: cfg.attn_scale,
+            softcap: cfg.attn_softcap,
+        })
+    }
+
+    /// Projects `x` (batch, seq, d) to q (batch, heads, seq, hd) and k, v (batch, kv_heads, seq, hd),
+    /// with rotary embeddings applied when `rope` is given.
+    pub fn qkv(
+        &self,
+        x: &Tensor,
+        rope: Option<&RopeTables>,
+        kernels: Kernels,
+        quantized: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (qd, kvd) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
+        let all = self.qkv.forward(x, quantized)?;
+        let q = split(all.narrow(2, 0, qd)?, self.n_heads)?;
+        let k = split(all.narrow(2, qd, kvd)?, self.n_kv_heads)?;
+        let v = split(all.narrow(2, qd + kvd, kvd)?, self.n_kv_heads)?;
+        match rope {
+            Some(r) => Ok((r.apply(&q, kernels)?, r.apply(&k, kernels)?, v)),
+            None => Ok((q, k, v)),
+        }
+    }
+
+    /// Attends `q` (batch, heads, seq, hd) over all keys `k`, `v` (batch, kv_heads, keys, hd) under the
+    /// additive `mask` (batch, seq, keys) and applies the output projection: (batch, seq, d).
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        kernels: Kernels,
+        quantized: bool,
+    ) -> Result<Tensor> {
+        let (b, h, l, hd) = q.dims4()?;
+        let keys = k.dim(2)?;
+        let g = h / self.n_kv_heads;
+        // Group the query heads that share a kv head, so k and v need no repeat.
+        let qg = (q.reshape((b, self.n_kv_heads, g, l, hd))? * self.scale)?;
+        // Queries are taken in chunks; a chunk only needs the keys up to its last query (cached keys
+        // come first, then the new tokens in order), which skips most of the causally masked work.
+        let cached = keys - l;
+        let chunk = if l <= QUERY_CHUNK { l } else { QUERY_CHUNK };
+        let mut outs = Vec::with_capacity(l.div_ceil(chunk));
+        for start in (0..l).step_by(chunk) {
+            let n = chunk.min(l - start);
+            let visible = cached + start + n;
+            let qc = qg
+                .narrow(3, start, n)?
+                .reshape((b, self.n_kv_heads, g * n, hd))?;
+            let kc = k.narrow(2, 0, visible)?;
+            let vc = v.narrow(2, 0, visible)?;
+            let scores = qc.matmul(&kc.t()?)?; // (b, kvh, g*n, visible)
+            let m = mask.narrow(1, start, n)?.narrow(2, 0, visible)?;
+            let probs = masked_softmax(&scores, &m, self.softcap, kernels)?;
+            let o = probs.matmul(&vc.contiguous()?)?; // (b, kvh, g*n, hd)
+            outs.push(o.reshape((b, self.n_kv_heads, g, n, hd))?);
+        }
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one chunk")
+        } else {
+            Tensor::cat(&outs, 3)?
+        };
+        let out = out
+            .reshape((b, h, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b, l, h * hd))?;
+        self.o.forward(&out, quantized)
+    }
+
+    /// One decoding step on the CPU: `x` (batch, 1, d) holds one new token per row. Its key and value
+    /// are written into `cache`, its query attends over the cached columns `visible` allows per row,
+    /// and the output projection is applied: (batch, 1, d). Same maths as [`Attention::qkv`] +
+    /// [`Attention::attend`], without a tensor op per head.
+    pub(super) fn step(
+        &self,
+        x: &Tensor,
+        rope: Option<&RopeTables>,
+        cache: &mut LayerKv,
+        visible: &[Vec<bool>],
+        quantized: bool,
+    ) -> Result<Tensor> {
+        let (b, _, _) = x.dims3()?;
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let all = self
+            .qkv
+            .forward(x, quantized)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let width = (h + 2 * kvh) * hd;
+        let (mut q, mut k, mut v) = (
+            Vec::with_capacity(b * h * hd),
+            Vec::with_capacity(b * kvh * hd),
+            Vec::with_capacity(b * kvh * hd),
+        );
+        for (row, proj) in all.chunks(width).enumerate() {
+            let (qr, rest) = proj.split_at(h * hd);
+            let (kr, vr) = rest.split_at(kvh * hd);
+            let (q0, k0) = (q.len(), k.len());
+            q.extend_from_slice(qr);
+            k.extend_from_slice(kr);
+            v.extend_from_slice(vr);
+            if let Some(r) = rope {
+                q[q0..].chunks_mut(hd).for_each(|x| r.rotate(row, 0, x));
+                k[k0..].chunks_mut(hd).for_each(|x| r.rotate(row, 0, x));
+            }
+        }
+        cache.append(b, kvh, hd, &k, &v);
+        let softcap = self.softcap.map(|c| c as f32);
+        let out = cache.attend_one(&q, h, self.scale as f32, softcap, visible);
+        self.o.forward(
+            &Tensor::from_vec(out, (b, 1, h * hd), x.device())?,
+            quantized,
+        )
+    }
+}
+
+/// Builds the additive attention mask (batch, seq, keys): 0 where query `i` of row `b` may see key `j`,
+/// a large negative number elsewhere. Keys are visible when valid, not in the future, and within the
+/// sliding window if any.
+pub fn attention_mask(
+    query_pos: &[Vec<usize>],
+    key_pos: &[Vec<Option<usize>>],
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    const MASKED: f32 = -1e30;
+    let b = query_pos.len();
+    let l = query_pos[0].len();
+    let t = key_pos[0].len();
+    let mut data = Vec::with_capacity(b * l * t);
+    for (qs, ks) in query_pos.iter().zip(key_pos) {
+        for &qp in qs {
+            data.extend(
+                ks.iter()
+                    .map(|&kp| if visible(qp, kp, window) { 0.0 } else { MASKED }),
+            );
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, l, t), device)?.to_dtype(DType::F32)?)
+}
+
+/// For a decoding step (one query per row), which keys each row's query may see; the same rule as
+/// [`attention_mask`].
+pub fn step_visibility(
+    query_pos: &[Vec<usize>],
+    key_pos: &[Vec<Option<usize>>],
+    window: Option<usize>,
+) -> Vec<Vec<bool>> {
+    query_pos
+        .iter()
+        .zip(key_pos)
+        .map(|(qs, ks)| ks.iter().map(|&kp| visible(qs[0], kp, window)).collect())
+        .collect()
+}
+
+/// Whether a query at `qp` sees a key at `kp`: a real token, not in the future, within the window.
+fn visible(qp: usize, kp: Option<usize>, window: Option<usize>) -> bool {
+    kp.is_some_and(|kp| kp <= qp && window.is_none_or(|w| qp - kp < w))
+}

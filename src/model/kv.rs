@@ -1,0 +1,166 @@
+//! The KV cache of generation, and attention of one new query per row straight from it.
+//!
+//! Each layer keeps its keys and values in f32 buffers laid out (batch, kv_heads, capacity, head_dim).
+//! A forward pass writes its new columns in place and the capacity doubles when full, so a decoding
+//! step copies only its own token instead of concatenating the whole cache.
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+/// Keys and values of earlier tokens, per layer, plus where each cached column sits in its row.
+pub struct KvCache {
+    pub(super) layers: Vec<LayerKv>,
+    /// Per row, per cached column: the token's position, or `None` for padding.
+    pub(super) key_pos: Vec<Vec<Option<usize>>>,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of a model with `n_layers` blocks.
+    pub fn new(n_layers: usize, batch: usize) -> Self {
+        KvCache {
+            layers: vec![LayerKv::default(); n_layers],
+            key_pos: vec![Vec::new(); batch],
+        }
+    }
+
+    /// Number of real tokens cached for each row.
+    pub fn row_lengths(&self) -> Vec<usize> {
+        self.key_pos
+            .iter()
+            .map(|r| r.iter().filter(|p| p.is_some()).count())
+            .collect()
+    }
+}
+
+/// Smallest capacity allocated, in columns.
+const MIN_CAPACITY: usize = 64;
+
+/// One layer's cached keys and values.
+#[derive(Clone, Default)]
+pub(super) struct LayerKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    batch: usize,
+    heads: usize,
+    dim: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Number of cached columns.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends `k` and `v`, each (batch, heads, l, dim) contiguous, as `l` new columns.
+    pub fn append(&mut self, batch: usize, heads: usize, dim: usize, k: &[f32], v: &[f32]) {
+        let l = k.len() / (batch * heads * dim);
+        if self.len + l > self.cap {
+            let cap = (self.len + l).max(2 * self.cap).max(MIN_CAPACITY);
+            self.grow(batch, heads, dim, cap);
+        }
+        let n = l * dim;
+        for bh in 0..batch * heads {
+            let dst = (bh * self.cap + self.len) * dim;
+            self.k[dst..dst + n].copy_from_slice(&k[bh * n..(bh + 1) * n]);
+            self.v[dst..dst + n].copy_from_slice(&v[bh * n..(bh + 1) * n]);
+        }
+        self.len += l;
+    }
+
+    /// Appends (batch, heads, l, dim) key and value tensors.
+    pub fn append_tensors(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (b, h, _, d) = k.dims4()?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        self.append(b, h, d, &flat(k)?, &flat(v)?);
+        Ok(())
+    }
+
+    fn grow(&mut self, batch: usize, heads: usize, dim: usize, cap: usize) {
+        let mut k = vec![0f32; batch * heads * cap * dim];
+        let mut v = vec![0f32; batch * heads * cap * dim];
+        let n = self.len * dim;
+        for bh in 0..batch * heads {
+            let (src, dst) = (bh * self.cap * dim, bh * cap * dim);
+            k[dst..dst + n].copy_from_slice(&self.k[src..src + n]);
+            v[dst..dst + n].copy_from_slice(&self.v[src..src + n]);
+        }
+        (self.k, self.v) = (k, v);
+        (self.batch, self.heads, self.dim, self.cap) = (batch, heads, dim, cap);
+    }
+
+    /// The cached keys and values as (batch, heads, len, dim) tensors.
+    pub fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let shape = (self.batch, self.heads, self.cap, self.dim);
+        let view = |buf: &[f32]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(buf, shape, device)?
+                .narrow(2, 0, self.len)?
+                .contiguous()?)
+        };
+        Ok((view(&self.k)?, view(&self.v)?))
+    }
+
+    /// Attention of one query per row, `q` (batch, n_heads, dim), over the cached columns each row's
+    /// `visible` allows: `softmax(softcap(scale · q·k) )·v`, returned as (batch, n_heads · dim).
+    pub fn attend_one(
+        &self,
+        q: &[f32],
+        n_heads: usize,
+        scale: f32,
+        softcap: Option<f32>,
+        visible: &[Vec<bool>],
+    ) -> Vec<f32> {
+        let (dim, group) = (self.dim, n_heads / self.heads);
+        let mut out = vec![0f32; q.len()];
+        let mut scores = vec![0f32; self.len];
+        for (bh, (o, qh)) in out.chunks_mut(dim).zip(q.chunks(dim)).enumerate() {
+            let (row, head) = (bh / n_heads, bh % n_heads);
+            let base = (row * self.heads + head / group) * self.cap * dim;
+            let keys = self.k[base..base + self.len * dim].chunks(dim);
+            let mut max = f32::NEG_INFINITY;
+            for ((s, key), &seen) in scores.iter_mut().zip(keys).zip(&visible[row]) {
+                *s = if seen {
+                    let x = dot(qh, key) * scale;
+                    let x = softcap.map_or(x, |c| (x / c).tanh() * c);
+                    max = max.max(x);
+                    x
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            let values = self.v[base..base + self.len * dim].chunks(dim);
+            let mut sum = 0f32;
+            for (s, value) in scores.iter().zip(values) {
+                if *s > f32::NEG_INFINITY {
+                    let p = (s - max).exp();
+                    sum += p;
+                    o.iter_mut().zip(value).for_each(|(a, v)| *a += p * v);
+                }
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|a| *a *= inv);
+        }
+        out
+    }
+}
+
+/// Dot product with eight independent accumulators, so it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().expect("8"), y.try_into().expect("8"));
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
