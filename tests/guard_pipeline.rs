@@ -512,6 +512,13 @@ fn bypass_variants_keep_the_question_and_the_activity_file_round_trips() {
     assert!(text.ends_with("Answer: ("));
     assert!(mcq_variant(tok, "biology", &item, Variant::Padded { factor: 2.0 }, None).is_err());
 
+    let bare = mcq_variant(tok, "biology", &item, Variant::Unlabelled, None).unwrap();
+    let text = tok.decode(&bare, false).unwrap();
+    assert!(
+        text.contains(&item.body()) && !text.contains("biology"),
+        "{text:?}"
+    );
+
     let turns = mcq_variant(tok, "biology", &item, Variant::Turns { turns: 3 }, None).unwrap();
     let text = tok.decode(&turns, false).unwrap();
     assert_eq!(text.matches("<|im_start|>user").count(), 3, "{text:?}");

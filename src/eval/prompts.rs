@@ -36,6 +36,8 @@ pub enum Variant {
         /// Filler tokens per plain-prompt token.
         factor: f64,
     },
+    /// The question and its choices alone: no preamble naming the subject.
+    Unlabelled,
     /// The question and its choices cut into `turns` word-balanced parts, one per user turn, with
     /// [`CONTINUE_REPLY`] from the assistant in between.
     Turns {
@@ -45,10 +47,11 @@ pub enum Variant {
 }
 
 impl Variant {
-    /// A short name for tables: `plain`, `pad2x`, `turns3`.
+    /// A short name for tables: `plain`, `nosubject`, `pad2x`, `turns3`.
     pub fn name(&self) -> String {
         match *self {
             Variant::Plain => "plain".into(),
+            Variant::Unlabelled => "nosubject".into(),
             Variant::Padded { factor } => format!("pad{factor}x"),
             Variant::Turns { turns } => format!("turns{turns}"),
         }
@@ -106,6 +109,7 @@ pub fn mcq_variant(
 ) -> Result<Vec<u32>> {
     match variant {
         Variant::Plain => mcq_prompt(tok, subject, item),
+        Variant::Unlabelled => render_question(tok, &[Message::new("user", &item.body())]),
         Variant::Padded { factor } => {
             let filler = filler
                 .ok_or_else(|| Error::Invalid("a padded prompt needs filler text".to_string()))?;
@@ -177,5 +181,6 @@ mod tests {
     fn variant_names() {
         assert_eq!(Variant::Padded { factor: 2.0 }.name(), "pad2x");
         assert_eq!(Variant::Turns { turns: 3 }.name(), "turns3");
+        assert_eq!(Variant::Unlabelled.name(), "nosubject");
     }
 }

@@ -17,8 +17,12 @@ use dsg::generate::{generate, GenerateOptions};
 use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{Gate, Guardrail};
 
-/// The gate of the shipped guardrail and of the demo's fits.
-pub const DEMO_GATE: Gate = Gate::Paper { tau: 0.0 };
+/// The gate of the shipped guardrail and of the demo's fits: CUSUM with drift 0.2, chosen on the
+/// selection split for its resistance to padding (EVALUATION.md); the threshold is calibrated.
+pub const DEMO_GATE: Gate = Gate::Cusum {
+    drift: 0.2,
+    threshold: 0.0,
+};
 use dsg::model::{self, fetch, HookPoint, Hooks, LoadedModel, NoHooks};
 use dsg::stats::corpus::{load_mcq, mcq_prompt, McqItem, McqSplit};
 
@@ -97,8 +101,9 @@ fn show(
 
 /// The fit recipe of the shipped guardrail (see EVALUATION.md): forget = WMDP-bio selection-split
 /// questions; retain = WikiText-2 test and selection-split MMLU questions (so features that fire
-/// on any multiple-choice text are not selected); gate calibrated on 1000 selection-split MMLU
-/// questions as chat prompts, the shape of the traffic it gates.
+/// on any multiple-choice text are not selected); N = 20 features among the top 1% importance
+/// ratios (p_ratio 99); a CUSUM gate calibrated on 1000 selection-split MMLU questions as chat
+/// prompts, the shape of the traffic it gates.
 pub fn recipe(
     data: &Path,
     sae: PathBuf,
@@ -118,7 +123,7 @@ pub fn recipe(
         ],
         split: McqSplit::Selection,
         n_features: 20,
-        p_ratio: 95.0,
+        p_ratio: 99.0,
         p_dyn: 95.0,
         gate: DEMO_GATE,
         clamp: 500.0,

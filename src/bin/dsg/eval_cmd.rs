@@ -115,7 +115,7 @@ pub fn run(lm: &LoadedModel, cmd: &EvalCommand) -> Result<()> {
     let hook = first.file().hook_point;
     if guards
         .iter()
-        .any(|g| g.file().hook_point != hook || g.file().sae != first.file().sae)
+        .any(|g| g.file().hook_point != hook || g.file().sae.sha256 != first.file().sae.sha256)
     {
         bail!("all --guard files must use the same SAE at the same hook point");
     }
@@ -131,6 +131,7 @@ pub fn run(lm: &LoadedModel, cmd: &EvalCommand) -> Result<()> {
         domain_subjects: MMLU_BIO_SUBJECTS.iter().map(|s| s.to_string()).collect(),
         benign_text_file: data.join("wikitext/wikitext-2-tokenized.valid.txt"),
         variants: vec![
+            Variant::Unlabelled,
             Variant::Padded { factor: 2.0 },
             Variant::Padded { factor: 5.0 },
             Variant::Turns { turns: 3 },

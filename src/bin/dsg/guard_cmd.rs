@@ -268,7 +268,12 @@ fn calibration_prompts(lm: &LoadedModel, args: &FitArgs) -> Result<Vec<Vec<u32>>
 pub fn fit(lm: &LoadedModel, args: &FitArgs) -> Result<Option<GuardrailFile>> {
     let sae = load_sae(&args.sae, args.hook)?;
     let hook = sae.hook().expect("load_sae settles the hook");
-    let mut config = FitConfig::paper(identity(&lm.path)?, identity(&args.sae)?, hook);
+    let mut model = identity(&lm.path)?;
+    // The digest identifies the model; its folder is this machine's business, not the file's.
+    if let Some(name) = lm.path.file_name() {
+        model.name = name.to_string_lossy().into_owned();
+    }
+    let mut config = FitConfig::paper(model, identity(&args.sae)?, hook);
     config.rule = dsg::guard::SelectionRule::Percentile(PercentileRule::official(args.p_ratio));
     config.n_features = args.n_features;
     config.p_dyn = args.p_dyn;
