@@ -7,7 +7,8 @@
 //!   fit reads) as chat messages;
 //! * calibration: *selection-split* MMLU questions of every subject, as §5.1 prompts: benign
 //!   traffic shaped like the prompts the gate will see;
-//! * variants of the positives: padded with benign text (held-out WikiText), and split over turns.
+//! * variants of the positives ([`Variant`]): without the subject line, padded with benign text
+//!   (held-out WikiText), and split over turns.
 //!
 //! MMLU questions follow the same sha256 split rule as WMDP ([`McqSplit`]), so calibration never
 //! sees an evaluated question.

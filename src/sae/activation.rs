@@ -56,7 +56,9 @@ impl Activation {
         match self {
             Activation::Relu => Ok(pre.relu()?),
             Activation::JumpRelu { threshold } => jump_relu(pre, threshold),
-            Activation::TopK { k } => per_row(pre, |row, out| top_k_row(row, *k, out)),
+            Activation::TopK { k } => {
+                per_row(pre, |row, out, order| top_k_row(row, *k, out, order))
+            }
             Activation::GroupMax { groups } => {
                 let n = pre.dims().last().copied().unwrap_or(0);
                 if *groups == 0 || n % groups != 0 {
@@ -64,7 +66,7 @@ impl Activation {
                         "groupmax: {groups} groups do not divide {n} latents"
                     )));
                 }
-                per_row(pre, |row, out| group_max_row(row, n / groups, out))
+                per_row(pre, |row, out, _| group_max_row(row, n / groups, out))
             }
         }
     }
@@ -76,11 +78,13 @@ pub(crate) fn jump_relu(pre: &Tensor, threshold: &Tensor) -> Result<Tensor> {
     Ok(keep.where_cond(&pre.relu()?, &pre.zeros_like()?)?)
 }
 
-/// Applies a row-wise selection `f(row, out)` to every row (last dimension) of `pre`.
+/// Applies a row-wise selection `f(row, out, scratch)` to every row (last dimension) of `pre`, rows
+/// in parallel (rayon), each worker reusing one `scratch` buffer.
 ///
 /// Runs on the CPU (candle has no top-k kernel, and its CUDA sort is limited to short rows); the
 /// result is moved back to `pre`'s device. `out` starts zeroed.
-fn per_row(pre: &Tensor, mut f: impl FnMut(&[f32], &mut [f32])) -> Result<Tensor> {
+fn per_row(pre: &Tensor, f: impl Fn(&[f32], &mut [f32], &mut Vec<usize>) + Sync) -> Result<Tensor> {
+    use rayon::prelude::*;
     let dims = pre.dims().to_vec();
     let n = *dims
         .last()
@@ -92,21 +96,24 @@ fn per_row(pre: &Tensor, mut f: impl FnMut(&[f32], &mut [f32])) -> Result<Tensor
         .to_vec1()?;
     let mut out = vec![0f32; values.len()];
     if n > 0 {
-        for (row, out_row) in values.chunks(n).zip(out.chunks_mut(n)) {
-            f(row, out_row);
-        }
+        values
+            .par_chunks(n)
+            .zip(out.par_chunks_mut(n))
+            .for_each_init(Vec::new, |scratch, (row, out_row)| f(row, out_row, scratch));
     }
     Ok(Tensor::from_vec(out, dims, &Device::Cpu)?.to_device(pre.device())?)
 }
 
-/// Writes `max(row[i], 0)` into `out[i]` for the `k` largest entries of `row` (others stay 0).
-fn top_k_row(row: &[f32], k: usize, out: &mut [f32]) {
+/// Writes `max(row[i], 0)` into `out[i]` for the `k` largest entries of `row` (others stay 0);
+/// `order` is scratch space.
+fn top_k_row(row: &[f32], k: usize, out: &mut [f32], order: &mut Vec<usize>) {
     let n = row.len();
     let k = k.min(n);
     if k == 0 {
         return;
     }
-    let mut order: Vec<usize> = (0..n).collect();
+    order.clear();
+    order.extend(0..n);
     // Descending by value, ascending by index among equal values: a total, deterministic order.
     let cmp = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
     if k < n {

@@ -192,8 +192,8 @@ pub fn run(lm: &LoadedModel, cmd: &EvalCommand) -> Result<()> {
     let mut md = format!(
         "# Gate evaluation\n\nData: {}. Prompt counts: {}. Compared gates are calibrated at P{} of \
          their scores on the calibration prompts. Intervals: 95% (AUROC: bootstrap, {} resamples; \
-         rates: Wilson). Bypass = of the held-out forget prompts caught in plain form, the share \
-         missed in the variant.\n",
+         rates: Wilson). Bypass = of the forget prompts caught in plain form, the share missed in \
+         the variant.\n",
         data.display(),
         sets.iter()
             .map(|(n, k)| format!("{n} {k}"))
@@ -286,8 +286,8 @@ fn compute_activity(
     )
 }
 
-/// The paper-ρ histogram of every set (from the first gate evaluated, the paper gate as fitted,
-/// when it is one), with the thresholds of the ρ gates.
+/// The paper-ρ histogram of the forget and benign sets (scores of the first paper gate among
+/// `evals`), with the thresholds of the ρ gates.
 fn write_histogram(out: &Path, guard: &Path, evals: &[GateEval]) -> Result<()> {
     let Some(paper) = evals.iter().find(|e| matches!(e.gate, Gate::Paper { .. })) else {
         return Ok(());
@@ -297,7 +297,8 @@ fn write_histogram(out: &Path, guard: &Path, evals: &[GateEval]) -> Result<()> {
         .filter(|e| matches!(e.gate, Gate::Paper { .. }))
         .map(|e| (format!("τ {}", e.label), e.gate.threshold()))
         .collect();
-    let sets: Vec<_> = paper.scores.iter().collect();
+    // The forget prompts and the benign sets (the variants would crowd the figure).
+    let sets: Vec<_> = paper.scores.iter().take(1 + paper.fpr.len()).collect();
     let svg = score_histograms(
         &format!("ρ by prompt set: {}", stem(guard)),
         "ρ (fraction of tokens with a selected feature active)",
