@@ -26,6 +26,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The batch-1 pass over the first `len` of `tokens` that the timings run, with last-position
+/// logits.
+fn single_pass(
+    model: &Model,
+    tokens: &[u32],
+    len: usize,
+    reps: usize,
+) -> Result<(Batch, ForwardOptions)> {
+    if tokens.len() < len || reps == 0 {
+        return Err(Error::Invalid(format!(
+            "timing {len} tokens needs that many tokens ({} given) and reps > 0",
+            tokens.len()
+        )));
+    }
+    let batch = Batch::single(tokens[..len].to_vec(), model.device())?;
+    let opts = ForwardOptions {
+        logits: Logits::Last,
+        ..Default::default()
+    };
+    Ok((batch, opts))
+}
+
 /// Prefill throughput: one forward pass over the first `len` of `tokens` (last-position logits), median
 /// of `reps` runs after one warm-up, with `hooks` active.
 pub fn prefill(
@@ -35,17 +57,7 @@ pub fn prefill(
     reps: usize,
     hooks: &mut dyn Hooks,
 ) -> Result<Throughput> {
-    if tokens.len() < len || reps == 0 {
-        return Err(Error::Invalid(format!(
-            "prefill of {len} tokens needs that many tokens ({} given) and reps > 0",
-            tokens.len()
-        )));
-    }
-    let batch = Batch::single(tokens[..len].to_vec(), model.device())?;
-    let opts = ForwardOptions {
-        logits: Logits::Last,
-        ..Default::default()
-    };
+    let (batch, opts) = single_pass(model, tokens, len, reps)?;
     model.forward(&batch, &opts, hooks, None)?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -124,17 +136,7 @@ pub fn hook_overhead(
     plain: &mut dyn Hooks,
     hooked: &mut dyn Hooks,
 ) -> Result<Overhead> {
-    if tokens.len() < len || reps == 0 {
-        return Err(Error::Invalid(format!(
-            "timing {len} tokens needs that many tokens ({} given) and reps > 0",
-            tokens.len()
-        )));
-    }
-    let batch = Batch::single(tokens[..len].to_vec(), model.device())?;
-    let opts = ForwardOptions {
-        logits: Logits::Last,
-        ..Default::default()
-    };
+    let (batch, opts) = single_pass(model, tokens, len, reps)?;
     let time = |hooks: &mut dyn Hooks| -> Result<f64> {
         let t = Instant::now();
         model.forward(&batch, &opts, hooks, None)?;
