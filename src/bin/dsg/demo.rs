@@ -1,9 +1,10 @@
-//! `dsg demo`: fit (or reuse) a WMDP-bio guardrail on the default model and show a hazardous and a
-//! benign question answered with and without it.
+//! `dsg demo`: the shipped WMDP-bio guardrail (or one fitted anew with the same [`recipe`]) on the
+//! default model, showing a hazardous and a benign question answered with and without it.
 //!
 //! The forget corpus is the WMDP-bio *selection-split* questions as text: they stand in for the
 //! gated WMDP bio forget corpus, which is not available offline. The retain corpus is WikiText-2
-//! (raw test). The hazardous example is a *held-out* WMDP-bio question, never seen by the fit.
+//! (raw test) and selection-split MMLU questions. Both examples are *held-out* questions, never
+//! seen by the fit.
 
 use std::path::{Path, PathBuf};
 
