@@ -141,13 +141,13 @@ pub fn run(lm: &LoadedModel, cmd: &EvalCommand) -> Result<()> {
         n_paragraphs: args.paragraphs,
         seed: args.seed,
     };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let feature_sets: Vec<Vec<u32>> = guards.iter().map(|g| g.file().feature_ids()).collect();
     let activity = match &args.from_activity {
         Some(dir) => load_activity(dir, &args.guard.guards, &feature_sets)?,
         None => {
             let activity = compute_activity(lm, args, &cfg, first, &feature_sets)?;
-            std::fs::create_dir_all(&args.out)
-                .with_context(|| format!("creating {}", args.out.display()))?;
             for (a, path) in activity.iter().zip(&args.guard.guards) {
                 a.save(&activity_path(&args.out, path))?;
             }
@@ -162,8 +162,6 @@ pub fn run(lm: &LoadedModel, cmd: &EvalCommand) -> Result<()> {
     for (name, n) in &sets {
         eprintln!("{n:>6} prompts  {name}");
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let mut results = Vec::new();
     for ((g, act), path) in guards.iter().zip(&activity).zip(&args.guard.guards) {
         let view = act.eval_activity();
