@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # dsg's throughput next to PyTorch/transformers (f32) and llama.cpp on the same GGUF and tokens, one table.
-# Needs a Python with torch, transformers, gguf and llama-cpp-python (PYTHON=..., default python3); a
-# reference whose package is missing is skipped and reported as such.
+# Needs a Python with torch, transformers, accelerate (for GGUF loading), gguf and llama-cpp-python
+# (PYTHON=..., default python3); a reference whose package is missing is skipped and reported as such.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
