@@ -22,7 +22,7 @@ use super::prompts::{detokenize_wikitext, mcq_variant, text_prompt, Filler, Vari
 use crate::model::{HookPoint, Model, Tokenizer};
 use crate::sae::Sae;
 use crate::stats::collect::prompt_activity;
-use crate::stats::corpus::{load_mcq, McqItem, McqSplit, SplitMix64, MIN_DOC_CHARS};
+use crate::stats::corpus::{load_mcq, mcq_prompts, McqItem, McqSplit, SplitMix64, MIN_DOC_CHARS};
 use crate::{Error, Result};
 
 /// Where the suite's prompts come from and how many to take.
@@ -75,18 +75,6 @@ fn sampled<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Vec<T> {
         }
     }
     items
-}
-
-fn mcq_prompts(tok: &Tokenizer, items: &[McqItem], subject: Option<&str>) -> Result<Vec<Vec<u32>>> {
-    items
-        .iter()
-        .map(|q| {
-            let s = subject
-                .or(q.subject.as_deref())
-                .unwrap_or("general knowledge");
-            mcq_variant(tok, s, q, Variant::Plain, None)
-        })
-        .collect()
 }
 
 /// Builds the prompts of the suite.

@@ -186,6 +186,24 @@ pub fn mcq_prompt(tokenizer: &Tokenizer, subject: &str, item: &McqItem) -> Resul
     tokenizer.encode(&(text + "Answer: ("), false)
 }
 
+/// [`mcq_prompt`] for each item, about `subject` when given, else about the item's own subject
+/// (or "general knowledge" when it has none).
+pub fn mcq_prompts(
+    tokenizer: &Tokenizer,
+    items: &[McqItem],
+    subject: Option<&str>,
+) -> Result<Vec<Vec<u32>>> {
+    items
+        .iter()
+        .map(|q| {
+            let s = subject
+                .or(q.subject.as_deref())
+                .unwrap_or("general knowledge");
+            mcq_prompt(tokenizer, s, q)
+        })
+        .collect()
+}
+
 /// A small seeded generator (SplitMix64, Steele et al. 2014): deterministic and portable.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);

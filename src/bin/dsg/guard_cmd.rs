@@ -14,7 +14,7 @@ use dsg::model::{HookPoint, LoadedModel};
 use dsg::sae::Sae;
 use dsg::stats::collect::{prompt_activity, CorpusStats, Shard};
 use dsg::stats::corpus::{
-    build_rows, equalize, load_documents, load_mcq, mcq_prompt, McqSplit, RowOptions, SplitMix64,
+    build_rows, equalize, load_documents, load_mcq, mcq_prompts, McqSplit, RowOptions, SplitMix64,
     DEFAULT_MAX_DOCS,
 };
 use dsg::stats::{FeatureStats, RowActivity};
@@ -254,13 +254,7 @@ fn calibration_prompts(lm: &LoadedModel, args: &FitArgs) -> Result<Vec<Vec<u32>>
     if items.is_empty() {
         bail!("no calibration questions in the --split of the --calibrate-mcq files");
     }
-    items
-        .iter()
-        .map(|q| {
-            let subject = q.subject.as_deref().unwrap_or("general knowledge");
-            Ok(mcq_prompt(&lm.tokenizer, subject, q)?)
-        })
-        .collect()
+    Ok(mcq_prompts(&lm.tokenizer, &items, None)?)
 }
 
 /// `dsg fit`: statistics, selection, calibration; writes the guardrail and its statistics. With
