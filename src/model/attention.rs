@@ -240,25 +240,21 @@ impl Attention {
         self.o.forward(&out, quantized)
     }
 
-    /// One decoding step on the CPU: `x` (batch, 1, d) holds one new token per row. Its key and value
-    /// are written into `cache`, its query attends over the cached columns `visible` allows per row,
-    /// and the output projection is applied: (batch, 1, d). Same maths as [`Attention::qkv`] +
-    /// [`Attention::attend`], without a tensor op per head.
+    /// One decoding step on the CPU: `x` (batch × d, row-major) holds one new token per row. Its key
+    /// and value are written into `cache`, its query attends over the cached columns `visible`
+    /// allows per row, and the output projection is applied: batch × d. Same maths as
+    /// [`Attention::qkv`] + [`Attention::attend`], without a tensor op.
     pub(super) fn step(
         &self,
-        x: &Tensor,
+        x: &[f32],
+        b: usize,
         rope: Option<&RopeTables>,
         cache: &mut LayerKv,
         visible: &[Vec<bool>],
         quantized: bool,
-    ) -> Result<Tensor> {
-        let (b, _, _) = x.dims3()?;
+    ) -> Result<Vec<f32>> {
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let all = self
-            .qkv
-            .forward(x, quantized)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let all = self.qkv.forward_rows(x, b, quantized)?;
         let width = (h + 2 * kvh) * hd;
         let (mut q, mut k, mut v) = (
             Vec::with_capacity(b * h * hd),
@@ -280,10 +276,7 @@ impl Attention {
         cache.append(b, kvh, hd, &k, &v);
         let softcap = self.softcap.map(|c| c as f32);
         let out = cache.attend_one(&q, h, self.scale as f32, softcap, visible);
-        self.o.forward(
-            &Tensor::from_vec(out, (b, 1, h * hd), x.device())?,
-            quantized,
-        )
+        self.o.forward_rows(&out, b, quantized)
     }
 }
 

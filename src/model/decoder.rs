@@ -102,25 +102,25 @@ pub struct ForwardOutput {
     pub residual: Tensor,
 }
 
-struct Block {
-    attn_norm: Norm,
-    attn: Attention,
-    post_attn_norm: Option<Norm>,
-    mlp_norm: Norm,
-    mlp: Mlp,
-    post_mlp_norm: Option<Norm>,
-    window: Option<usize>,
+pub(super) struct Block {
+    pub(super) attn_norm: Norm,
+    pub(super) attn: Attention,
+    pub(super) post_attn_norm: Option<Norm>,
+    pub(super) mlp_norm: Norm,
+    pub(super) mlp: Mlp,
+    pub(super) post_mlp_norm: Option<Norm>,
+    pub(super) window: Option<usize>,
 }
 
 /// A decoder-only transformer with hook points. `Send + Sync`: many threads may run it at once, each
 /// with its own hooks and cache.
 pub struct Model {
-    cfg: ModelConfig,
-    embed: Tensor,
-    pos_embed: Option<Tensor>,
-    blocks: Vec<Block>,
-    final_norm: Norm,
-    lm_head: Linear,
+    pub(super) cfg: ModelConfig,
+    pub(super) embed: Tensor,
+    pub(super) pos_embed: Option<Tensor>,
+    pub(super) blocks: Vec<Block>,
+    pub(super) final_norm: Norm,
+    pub(super) lm_head: Linear,
     device: Device,
     kernels: Kernels,
 }
@@ -330,6 +330,20 @@ impl Model {
             start_positions: &starts,
             tokens: &batch.rows,
         };
+        if let (true, Some(c)) = (step, cache.as_deref_mut()) {
+            let out = self.step(
+                batch,
+                opts,
+                hooks,
+                &ctx,
+                c,
+                &windows,
+                &visibility,
+                rope.as_ref(),
+            )?;
+            c.key_pos = key_pos;
+            return Ok(out);
+        }
 
         let mut x = self
             .embed
@@ -347,21 +361,7 @@ impl Model {
         let q = opts.quantized;
         let k = self.kernels;
         for (layer, blk) in self.blocks.iter().enumerate().take(last_block + 1) {
-            let mut visit = |site: Site, t: Tensor| -> Result<Tensor> {
-                let point = HookPoint { layer, site };
-                if !hooks.wants(point) {
-                    return Ok(t);
-                }
-                match hooks.visit(point, &ctx, &t)? {
-                    Some(new) if new.dims() != t.dims() => Err(Error::Invalid(format!(
-                        "hook at {point} returned shape {:?}, expected {:?}",
-                        new.dims(),
-                        t.dims()
-                    ))),
-                    Some(new) => Ok(new),
-                    None => Ok(t),
-                }
-            };
+            let mut visit = |site: Site, t: Tensor| visit_site(hooks, &ctx, layer, site, t);
             x = visit(Site::ResidPre, x)?;
             let h = blk.attn_norm.forward(&x, k)?;
             let wi = windows
@@ -369,10 +369,6 @@ impl Model {
                 .position(|w| *w == blk.window)
                 .expect("listed");
             let mut a = match cache.as_deref_mut() {
-                Some(c) if step => {
-                    let lkv = &mut c.layers[layer];
-                    blk.attn.step(&h, rope.as_ref(), lkv, &visibility[wi], q)?
-                }
                 Some(c) => {
                     let (qh, kh, vh) = blk.attn.qkv(&h, rope.as_ref(), k, q)?;
                     let lkv = &mut c.layers[layer];
@@ -483,5 +479,29 @@ fn gpt2_prefix(src: &WeightSource) -> String {
         "transformer.".into()
     } else {
         String::new()
+    }
+}
+
+/// Shows `t` to the hooks at `(layer, site)` if they want it; returns their replacement (checked to
+/// have the same shape) or `t`.
+pub(super) fn visit_site(
+    hooks: &mut dyn Hooks,
+    ctx: &HookContext,
+    layer: usize,
+    site: Site,
+    t: Tensor,
+) -> Result<Tensor> {
+    let point = HookPoint { layer, site };
+    if !hooks.wants(point) {
+        return Ok(t);
+    }
+    match hooks.visit(point, ctx, &t)? {
+        Some(new) if new.dims() != t.dims() => Err(Error::Invalid(format!(
+            "hook at {point} returned shape {:?}, expected {:?}",
+            new.dims(),
+            t.dims()
+        ))),
+        Some(new) => Ok(new),
+        None => Ok(t),
     }
 }

@@ -6,6 +6,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::matvec::dot;
 use crate::Result;
 
 /// Keys and values of earlier tokens, per layer, plus where each cached column sits in its row.
@@ -144,23 +145,4 @@ impl LayerKv {
         }
         out
     }
-}
-
-/// Dot product with eight independent accumulators, so it vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().expect("8"), y.try_into().expect("8"));
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

@@ -8,6 +8,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::{MlpActivation, ModelConfig, NormKind};
+use super::matvec::matmul_f32;
 use super::q4_1::Q41Matrix;
 use super::q8_0::Q80Matrix;
 use super::weights::WeightSource;
@@ -167,6 +168,17 @@ impl Linear {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
+            // Without autograd, f32 CPU products run on the team (see `matvec`).
+            _ if x2.device().is_cpu()
+                && x2.dtype() == DType::F32
+                && self.weight.dtype() == DType::F32
+                && !x2.track_op()
+                && !self.weight.track_op() =>
+            {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let y = matmul_f32(&self.weight, &xs, rows, true)?;
+                Tensor::from_vec(y, (rows, self.weight.dim(0)?), x2.device())?
+            }
             _ => x2.matmul(&self.weight.t()?)?,
         };
         let y = match &self.bias {
@@ -179,6 +191,28 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// [`Linear::forward`] on the CPU for `m` rows held in a slice (m × in): the single-token
+    /// step's path, on the decoding team without a tensor op. Returns m × out.
+    pub(super) fn forward_rows(&self, x: &[f32], m: usize, quantized: bool) -> Result<Vec<f32>> {
+        let mut y = match (&self.quantized, quantized) {
+            (Some(QuantWeight::Q41(w)), true) => w.matmul(x, m),
+            (Some(QuantWeight::Q80(w)), true) => w.matmul(x, m),
+            (Some(QuantWeight::Candle(w)), true) => {
+                let xt = Tensor::from_slice(x, (m, x.len() / m), self.weight.device())?;
+                w.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?
+            }
+            _ => matmul_f32(&self.weight, x, m, false)?,
+        };
+        if let Some(b) = &self.bias {
+            let b = b.to_vec1::<f32>()?;
+            y.chunks_mut(b.len())
+                .for_each(|row| row.iter_mut().zip(&b).for_each(|(v, b)| *v += b));
+        }
+        Ok(y)
+    }
+}
+
 /// A normalisation layer.
 pub struct Norm {
     kind: NormKind,
@@ -186,6 +220,9 @@ pub struct Norm {
     scale: Tensor,
     bias: Option<Tensor>,
     eps: f32,
+    /// `scale` and `bias` as vectors, for [`Norm::forward_rows`].
+    scale_raw: Vec<f32>,
+    bias_raw: Option<Vec<f32>>,
 }
 
 impl Norm {
@@ -208,6 +245,8 @@ impl Norm {
         };
         Ok(Norm {
             kind: cfg.norm,
+            scale_raw: scale.to_vec1::<f32>()?,
+            bias_raw: bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?,
             scale,
             bias,
             eps: cfg.norm_eps as f32,
@@ -227,6 +266,29 @@ impl Norm {
         };
         debug_assert!(self.kind == NormKind::Layer || self.bias.is_none());
         Ok(y)
+    }
+
+    /// [`Norm::forward`] (fused kernels) on rows held in a slice, each `scale.len()` long.
+    pub(super) fn forward_rows(&self, x: &[f32]) -> Vec<f32> {
+        let d = self.scale_raw.len();
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(d) {
+            let n = d as f32;
+            match &self.bias_raw {
+                Some(bias) => {
+                    let mean = row.iter().sum::<f32>() / n;
+                    let var = row.iter().map(|v| v * v).sum::<f32>() / n - mean * mean;
+                    let inv = 1.0 / (var + self.eps).sqrt();
+                    let it = row.iter().zip(&self.scale_raw).zip(bias);
+                    out.extend(it.map(|((v, s), b)| (v - mean) * inv * s + b));
+                }
+                None => {
+                    let rms = (row.iter().map(|v| v * v).sum::<f32>() / n + self.eps).sqrt();
+                    out.extend(row.iter().zip(&self.scale_raw).map(|(v, s)| v / rms * s));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -284,6 +346,30 @@ impl Mlp {
             act(&h)?
         };
         self.down.forward(&h, quantized)
+    }
+
+    /// [`Mlp::forward`] on `m` rows held in a slice (the single-token step's path).
+    pub(super) fn forward_rows(&self, x: &[f32], m: usize, quantized: bool) -> Result<Vec<f32>> {
+        let act = |v: f32| match self.activation {
+            MlpActivation::Silu => v / (1.0 + (-v).exp()),
+            MlpActivation::GeluTanh => {
+                const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+                0.5 * v * (1.0 + (SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh())
+            }
+        };
+        let mut h = self.up.forward_rows(x, m, quantized)?;
+        if self.gated {
+            let f = h.len() / m / 2;
+            let mut g = Vec::with_capacity(m * f);
+            for row in h.chunks(2 * f) {
+                let (gate, up) = row.split_at(f);
+                g.extend(gate.iter().zip(up).map(|(&a, &u)| act(a) * u));
+            }
+            h = g;
+        } else {
+            h.iter_mut().for_each(|v| *v = act(*v));
+        }
+        self.down.forward_rows(&h, m, quantized)
     }
 }
 

@@ -8,9 +8,12 @@ pub mod gguf;
 pub mod hooks;
 pub mod kv;
 pub mod layers;
+pub mod matvec;
 pub mod q4_1;
 pub mod q8_0;
 pub mod softmax;
+pub mod step;
+pub mod team;
 pub mod tokenizer;
 pub mod weights;
 

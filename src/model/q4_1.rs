@@ -3,13 +3,16 @@
 //!
 //! candle has no SIMD kernel for Q4_1 on x86, so this module carries one: the activations are quantised
 //! per 32-block to 8 bits (scale `d_x`, sum `s_x`), as ggml's Q8_1, and each block's dot product is
-//! `d_w·d_x·Σ q_w q_x + m_w·s_x`. AVX2 when the CPU has it, portable code otherwise.
+//! `d_w·d_x·Σ q_w q_x + m_w·s_x`. AVX2 when the CPU has it, portable code otherwise. The blocks are
+//! regrouped per row at load (scales first, then nibbles), and products run on the decoding
+//! [`Team`].
 
 use half::f16;
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
+use super::team::{SharedOut, Team};
 use crate::Result;
 
 /// Values per quantisation block.
@@ -44,9 +47,13 @@ impl Q41Matrix {
             [r, c] if c % BLOCK == 0 => (*r, *c),
             _ => return Ok(None),
         };
-        let data = q.data()?.into_owned();
-        debug_assert_eq!(data.len(), rows * k / BLOCK * BLOCK_BYTES);
-        Ok(Some(Q41Matrix { rows, k, data }))
+        let blocks = q.data()?;
+        debug_assert_eq!(blocks.len(), rows * k / BLOCK * BLOCK_BYTES);
+        Ok(Some(Q41Matrix {
+            rows,
+            k,
+            data: repack(&blocks, k / BLOCK),
+        }))
     }
 
     /// Stacks matrices with the same `k` along the output rows.
@@ -73,14 +80,31 @@ impl Q41Matrix {
         let avx2 = has_avx2();
         par_matmul(x, m, self.k, self.rows, |r, xq| {
             let w = &self.data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
-            if avx2 {
+            if avx2 && nb <= MAX_AVX2_BLOCKS {
                 // SAFETY: AVX2, FMA and F16C were detected at run time; `w` and `xq` hold `nb` blocks.
-                unsafe { dot_avx2(w, xq.q, xq.d, xq.s, nb) }
+                unsafe { dot_avx2(w, &xq, nb) }
             } else {
-                dot_portable(w, xq.q, xq.d, xq.s, nb)
+                dot_portable(w, &xq, nb)
             }
         })
     }
+}
+
+/// Blocks per row up to which the AVX2 kernels keep their per-block scales on the stack
+/// (k ≤ 32768); longer rows take the portable kernel.
+pub(super) const MAX_AVX2_BLOCKS: usize = 1024;
+
+/// ggml's Q4_1 blocks (`d`, `m`, 16 bytes of nibbles each) regrouped per row as all `d`s, all `m`s,
+/// then all nibbles, so the kernel converts eight scales with one instruction.
+fn repack(blocks: &[u8], nb: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for row in blocks.chunks(nb * BLOCK_BYTES) {
+        let blks = || row.chunks(BLOCK_BYTES);
+        blks().for_each(|b| out.extend_from_slice(&b[0..2]));
+        blks().for_each(|b| out.extend_from_slice(&b[2..4]));
+        blks().for_each(|b| out.extend_from_slice(&b[4..]));
+    }
+    out
 }
 
 /// One activation row quantised per 32-block: 8-bit values, scales and scaled sums.
@@ -94,8 +118,9 @@ pub(super) struct QuantizedRow<'a> {
 }
 
 /// `x · Wᵀ` for `m` rows of length `k` against a `rows`-row quantised matrix, `dot(r, x_i)` giving
-/// weight row `r` against quantised activation row `i`; returns `m × rows`. Weight rows are shared
-/// out over rayon's workers (unless there is only one); each task reads its rows once.
+/// weight row `r` against quantised activation row `i`; returns `m × rows`. Chunks of weight rows are
+/// handed out to the decoding [`Team`] (the caller included) as they finish; each chunk's rows are
+/// read once for all `m` activation rows.
 pub(super) fn par_matmul(
     x: &[f32],
     m: usize,
@@ -110,37 +135,38 @@ pub(super) fn par_matmul(
         d: &xq.d[i * nb..(i + 1) * nb],
         s: &xq.s[i * nb..(i + 1) * nb],
     };
-    const ROWS_PER_TASK: usize = 32;
-    let mut by_row = vec![0f32; rows * m];
-    let task = |(task, dst): (usize, &mut [f32])| {
-        for (j, chunk) in dst.chunks_mut(m).enumerate() {
-            let r = task * ROWS_PER_TASK + j;
-            for (i, o) in chunk.iter_mut().enumerate() {
-                *o = dot(r, row(i));
+    let mut out = vec![0f32; m * rows];
+    let dst = SharedOut(out.as_mut_ptr());
+    for_row_chunks(rows, |r0, r1| {
+        for r in r0..r1 {
+            for i in 0..m {
+                // SAFETY: each row `r` belongs to one chunk, so `(i, r)` is written once; `out`
+                // outlives the job.
+                unsafe { dst.write(i * rows + r, dot(r, row(i))) };
             }
         }
-    };
-    // With one thread, handing each product to rayon's lone worker would only add two context
-    // switches.
-    if rayon::current_num_threads() > 1 {
-        let tasks = by_row.par_chunks_mut(ROWS_PER_TASK * m);
-        tasks.enumerate().for_each(task);
-    } else {
-        by_row
-            .chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(task);
-    }
-    if m == 1 {
-        return by_row;
-    }
-    let mut out = vec![0f32; m * rows];
-    for r in 0..rows {
-        for i in 0..m {
-            out[i * rows + r] = by_row[r * m + i];
-        }
-    }
+    });
     out
+}
+
+/// Runs `work(r0, r1)` over `0..rows` in chunks, on the decoding [`Team`], each chunk once.
+pub(super) fn for_row_chunks(rows: usize, work: impl Fn(usize, usize) + Sync) {
+    const ROWS_PER_CHUNK: usize = 32;
+    let team = Team::global();
+    let chunks = rows.div_ceil(ROWS_PER_CHUNK);
+    if team.size() == 1 || chunks == 1 {
+        work(0, rows);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    team.run(&|_| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= chunks {
+            break;
+        }
+        let r0 = c * ROWS_PER_CHUNK;
+        work(r0, (r0 + ROWS_PER_CHUNK).min(rows));
+    });
 }
 
 /// Whether the AVX2 kernels can run (AVX2, FMA and F16C).
@@ -181,86 +207,106 @@ pub(super) fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
     out
 }
 
-fn block_scales(w: &[u8]) -> (f32, f32) {
-    (
-        f16::from_le_bytes([w[0], w[1]]).to_f32(),
-        f16::from_le_bytes([w[2], w[3]]).to_f32(),
-    )
+/// The f16 value at `i` of a little-endian byte slice.
+pub(super) fn f16_at(bytes: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
 }
 
-fn dot_portable(w: &[u8], q: &[i8], d: &[f32], s: &[f32], nb: usize) -> f32 {
+/// One repacked row (see [`repack`]) against a quantised activation row.
+fn dot_portable(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
+    let (scales, quants) = w.split_at(4 * nb);
     let mut acc = 0f32;
-    for b in 0..nb {
-        let blk = &w[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-        let (dw, mw) = block_scales(blk);
-        let xq = &q[b * BLOCK..(b + 1) * BLOCK];
+    for (b, qs) in quants.chunks_exact(BLOCK / 2).take(nb).enumerate() {
+        let xq = &x.q[b * BLOCK..(b + 1) * BLOCK];
         let mut dot = 0i32;
-        for (j, &byte) in blk[4..].iter().enumerate() {
+        for (j, &byte) in qs.iter().enumerate() {
             dot += (byte & 0x0F) as i32 * xq[j] as i32 + (byte >> 4) as i32 * xq[j + 16] as i32;
         }
-        acc += dw * d[b] * dot as f32 + mw * s[b];
+        acc += f16_at(scales, b) * x.d[b] * dot as f32 + f16_at(scales, nb + b) * x.s[b];
     }
     acc
 }
 
-/// Two blocks per iteration into independent accumulators, so consecutive blocks' multiply-adds do
-/// not wait on each other (about 25% faster than one chain when the weights stream from memory).
-/// The slices must hold `nb` blocks (asserted in debug builds; reads are unchecked).
+/// The AVX2 kernel: eight `d_w·d_x` products and `m_w·s_x` terms per instruction first, then per
+/// block one nibble unpack, `maddubs` and a multiply-add, in two independent chains. `nb` ≤
+/// [`MAX_AVX2_BLOCKS`]; the slices must hold `nb` blocks (asserted in debug builds; reads are
+/// unchecked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(w: &[u8], q: &[i8], d: &[f32], s: &[f32], nb: usize) -> f32 {
+unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
     use std::arch::x86_64::*;
-    debug_assert!(w.len() >= nb * BLOCK_BYTES && q.len() >= nb * BLOCK);
-    debug_assert!(d.len() >= nb && s.len() >= nb);
-    let (wp, qp) = (w.as_ptr(), q.as_ptr());
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut m0, mut m1) = (0f32, 0f32);
+    debug_assert!(w.len() >= nb * BLOCK_BYTES && x.q.len() >= nb * BLOCK);
+    debug_assert!(x.d.len() >= nb && x.s.len() >= nb && nb <= MAX_AVX2_BLOCKS);
+    let (dp, mp, qp) = (w.as_ptr(), w.as_ptr().add(2 * nb), w.as_ptr().add(4 * nb));
+    // Written below for every block before it is read.
+    let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
+    let dd = scratch.as_mut_ptr() as *mut f32;
+    let mut macc = _mm256_setzero_ps();
     let mut b = 0;
+    while b + 8 <= nb {
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(2 * b) as *const __m128i));
+        let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
+        _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
+        let mw = _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b) as *const __m128i));
+        macc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x.s.as_ptr().add(b)), macc);
+        b += 8;
+    }
+    let mut mtail = 0f32;
+    while b < nb {
+        *dd.add(b) = f16_avx(dp.add(2 * b)) * *x.d.get_unchecked(b);
+        mtail += f16_avx(mp.add(2 * b)) * *x.s.get_unchecked(b);
+        b += 1;
+    }
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    // A macro rather than a closure, so the code is compiled with this function's target features.
+    macro_rules! block {
+        ($b:expr, $acc:ident) => {{
+            let b = $b;
+            let t = _mm_loadu_si128(qp.add(b * BLOCK / 2) as *const __m128i);
+            let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+            let wq = _mm256_and_si256(both, mask);
+            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), ones);
+            let d = _mm256_set1_ps(*dd.add(b));
+            $acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), $acc);
+        }};
+    }
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    b = 0;
     while b + 2 <= nb {
-        let (s0, dw0, mw0) = block_avx2(wp.add(b * BLOCK_BYTES), qp.add(b * BLOCK));
-        let (s1, dw1, mw1) = block_avx2(wp.add((b + 1) * BLOCK_BYTES), qp.add((b + 1) * BLOCK));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * *d.get_unchecked(b)), s0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * *d.get_unchecked(b + 1)), s1, a1);
-        m0 += mw0 * *s.get_unchecked(b);
-        m1 += mw1 * *s.get_unchecked(b + 1);
+        block!(b, a0);
+        block!(b + 1, a1);
         b += 2;
     }
     if b < nb {
-        let (s0, dw0, mw0) = block_avx2(wp.add(b * BLOCK_BYTES), qp.add(b * BLOCK));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * *d.get_unchecked(b)), s0, a0);
-        m0 += mw0 * *s.get_unchecked(b);
+        block!(b, a0);
     }
-    let acc = _mm256_add_ps(a0, a1);
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h) + m0 + m1
+    hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), macc)) + mtail
 }
 
-/// One Q4_1 block at `blk` against 32 quantised activations at `xq`: the eight partial sums of
-/// `Σ q_w q_x` and the block's scale and minimum.
+/// The f16 at `p` (unaligned), converted with F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn block_avx2(blk: *const u8, xq: *const i8) -> (std::arch::x86_64::__m256, f32, f32) {
+pub(super) unsafe fn f16_avx(p: *const u8) -> f32 {
     use std::arch::x86_64::*;
-    // Both f16 scales converted in one instruction.
-    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-    let (dw, mw) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
-    let low = _mm_set1_epi8(0x0F);
-    let packed = _mm_loadu_si128(blk.add(4) as *const __m128i);
-    let lo = _mm_and_si128(packed, low);
-    let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-    let wq = _mm256_set_m128i(hi, lo);
-    let x = _mm256_loadu_si256(xq as *const __m256i);
-    let pairs = _mm256_maddubs_epi16(wq, x);
-    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-    (sums, dw, mw)
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The sum of the eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn dot_avx2(w: &[u8], q: &[i8], d: &[f32], s: &[f32], nb: usize) -> f32 {
-    dot_portable(w, q, d, s, nb)
+unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
+    dot_portable(w, x, nb)
 }
 
 #[cfg(test)]
@@ -270,12 +316,19 @@ mod tests {
 
     #[test]
     fn matches_dequantised_product_and_portable_kernel() {
+        // 3 blocks per row (scales all in the tail) and 19 (two groups of eight, then a tail).
+        for k in [96, 608] {
+            check_against_dequantised(k);
+        }
+    }
+
+    fn check_against_dequantised(k: usize) {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (70, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (70, k), &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         let wd = q.dequantize(&dev).unwrap();
         let mat = Q41Matrix::from_qtensor(&q).unwrap().unwrap();
-        let x = Tensor::randn(0f32, 1.0, (3, 96), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, k), &dev).unwrap();
         let expected = x
             .matmul(&wd.t().unwrap())
             .unwrap()
@@ -290,10 +343,15 @@ mod tests {
             // 8-bit activations: error well under 1% of the output range.
             assert!((a - b).abs() <= 0.01 * scale, "{a} vs {b}");
         }
-        let xq = quantize_rows(&xs, 3, 96);
-        let nb = 3;
+        let xq = quantize_rows(&xs, 3, k);
+        let nb = k / BLOCK;
+        let row = QuantizedRow {
+            q: &xq.q[..k],
+            d: &xq.d[..nb],
+            s: &xq.s[..nb],
+        };
         for ((r, wr), g) in mat.data.chunks(nb * BLOCK_BYTES).enumerate().zip(&got) {
-            let p = dot_portable(wr, &xq.q[..96], &xq.d[..3], &xq.s[..3], nb);
+            let p = dot_portable(wr, &row, nb);
             assert!(
                 (p - g).abs() <= 1e-4 * scale.max(1.0),
                 "row {r}: {p} vs {g}"

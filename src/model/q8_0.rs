@@ -1,12 +1,13 @@
 //! Matrix products with Q8_0 weights (the default model's tied output head, and the re-quantised
-//! copies of types without a kernel here), on the same quantised activations and rayon driver as
+//! copies of types without a kernel here), on the same quantised activations and team driver as
 //! [`super::q4_1`]. candle's own Q8_0 kernel runs on a second thread pool whose workers park after
 //! each call; on two cores the decoding step then waited on a worker still waking up.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use half::f16;
 
-use super::q4_1::{has_avx2, par_matmul, QuantizedRow, BLOCK};
+use super::q4_1::{f16_at, has_avx2, par_matmul, QuantizedRow, BLOCK, MAX_AVX2_BLOCKS};
+#[cfg(target_arch = "x86_64")]
+use super::q4_1::{f16_avx, hsum};
 use crate::Result;
 
 const BLOCK_BYTES: usize = 34;
@@ -25,8 +26,16 @@ impl Q80Matrix {
             [r, c] if q.dtype() == GgmlDType::Q8_0 && c % BLOCK == 0 => (*r, *c),
             _ => return Ok(None),
         };
-        let data = q.data()?.into_owned();
-        debug_assert_eq!(data.len(), rows * k / BLOCK * BLOCK_BYTES);
+        let blocks = q.data()?;
+        debug_assert_eq!(blocks.len(), rows * k / BLOCK * BLOCK_BYTES);
+        // Per row: all f16 scales, then all quants, so the kernel converts eight scales at once.
+        let mut data = Vec::with_capacity(blocks.len());
+        for row in blocks.chunks(k / BLOCK * BLOCK_BYTES) {
+            row.chunks(BLOCK_BYTES)
+                .for_each(|b| data.extend_from_slice(&b[..2]));
+            row.chunks(BLOCK_BYTES)
+                .for_each(|b| data.extend_from_slice(&b[2..]));
+        }
         Ok(Some(Q80Matrix { rows, k, data }))
     }
 
@@ -41,7 +50,7 @@ impl Q80Matrix {
         let avx2 = has_avx2();
         par_matmul(x, m, self.k, self.rows, |r, xq| {
             let w = &self.data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
-            if avx2 {
+            if avx2 && nb <= MAX_AVX2_BLOCKS {
                 // SAFETY: AVX2, FMA and F16C were detected at run time; `w` and `xq` hold `nb` blocks.
                 unsafe { dot_avx2(w, &xq, nb) }
             } else {
@@ -52,66 +61,67 @@ impl Q80Matrix {
 }
 
 fn dot_portable(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
+    let (scales, quants) = w.split_at(2 * nb);
     let mut acc = 0f32;
-    for (b, blk) in w.chunks_exact(BLOCK_BYTES).take(nb).enumerate() {
-        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+    for (b, qs) in quants.chunks_exact(BLOCK).take(nb).enumerate() {
         let xq = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let dot: i32 = blk[2..]
+        let dot: i32 = qs
             .iter()
             .zip(xq)
             .map(|(&w, &q)| w as i8 as i32 * q as i32)
             .sum();
-        acc += dw * x.d[b] * dot as f32;
+        acc += f16_at(scales, b) * x.d[b] * dot as f32;
     }
     acc
 }
 
-/// Two blocks per iteration into independent accumulators; the slices must hold `nb` blocks
-/// (asserted in debug builds; reads are unchecked).
+/// Eight `d_w·d_x` products per instruction first, then per block one `maddubs` (which wants one
+/// unsigned operand, so it multiplies |w| by x carrying w's sign) and a multiply-add, in two
+/// independent chains. `nb` ≤ [`MAX_AVX2_BLOCKS`]; the slices must hold `nb` blocks (asserted in
+/// debug builds; reads are unchecked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
     use std::arch::x86_64::*;
     debug_assert!(w.len() >= nb * BLOCK_BYTES && x.q.len() >= nb * BLOCK && x.d.len() >= nb);
-    let blk = |b: usize| w.as_ptr().add(b * BLOCK_BYTES);
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (dp, qp) = (w.as_ptr(), w.as_ptr().add(2 * nb));
+    // Written below for every block before it is read.
+    let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
+    let dd = scratch.as_mut_ptr() as *mut f32;
     let mut b = 0;
+    while b + 8 <= nb {
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(2 * b) as *const __m128i));
+        let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
+        _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
+        b += 8;
+    }
+    while b < nb {
+        *dd.add(b) = f16_avx(dp.add(2 * b)) * *x.d.get_unchecked(b);
+        b += 1;
+    }
+    let ones = _mm256_set1_epi16(1);
+    // A macro rather than a closure, so the code is compiled with this function's target features.
+    macro_rules! block {
+        ($b:expr, $acc:ident) => {{
+            let b = $b;
+            let wq = _mm256_loadu_si256(qp.add(b * BLOCK) as *const __m256i);
+            let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            $acc = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), sums, $acc);
+        }};
+    }
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    b = 0;
     while b + 2 <= nb {
-        let (s0, d0) = block_avx2(blk(b), x, b);
-        let (s1, d1) = block_avx2(blk(b + 1), x, b + 1);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), s0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, a1);
+        block!(b, a0);
+        block!(b + 1, a1);
         b += 2;
     }
     if b < nb {
-        let (s0, d0) = block_avx2(blk(b), x, b);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), s0, a0);
+        block!(b, a0);
     }
-    let acc = _mm256_add_ps(a0, a1);
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    _mm_cvtss_f32(h)
-}
-
-/// Block `b` of a weight row at `blk` against the activations: eight f32 partial sums of `Σ w·x` and
-/// the product of the two scales. maddubs wants one unsigned operand, so it multiplies |w| by x
-/// carrying w's sign.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn block_avx2(
-    blk: *const u8,
-    x: &QuantizedRow,
-    b: usize,
-) -> (std::arch::x86_64::__m256, f32) {
-    use std::arch::x86_64::*;
-    let dw = f16::from_bits((blk as *const u16).read_unaligned()).to_f32();
-    let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-    let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
-    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-    (sums, dw * *x.d.get_unchecked(b))
+    hsum(_mm256_add_ps(a0, a1))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -127,12 +137,19 @@ mod tests {
 
     #[test]
     fn matches_dequantised_product_and_portable_kernel() {
+        // 3 blocks per row (scales all in the tail) and 19 (two groups of eight, then a tail).
+        for k in [96, 608] {
+            check_against_dequantised(k);
+        }
+    }
+
+    fn check_against_dequantised(k: usize) {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (70, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (70, k), &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let wd = q.dequantize(&dev).unwrap();
         let mat = Q80Matrix::from_qtensor(&q).unwrap().unwrap();
-        let x = Tensor::randn(0f32, 1.0, (3, 96), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, k), &dev).unwrap();
         let expected = x.matmul(&wd.t().unwrap()).unwrap().flatten_all().unwrap();
         let expected = expected.to_vec1::<f32>().unwrap();
         let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -143,14 +160,15 @@ mod tests {
         for (a, b) in got.iter().zip(&expected) {
             assert!((a - b).abs() <= 0.01 * scale, "{a} vs {b}");
         }
-        let xq = quantize_rows(&xs, 1, 96);
+        let xq = quantize_rows(&xs, 1, k);
         let row = QuantizedRow {
             q: &xq.q,
             d: &xq.d,
             s: &xq.s,
         };
-        for (r, wr) in mat.data.chunks(3 * BLOCK_BYTES).enumerate() {
-            let p = dot_portable(wr, &row, 3);
+        let nb = k / BLOCK;
+        for (r, wr) in mat.data.chunks(nb * BLOCK_BYTES).enumerate() {
+            let p = dot_portable(wr, &row, nb);
             assert!(
                 (p - got[r]).abs() <= 1e-4 * scale,
                 "row {r}: {p} vs {}",
