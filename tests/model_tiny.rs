@@ -170,6 +170,60 @@ fn kv_cache_decoding_matches_the_full_pass() {
     }
 }
 
+/// Edits at every kind of hook point, through a full pass and through cached single-token steps
+/// (which run without tensor ops between the hook points), give the same logits.
+#[test]
+fn hooks_edit_cached_decoding_steps_like_the_full_pass() {
+    use dsg::model::HookList;
+    for name in MODELS {
+        let model = load(name, "config.json");
+        let row = reference(name).rows[2].clone();
+        let sites = [
+            (0, Site::ResidPre, 0.5),
+            (0, Site::AttnOut, 2.0),
+            (1, Site::ResidMid, -1.0),
+            (0, Site::MlpOut, 0.25),
+            (1, Site::ResidPost, 1.5),
+        ];
+        let run = |batch: &Batch, cache: Option<&mut KvCache>| {
+            let mut hooks: Vec<_> = sites
+                .iter()
+                .map(|&(layer, site, f)| {
+                    FnHook::new(HookPoint { layer, site }, move |_, t| Ok(Some((t * f)?)))
+                })
+                .collect();
+            let mut list = HookList::new();
+            hooks.iter_mut().for_each(|h| list.push(h));
+            let opts = ForwardOptions {
+                logits: Logits::All,
+                ..Default::default()
+            };
+            let out = model.forward(batch, &opts, &mut list, cache).unwrap();
+            out.logits.unwrap().squeeze(0).unwrap()
+        };
+        let full = run(&Batch::single(row.clone(), &Device::Cpu).unwrap(), None);
+        let plain = all_logits(&model, &Batch::single(row.clone(), &Device::Cpu).unwrap());
+        assert!(max_abs_diff(&full, &plain.squeeze(0).unwrap()) > 1e-3);
+        let mut cache = KvCache::new(model.config().n_layers, 1);
+        let split = 4;
+        run(
+            &Batch::single(row[..split].to_vec(), &Device::Cpu).unwrap(),
+            Some(&mut cache),
+        );
+        for (t, &tok) in row.iter().enumerate().skip(split) {
+            let step = run(
+                &Batch::single(vec![tok], &Device::Cpu).unwrap(),
+                Some(&mut cache),
+            );
+            let d = max_abs_diff(&step.squeeze(0).unwrap(), &full.i(t).unwrap());
+            assert!(
+                d <= 1e-4,
+                "{name}: hooked step at position {t} differs by {d}"
+            );
+        }
+    }
+}
+
 #[test]
 fn batched_decoding_with_a_cache_keeps_rows_apart() {
     let model = load("gemma2_softcap", "config.json");

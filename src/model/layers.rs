@@ -168,17 +168,6 @@ impl Linear {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
-            // Without autograd, f32 CPU products run on the team (see `matvec`).
-            _ if x2.device().is_cpu()
-                && x2.dtype() == DType::F32
-                && self.weight.dtype() == DType::F32
-                && !x2.track_op()
-                && !self.weight.track_op() =>
-            {
-                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let y = matmul_f32(&self.weight, &xs, rows, true)?;
-                Tensor::from_vec(y, (rows, self.weight.dim(0)?), x2.device())?
-            }
             _ => x2.matmul(&self.weight.t()?)?,
         };
         let y = match &self.bias {
@@ -202,7 +191,7 @@ impl Linear {
                 let xt = Tensor::from_slice(x, (m, x.len() / m), self.weight.device())?;
                 w.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?
             }
-            _ => matmul_f32(&self.weight, x, m, false)?,
+            _ => matmul_f32(&self.weight, x, m)?,
         };
         if let Some(b) = &self.bias {
             let b = b.to_vec1::<f32>()?;

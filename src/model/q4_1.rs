@@ -78,21 +78,25 @@ impl Q41Matrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let nb = self.k / BLOCK;
         let avx2 = has_avx2();
-        par_matmul(x, m, self.k, self.rows, |r, xq| {
-            let w = &self.data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
+        let row_bytes = nb * BLOCK_BYTES;
+        par_matmul(x, m, self.k, self.rows, |r0, r1, xq, out| {
+            let w = &self.data[r0 * row_bytes..r1 * row_bytes];
             if avx2 && nb <= MAX_AVX2_BLOCKS {
-                // SAFETY: AVX2, FMA and F16C were detected at run time; `w` and `xq` hold `nb` blocks.
-                unsafe { dot_avx2(w, &xq, nb) }
+                // SAFETY: AVX2, FMA and F16C were detected at run time; `w` holds `r1 - r0` rows
+                // of `nb` blocks, `xq` one row of `nb` blocks, `out` `r1 - r0` values.
+                unsafe { rows_avx2(w, nb, xq, out) }
             } else {
-                dot_portable(w, &xq, nb)
+                for (o, wr) in out.iter_mut().zip(w.chunks(row_bytes)) {
+                    *o = dot_portable(wr, xq, nb);
+                }
             }
         })
     }
 }
 
 /// Blocks per row up to which the AVX2 kernels keep their per-block scales on the stack
-/// (k ≤ 32768); longer rows take the portable kernel.
-pub(super) const MAX_AVX2_BLOCKS: usize = 1024;
+/// (k ≤ 16384); longer rows take the portable kernel.
+pub(super) const MAX_AVX2_BLOCKS: usize = 512;
 
 /// ggml's Q4_1 blocks (`d`, `m`, 16 bytes of nibbles each) regrouped per row as all `d`s, all `m`s,
 /// then all nibbles, so the kernel converts eight scales with one instruction.
@@ -117,16 +121,16 @@ pub(super) struct QuantizedRow<'a> {
     pub s: &'a [f32],
 }
 
-/// `x · Wᵀ` for `m` rows of length `k` against a `rows`-row quantised matrix, `dot(r, x_i)` giving
-/// weight row `r` against quantised activation row `i`; returns `m × rows`. Chunks of weight rows are
-/// handed out to the decoding [`Team`] (the caller included) as they finish; each chunk's rows are
-/// read once for all `m` activation rows.
+/// `x · Wᵀ` for `m` rows of length `k` against a `rows`-row quantised matrix, `dots(r0, r1, x_i,
+/// out)` writing weight rows `r0..r1` against quantised activation row `i` into `out`; returns
+/// `m × rows`. Chunks of weight rows are handed out to the decoding [`Team`] (the caller included)
+/// as they finish; each chunk's rows are read once for all `m` activation rows.
 pub(super) fn par_matmul(
     x: &[f32],
     m: usize,
     k: usize,
     rows: usize,
-    dot: impl Fn(usize, QuantizedRow) -> f32 + Sync,
+    dots: impl Fn(usize, usize, &QuantizedRow, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let nb = k / BLOCK;
     let xq = quantize_rows(x, m, k);
@@ -138,24 +142,33 @@ pub(super) fn par_matmul(
     let mut out = vec![0f32; m * rows];
     let dst = SharedOut(out.as_mut_ptr());
     for_row_chunks(rows, |r0, r1| {
-        for r in r0..r1 {
-            for i in 0..m {
+        let mut chunk = [0f32; ROWS_PER_CHUNK];
+        for i in 0..m {
+            dots(r0, r1, &row(i), &mut chunk[..r1 - r0]);
+            for (r, &v) in (r0..r1).zip(&chunk) {
                 // SAFETY: each row `r` belongs to one chunk, so `(i, r)` is written once; `out`
                 // outlives the job.
-                unsafe { dst.write(i * rows + r, dot(r, row(i))) };
+                unsafe { dst.write(i * rows + r, v) };
             }
         }
     });
     out
 }
 
-/// Runs `work(r0, r1)` over `0..rows` in chunks, on the decoding [`Team`], each chunk once.
+/// Weight rows per chunk of work handed to a team thread.
+const ROWS_PER_CHUNK: usize = 32;
+
+/// Runs `work(r0, r1)` over `0..rows` in chunks of at most `ROWS_PER_CHUNK` rows, on the
+/// decoding [`Team`], each chunk once.
 pub(super) fn for_row_chunks(rows: usize, work: impl Fn(usize, usize) + Sync) {
-    const ROWS_PER_CHUNK: usize = 32;
     let team = Team::global();
     let chunks = rows.div_ceil(ROWS_PER_CHUNK);
+    let chunk = |c: usize| {
+        let r0 = c * ROWS_PER_CHUNK;
+        work(r0, (r0 + ROWS_PER_CHUNK).min(rows));
+    };
     if team.size() == 1 || chunks == 1 {
-        work(0, rows);
+        (0..chunks).for_each(chunk);
         return;
     }
     let next = AtomicUsize::new(0);
@@ -164,8 +177,7 @@ pub(super) fn for_row_chunks(rows: usize, work: impl Fn(usize, usize) + Sync) {
         if c >= chunks {
             break;
         }
-        let r0 = c * ROWS_PER_CHUNK;
-        work(r0, (r0 + ROWS_PER_CHUNK).min(rows));
+        chunk(c);
     });
 }
 
@@ -227,20 +239,19 @@ fn dot_portable(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
     acc
 }
 
-/// The AVX2 kernel: eight `d_w·d_x` products and `m_w·s_x` terms per instruction first, then per
-/// block one nibble unpack, `maddubs` and a multiply-add, in two independent chains. `nb` ≤
-/// [`MAX_AVX2_BLOCKS`]; the slices must hold `nb` blocks (asserted in debug builds; reads are
-/// unchecked).
+/// The scale phase of the AVX2 kernel for the row at `w`: writes `d_w·d_x` per block to `dd`
+/// (eight per instruction) and returns the `m_w·s_x` terms as eight lanes plus a scalar tail.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
+#[inline]
+unsafe fn scales_avx2(
+    w: *const u8,
+    x: &QuantizedRow,
+    nb: usize,
+    dd: *mut f32,
+) -> (std::arch::x86_64::__m256, f32) {
     use std::arch::x86_64::*;
-    debug_assert!(w.len() >= nb * BLOCK_BYTES && x.q.len() >= nb * BLOCK);
-    debug_assert!(x.d.len() >= nb && x.s.len() >= nb && nb <= MAX_AVX2_BLOCKS);
-    let (dp, mp, qp) = (w.as_ptr(), w.as_ptr().add(2 * nb), w.as_ptr().add(4 * nb));
-    // Written below for every block before it is read.
-    let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
-    let dd = scratch.as_mut_ptr() as *mut f32;
+    let (dp, mp) = (w, w.add(2 * nb));
     let mut macc = _mm256_setzero_ps();
     let mut b = 0;
     while b + 8 <= nb {
@@ -257,32 +268,68 @@ unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
         mtail += f16_avx(mp.add(2 * b)) * *x.s.get_unchecked(b);
         b += 1;
     }
-    let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    // A macro rather than a closure, so the code is compiled with this function's target features.
-    macro_rules! block {
-        ($b:expr, $acc:ident) => {{
-            let b = $b;
-            let t = _mm_loadu_si128(qp.add(b * BLOCK / 2) as *const __m128i);
-            let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-            let wq = _mm256_and_si256(both, mask);
-            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
-            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), ones);
-            let d = _mm256_set1_ps(*dd.add(b));
-            $acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), $acc);
-        }};
+    (macc, mtail)
+}
+
+/// Block `b` of the row whose nibbles start at `qp`, against the activation block `xv`: the eight
+/// partial sums of `Σ q_w q_x`, as f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn block_sums(
+    qp: *const u8,
+    b: usize,
+    xv: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let t = _mm_loadu_si128(qp.add(b * BLOCK / 2) as *const __m128i);
+    let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    let wq = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), _mm256_set1_epi16(1));
+    _mm256_cvtepi32_ps(sums)
+}
+
+/// The AVX2 kernel over consecutive rows `w` (each `nb` repacked blocks) against one activation
+/// row, into `out` (one value per row): per row the scale phase, then per block one nibble unpack,
+/// `maddubs` and multiply-add, in two independent chains. (Four rows interleaved were faster from
+/// cache but slower streaming from memory, which is what decoding does.) `nb` ≤
+/// [`MAX_AVX2_BLOCKS`]; the slices must hold what they claim (asserted in debug builds; reads are
+/// unchecked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2(w: &[u8], nb: usize, x: &QuantizedRow, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let row_bytes = nb * BLOCK_BYTES;
+    debug_assert!(w.len() >= out.len() * row_bytes && x.q.len() >= nb * BLOCK);
+    debug_assert!(x.d.len() >= nb && x.s.len() >= nb && nb <= MAX_AVX2_BLOCKS);
+    // Written by the scale phase for every block before the block phase reads it.
+    let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
+    let dd = scratch.as_mut_ptr() as *mut f32;
+    let mut r = 0;
+    while r < out.len() {
+        let row = w.as_ptr().add(r * row_bytes);
+        let (m, t) = scales_avx2(row, x, nb, dd);
+        let qp = row.add(4 * nb);
+        let (mut a0, mut a1) = (m, _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 2 <= nb {
+            let x0 = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+            let x1 = _mm256_loadu_si256(x.q.as_ptr().add((b + 1) * BLOCK) as *const __m256i);
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), block_sums(qp, b, x0), a0);
+            a1 = _mm256_fmadd_ps(
+                _mm256_set1_ps(*dd.add(b + 1)),
+                block_sums(qp, b + 1, x1),
+                a1,
+            );
+            b += 2;
+        }
+        if b < nb {
+            let x0 = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), block_sums(qp, b, x0), a0);
+        }
+        *out.get_unchecked_mut(r) = hsum(_mm256_add_ps(a0, a1)) + t;
+        r += 1;
     }
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    b = 0;
-    while b + 2 <= nb {
-        block!(b, a0);
-        block!(b + 1, a1);
-        b += 2;
-    }
-    if b < nb {
-        block!(b, a0);
-    }
-    hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), macc)) + mtail
 }
 
 /// The f16 at `p` (unaligned), converted with F16C.
@@ -305,8 +352,10 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
-    dot_portable(w, x, nb)
+unsafe fn rows_avx2(w: &[u8], nb: usize, x: &QuantizedRow, out: &mut [f32]) {
+    for (o, wr) in out.iter_mut().zip(w.chunks(nb * BLOCK_BYTES)) {
+        *o = dot_portable(wr, x, nb);
+    }
 }
 
 #[cfg(test)]

@@ -48,13 +48,17 @@ impl Q80Matrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let nb = self.k / BLOCK;
         let avx2 = has_avx2();
-        par_matmul(x, m, self.k, self.rows, |r, xq| {
-            let w = &self.data[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
+        let row_bytes = nb * BLOCK_BYTES;
+        par_matmul(x, m, self.k, self.rows, |r0, r1, xq, out| {
+            let w = &self.data[r0 * row_bytes..r1 * row_bytes];
             if avx2 && nb <= MAX_AVX2_BLOCKS {
-                // SAFETY: AVX2, FMA and F16C were detected at run time; `w` and `xq` hold `nb` blocks.
-                unsafe { dot_avx2(w, &xq, nb) }
+                // SAFETY: AVX2, FMA and F16C were detected at run time; `w` holds `r1 - r0` rows
+                // of `nb` blocks, `xq` one row of `nb` blocks, `out` `r1 - r0` values.
+                unsafe { rows_avx2(w, nb, xq, out) }
             } else {
-                dot_portable(w, &xq, nb)
+                for (o, wr) in out.iter_mut().zip(w.chunks(row_bytes)) {
+                    *o = dot_portable(wr, xq, nb);
+                }
             }
         })
     }
@@ -75,58 +79,82 @@ fn dot_portable(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
     acc
 }
 
-/// Eight `d_w·d_x` products per instruction first, then per block one `maddubs` (which wants one
-/// unsigned operand, so it multiplies |w| by x carrying w's sign) and a multiply-add, in two
-/// independent chains. `nb` ≤ [`MAX_AVX2_BLOCKS`]; the slices must hold `nb` blocks (asserted in
-/// debug builds; reads are unchecked).
+/// The scale phase for the row at `w`: `d_w·d_x` per block into `dd`, eight per instruction.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
+#[inline]
+unsafe fn scales_avx2(w: *const u8, x: &QuantizedRow, nb: usize, dd: *mut f32) {
     use std::arch::x86_64::*;
-    debug_assert!(w.len() >= nb * BLOCK_BYTES && x.q.len() >= nb * BLOCK && x.d.len() >= nb);
-    let (dp, qp) = (w.as_ptr(), w.as_ptr().add(2 * nb));
-    // Written below for every block before it is read.
-    let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
-    let dd = scratch.as_mut_ptr() as *mut f32;
     let mut b = 0;
     while b + 8 <= nb {
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(2 * b) as *const __m128i));
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * b) as *const __m128i));
         let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
         _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
         b += 8;
     }
     while b < nb {
-        *dd.add(b) = f16_avx(dp.add(2 * b)) * *x.d.get_unchecked(b);
+        *dd.add(b) = f16_avx(w.add(2 * b)) * *x.d.get_unchecked(b);
         b += 1;
     }
-    let ones = _mm256_set1_epi16(1);
-    // A macro rather than a closure, so the code is compiled with this function's target features.
-    macro_rules! block {
-        ($b:expr, $acc:ident) => {{
-            let b = $b;
-            let wq = _mm256_loadu_si256(qp.add(b * BLOCK) as *const __m256i);
-            let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-            $acc = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), sums, $acc);
-        }};
+}
+
+/// Eight partial sums of `Σ w·x` for the weight block at `wp` against `xv`. `maddubs` wants one
+/// unsigned operand, so it multiplies |w| by x carrying w's sign.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn block_sums(wp: *const u8, xv: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let wq = _mm256_loadu_si256(wp as *const __m256i);
+    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq));
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// Consecutive rows `w` (each `nb` repacked blocks) against one activation row, into `out`: per
+/// row the scale phase, then the blocks in two independent chains. `nb` ≤ [`MAX_AVX2_BLOCKS`]; the
+/// slices must hold what they claim (asserted in debug builds; reads are unchecked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2(w: &[u8], nb: usize, x: &QuantizedRow, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let row_bytes = nb * BLOCK_BYTES;
+    debug_assert!(w.len() >= out.len() * row_bytes && x.q.len() >= nb * BLOCK);
+    debug_assert!(x.d.len() >= nb && nb <= MAX_AVX2_BLOCKS);
+    // Written by the scale phase for every block before the block phase reads it.
+    let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
+    let dd = scratch.as_mut_ptr() as *mut f32;
+    let xp = x.q.as_ptr();
+    macro_rules! xq {
+        ($b:expr) => {
+            _mm256_loadu_si256(xp.add($b * BLOCK) as *const __m256i)
+        };
     }
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    b = 0;
-    while b + 2 <= nb {
-        block!(b, a0);
-        block!(b + 1, a1);
-        b += 2;
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = w.as_ptr().add(r * row_bytes);
+        scales_avx2(row, x, nb, dd);
+        let qp = row.add(2 * nb);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        while b + 2 <= nb {
+            let s0 = block_sums(qp.add(b * BLOCK), xq!(b));
+            let s1 = block_sums(qp.add((b + 1) * BLOCK), xq!(b + 1));
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), s0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b + 1)), s1, a1);
+            b += 2;
+        }
+        if b < nb {
+            let s0 = block_sums(qp.add(b * BLOCK), xq!(b));
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), s0, a0);
+        }
+        *o = hsum(_mm256_add_ps(a0, a1));
     }
-    if b < nb {
-        block!(b, a0);
-    }
-    hsum(_mm256_add_ps(a0, a1))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn dot_avx2(w: &[u8], x: &QuantizedRow, nb: usize) -> f32 {
-    dot_portable(w, x, nb)
+unsafe fn rows_avx2(w: &[u8], nb: usize, x: &QuantizedRow, out: &mut [f32]) {
+    for (o, wr) in out.iter_mut().zip(w.chunks(nb * BLOCK_BYTES)) {
+        *o = dot_portable(wr, x, nb);
+    }
 }
 
 #[cfg(test)]

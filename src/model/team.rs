@@ -180,14 +180,6 @@ fn worker(s: &Shared, w: usize) {
 pub(super) struct SharedOut(pub *mut f32);
 
 impl SharedOut {
-    /// The pointer `i` elements on.
-    ///
-    /// # Safety
-    /// `i` is in bounds.
-    pub unsafe fn at(&self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-
     /// Writes `v` at offset `i`.
     ///
     /// # Safety
