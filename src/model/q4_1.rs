@@ -142,14 +142,11 @@ pub(super) fn par_matmul(
     let mut out = vec![0f32; m * rows];
     let dst = SharedOut(out.as_mut_ptr());
     for_row_chunks(rows, |r0, r1| {
-        let mut chunk = [0f32; ROWS_PER_CHUNK];
         for i in 0..m {
-            dots(r0, r1, &row(i), &mut chunk[..r1 - r0]);
-            for (r, &v) in (r0..r1).zip(&chunk) {
-                // SAFETY: each row `r` belongs to one chunk, so `(i, r)` is written once; `out`
-                // outlives the job.
-                unsafe { dst.write(i * rows + r, v) };
-            }
+            // SAFETY: each row `r` belongs to one chunk, so `out[i·rows + r0..i·rows + r1]` is
+            // this call's alone; `out` outlives the job.
+            let part = unsafe { dst.slice(i * rows + r0, r1 - r0) };
+            dots(r0, r1, &row(i), part);
         }
     });
     out
@@ -195,28 +192,52 @@ pub(super) fn has_avx2() -> bool {
     }
 }
 
-/// Quantises `m` rows of length `k` per 32-block to 8 bits (as ggml's Q8_1).
+/// Quantises `m` rows of length `k` per 32-block to 8 bits (as ggml's Q8_1, rounding half to
+/// even as its AVX2 path does).
 pub(super) fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
     let nb = k / BLOCK;
     let mut out = QuantizedRows {
-        d: Vec::with_capacity(m * nb),
-        s: Vec::with_capacity(m * nb),
-        q: Vec::with_capacity(m * k),
+        d: vec![0f32; m * nb],
+        s: vec![0f32; m * nb],
+        q: vec![0i8; m * k],
     };
-    for block in x[..m * k].chunks(BLOCK) {
-        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for &v in block {
-            let q = (v * inv).round() as i8;
-            sum += q as i32;
-            out.q.push(q);
-        }
-        out.d.push(d);
-        out.s.push(d * sum as f32);
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { quantize_avx2(&x[..m * k], &mut out) }
+    } else {
+        quantize_blocks(&x[..m * k], &mut out)
     }
     out
+}
+
+/// [`quantize_blocks`] compiled for AVX2, where it vectorises.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(x: &[f32], out: &mut QuantizedRows) {
+    quantize_blocks(x, out)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn quantize_avx2(x: &[f32], out: &mut QuantizedRows) {
+    quantize_blocks(x, out)
+}
+
+#[inline]
+fn quantize_blocks(x: &[f32], out: &mut QuantizedRows) {
+    let blocks = x.chunks_exact(BLOCK).zip(out.q.chunks_exact_mut(BLOCK));
+    for ((block, q), (d, s)) in blocks.zip(out.d.iter_mut().zip(out.s.iter_mut())) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (qv, &v) in q.iter_mut().zip(block) {
+            let r = (v * inv).round_ties_even() as i32;
+            *qv = r as i8;
+            sum += r;
+        }
+        *d = scale;
+        *s = scale * sum as f32;
+    }
 }
 
 /// The f16 value at `i` of a little-endian byte slice.

@@ -180,6 +180,15 @@ fn worker(s: &Shared, w: usize) {
 pub(super) struct SharedOut(pub *mut f32);
 
 impl SharedOut {
+    /// The `len` elements from offset `at`, to write.
+    ///
+    /// # Safety
+    /// The range is in bounds and no other thread touches it during the job.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+
     /// Writes `v` at offset `i`.
     ///
     /// # Safety
