@@ -14,46 +14,45 @@ use crate::{Error, Result};
 /// returns `m × rows`.
 pub(super) fn matmul_f32(weight: &Tensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
     let (rows, k) = weight.dims2()?;
-    let (storage, layout) = weight.storage_and_layout();
+    debug_assert_eq!(x.len(), m * k);
+    with_f32_slice(weight, |w| {
+        let mut out = vec![0f32; m * rows];
+        let dst = SharedOut(out.as_mut_ptr());
+        for_row_chunks(rows, |r0, r1| {
+            for r in r0..r1 {
+                let wr = &w[r * k..(r + 1) * k];
+                for i in 0..m {
+                    let v = dot_f32(wr, &x[i * k..(i + 1) * k]);
+                    // SAFETY: row `r` belongs to one chunk only; `out` outlives the job.
+                    unsafe { dst.write(i * rows + r, v) };
+                }
+            }
+        });
+        out
+    })
+}
+
+/// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
+pub(super) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
     let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
         return Err(Error::Invalid(
-            "f32 products on the team need contiguous CPU weights".into(),
+            "dsg's f32 kernels need contiguous CPU tensors".into(),
         ));
     };
-    let w = &cpu.as_slice::<f32>()?[start..end];
-    debug_assert_eq!(w.len(), rows * k);
-    debug_assert_eq!(x.len(), m * k);
-    let mut out = vec![0f32; m * rows];
-    let dst = SharedOut(out.as_mut_ptr());
-    for_row_chunks(rows, |r0, r1| {
-        for r in r0..r1 {
-            let wr = &w[r * k..(r + 1) * k];
-            for i in 0..m {
-                let xi = &x[i * k..(i + 1) * k];
-                let v = dot_f32(wr, xi);
-                // SAFETY: row `r` belongs to one chunk only; `out` outlives the job.
-                unsafe { dst.write(i * rows + r, v) };
-            }
-        }
-    });
-    Ok(out)
+    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
 }
 
 /// Rows `ids` of a contiguous f32 CPU matrix `table` (an embedding), concatenated.
 pub(super) fn gather_rows(table: &Tensor, ids: impl Iterator<Item = usize>) -> Result<Vec<f32>> {
     let (_, d) = table.dims2()?;
-    let (storage, layout) = table.storage_and_layout();
-    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        return Err(Error::Invalid(
-            "the single-token step needs a contiguous CPU embedding".into(),
-        ));
-    };
-    let t = &cpu.as_slice::<f32>()?[start..end];
-    let mut out = Vec::new();
-    for id in ids {
-        out.extend_from_slice(&t[id * d..(id + 1) * d]);
-    }
-    Ok(out)
+    with_f32_slice(table, |t| {
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend_from_slice(&t[id * d..(id + 1) * d]);
+        }
+        out
+    })
 }
 
 /// [`dot`], with AVX2 when the CPU has it.
