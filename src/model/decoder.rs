@@ -391,7 +391,7 @@ impl Model {
             }
             let a = visit(Site::AttnOut, a)?;
             x = visit(Site::ResidMid, (x + a)?)?;
-            let mut m = blk.mlp.forward(&blk.mlp_norm.forward(&x, k)?, q)?;
+            let mut m = blk.mlp.forward(&blk.mlp_norm.forward(&x, k)?, k, q)?;
             if let Some(n) = &blk.post_mlp_norm {
                 m = n.forward(&m, k)?;
             }

@@ -15,6 +15,7 @@ pub mod softmax;
 pub mod step;
 pub mod team;
 pub mod tokenizer;
+pub mod vexp;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
