@@ -8,7 +8,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::{MlpActivation, ModelConfig, NormKind};
-use super::matvec::matmul_f32;
+use super::gemm;
+use super::matvec::{matmul_f32, with_f32_slice};
 use super::q4_1::Q41Matrix;
 use super::q8_0::Q80Matrix;
 use super::vexp::silu_mul;
@@ -168,6 +169,21 @@ impl Linear {
             (Some(QuantWeight::Q80(m)), true) if x2.device().is_cpu() => {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
+            }
+            // Without autograd, f32 CPU products over few tokens use dsg's kernel, which does not
+            // repack the weights (see `gemm`); over many, `gemm`'s repacking pays for itself.
+            _ if rows <= gemm::MAX_ROWS
+                && x2.device().is_cpu()
+                && x2.dtype() == DType::F32
+                && self.weight.dtype() == DType::F32
+                && !x2.track_op()
+                && !self.weight.track_op()
+                && gemm::available() =>
+            {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let n = self.weight.dim(0)?;
+                let y = with_f32_slice(&self.weight, |w| gemm::matmul(&xs, rows, in_dim, w, n))?;
+                Tensor::from_vec(y, (rows, n), x2.device())?
             }
             _ => x2.matmul(&self.weight.t()?)?,
         };

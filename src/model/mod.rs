@@ -4,6 +4,7 @@ pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod fetch;
+pub mod gemm;
 pub mod gguf;
 pub mod hooks;
 pub mod kv;

@@ -180,6 +180,14 @@ fn worker(s: &Shared, w: usize) {
 pub(super) struct SharedOut(pub *mut f32);
 
 impl SharedOut {
+    /// The pointer `i` elements on.
+    ///
+    /// # Safety
+    /// `i` is in bounds.
+    pub unsafe fn at(&self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+
     /// The `len` elements from offset `at`, to write.
     ///
     /// # Safety
