@@ -11,8 +11,6 @@
 //!
 //! [`Team`]: super::team::Team
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::team::{SharedOut, Team};
 
 /// Weight rows per micro-tile (broadcast operands).
@@ -47,12 +45,7 @@ pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
     let xp = pack_x(x, m, k, kc);
     let dst = SharedOut(out.as_mut_ptr());
     let units = n.div_ceil(CHUNK);
-    let next = AtomicUsize::new(0);
-    let job = |_: usize| loop {
-        let u = next.fetch_add(1, Ordering::Relaxed);
-        if u >= units {
-            break;
-        }
+    let work = |_: &mut (), u: usize| {
         let (j0, j1) = (u * CHUNK, ((u + 1) * CHUNK).min(n));
         for k0 in (0..k).step_by(kc) {
             let depth = kc.min(k - k0);
@@ -73,12 +66,7 @@ pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
             }
         }
     };
-    let team = Team::global();
-    if units > 1 && team.size() > 1 {
-        team.run(&job);
-    } else {
-        job(0);
-    }
+    Team::global().share(units, || (), work);
     out
 }
 

@@ -6,8 +6,6 @@
 
 use candle_core::{Device, Tensor};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::matvec::dot_f32;
 use super::team::{SharedOut, Team};
 use crate::Result;
@@ -121,53 +119,40 @@ impl LayerKv {
         let mut out = vec![0f32; q.len()];
         let dst = SharedOut(out.as_mut_ptr());
         let units = q.len() / dim;
-        let next = AtomicUsize::new(0);
-        let job = |_: usize| {
-            let mut scores = vec![0f32; self.len];
-            let mut o = vec![0f32; dim];
-            loop {
-                let bh = next.fetch_add(1, Ordering::Relaxed);
-                if bh >= units {
-                    break;
-                }
-                let qh = &q[bh * dim..(bh + 1) * dim];
-                let (row, head) = (bh / n_heads, bh % n_heads);
-                let base = (row * self.heads + head / group) * self.cap * dim;
-                let keys = self.k[base..base + self.len * dim].chunks(dim);
-                let mut max = f32::NEG_INFINITY;
-                for ((s, key), &seen) in scores.iter_mut().zip(keys).zip(&visible[row]) {
-                    *s = if seen {
-                        let x = dot_f32(qh, key) * scale;
-                        let x = softcap.map_or(x, |c| (x / c).tanh() * c);
-                        max = max.max(x);
-                        x
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-                o.iter_mut().for_each(|a| *a = 0.0);
-                let values = self.v[base..base + self.len * dim].chunks(dim);
-                let mut sum = 0f32;
-                for (s, value) in scores.iter().zip(values) {
-                    if *s > f32::NEG_INFINITY {
-                        let p = (s - max).exp();
-                        sum += p;
-                        o.iter_mut().zip(value).for_each(|(a, v)| *a += p * v);
-                    }
-                }
-                let inv = 1.0 / sum;
-                for (j, a) in o.iter().enumerate() {
-                    // SAFETY: unit `bh` owns out[bh·dim..(bh+1)·dim]; `out` outlives the job.
-                    unsafe { dst.write(bh * dim + j, a * inv) };
+        let scratch = || (vec![0f32; self.len], vec![0f32; dim]);
+        let work = |(scores, o): &mut (Vec<f32>, Vec<f32>), bh: usize| {
+            let qh = &q[bh * dim..(bh + 1) * dim];
+            let (row, head) = (bh / n_heads, bh % n_heads);
+            let base = (row * self.heads + head / group) * self.cap * dim;
+            let keys = self.k[base..base + self.len * dim].chunks(dim);
+            let mut max = f32::NEG_INFINITY;
+            for ((s, key), &seen) in scores.iter_mut().zip(keys).zip(&visible[row]) {
+                *s = if seen {
+                    let x = dot_f32(qh, key) * scale;
+                    let x = softcap.map_or(x, |c| (x / c).tanh() * c);
+                    max = max.max(x);
+                    x
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            o.iter_mut().for_each(|a| *a = 0.0);
+            let values = self.v[base..base + self.len * dim].chunks(dim);
+            let mut sum = 0f32;
+            for (s, value) in scores.iter().zip(values) {
+                if *s > f32::NEG_INFINITY {
+                    let p = (s - max).exp();
+                    sum += p;
+                    o.iter_mut().zip(value).for_each(|(a, v)| *a += p * v);
                 }
             }
+            let inv = 1.0 / sum;
+            for (j, a) in o.iter().enumerate() {
+                // SAFETY: unit `bh` owns out[bh·dim..(bh+1)·dim]; `out` outlives the job.
+                unsafe { dst.write(bh * dim + j, a * inv) };
+            }
         };
-        let team = Team::global();
-        if units > 1 && team.size() > 1 {
-            team.run(&job);
-        } else {
-            job(0);
-        }
+        Team::global().share(units, scratch, work);
         out
     }
 }

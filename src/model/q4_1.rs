@@ -8,7 +8,6 @@
 //! [`Team`].
 
 use half::f16;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
@@ -158,24 +157,15 @@ const ROWS_PER_CHUNK: usize = 32;
 /// Runs `work(r0, r1)` over `0..rows` in chunks of at most `ROWS_PER_CHUNK` rows, on the
 /// decoding [`Team`], each chunk once.
 pub(super) fn for_row_chunks(rows: usize, work: impl Fn(usize, usize) + Sync) {
-    let team = Team::global();
     let chunks = rows.div_ceil(ROWS_PER_CHUNK);
-    let chunk = |c: usize| {
-        let r0 = c * ROWS_PER_CHUNK;
-        work(r0, (r0 + ROWS_PER_CHUNK).min(rows));
-    };
-    if team.size() == 1 || chunks == 1 {
-        (0..chunks).for_each(chunk);
-        return;
-    }
-    let next = AtomicUsize::new(0);
-    team.run(&|_| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= chunks {
-            break;
-        }
-        chunk(c);
-    });
+    Team::global().share(
+        chunks,
+        || (),
+        |_, c| {
+            let r0 = c * ROWS_PER_CHUNK;
+            work(r0, (r0 + ROWS_PER_CHUNK).min(rows));
+        },
+    );
 }
 
 /// Whether the AVX2 kernels can run (AVX2, FMA and F16C).

@@ -139,6 +139,35 @@ impl Team {
     }
 }
 
+impl Team {
+    /// Runs `work(&mut scratch, u)` for every unit `u` in `0..units`, each once, the team's threads
+    /// taking the next unit as they finish one; each thread makes its `scratch` once per call. With
+    /// one unit or one thread, runs them all here.
+    pub fn share<S>(
+        &self,
+        units: usize,
+        scratch: impl Fn() -> S + Sync,
+        work: impl Fn(&mut S, usize) + Sync,
+    ) {
+        if units <= 1 || self.size == 1 {
+            let mut s = scratch();
+            (0..units).for_each(|u| work(&mut s, u));
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(&|_| {
+            let mut s = scratch();
+            loop {
+                let u = next.fetch_add(1, Ordering::Relaxed);
+                if u >= units {
+                    break;
+                }
+                work(&mut s, u);
+            }
+        });
+    }
+}
+
 /// Worker `w` (part `w + 1` of each job): waits for a new epoch, spinning for [`SPIN`] and then
 /// parking, runs its part, reports done.
 fn worker(s: &Shared, w: usize) {
@@ -231,6 +260,24 @@ mod tests {
             sum.fetch_add(i + 1, Ordering::Relaxed);
         });
         assert_eq!(sum.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn share_runs_every_unit_once_with_per_thread_scratch() {
+        let team = Team::new(2);
+        for units in [0, 1, 7, 300] {
+            let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+            let scratches = AtomicUsize::new(0);
+            team.share(
+                units,
+                || scratches.fetch_add(1, Ordering::Relaxed),
+                |_, u| {
+                    hits[u].fetch_add(1, Ordering::Relaxed);
+                },
+            );
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            assert!(scratches.load(Ordering::Relaxed) <= 2);
+        }
     }
 
     #[test]
