@@ -1,10 +1,13 @@
-//! A fixed team of worker threads for the decoding kernels, in which the calling thread takes part.
+//! A fixed team of worker threads for dsg's own kernels (decoding, and f32 products over up to 512
+//! tokens), in which the calling thread takes part.
 //!
 //! A decoding step runs about 120 matrix-vector products of a few hundred microseconds each. Handing
 //! each to rayon cost a wake-up of a parked worker per product, and rayon's idle workers competed
 //! with the thread that had to run the small serial work in between. Here the caller runs part 0 of
 //! every job itself, and the workers spin on an epoch counter for a short while after each job, so
 //! the next product of the same step starts without a wake-up; workers that stay idle longer park.
+//! Waits yield the time slice after a while, so an oversubscribed machine degrades instead of
+//! stalling on a descheduled thread.
 //!
 //! One team serves the whole process. Jobs from several threads at once (a server decoding several
 //! requests) do not queue: a caller that finds the team busy runs its whole job alone.
@@ -126,8 +129,9 @@ impl Team {
         }
         let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
         let workers = self.size - 1;
+        let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < workers {
-            std::hint::spin_loop();
+            spin_or_yield(&mut spins);
         }
         drop(guard);
         if let Err(e) = mine {
@@ -180,8 +184,7 @@ fn worker(s: &Shared, w: usize) {
             if e != seen {
                 break e;
             }
-            spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if (spins % 64 == 0 || spins > 2000) && start.elapsed() > SPIN {
                 s.parked[w].store(true, Ordering::SeqCst);
                 // Re-check after announcing, so a job published meanwhile is not missed.
                 if s.epoch.load(Ordering::SeqCst) == seen {
@@ -189,7 +192,7 @@ fn worker(s: &Shared, w: usize) {
                 }
                 s.parked[w].store(false, Ordering::SeqCst);
             } else {
-                std::hint::spin_loop();
+                spin_or_yield(&mut spins);
             }
         };
         seen = epoch;
@@ -201,6 +204,18 @@ fn worker(s: &Shared, w: usize) {
             s.panicked.store(true, Ordering::Release);
         }
         s.done.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// One round of a wait: a spin hint, or after `YIELD_AFTER` rounds a yield of the time slice, so
+/// that on an oversubscribed machine a waiting thread lets the one it waits for run.
+fn spin_or_yield(spins: &mut u32) {
+    const YIELD_AFTER: u32 = 2000;
+    *spins = spins.saturating_add(1);
+    if *spins > YIELD_AFTER {
+        thread::yield_now();
+    } else {
+        std::hint::spin_loop();
     }
 }
 
