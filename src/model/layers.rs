@@ -211,9 +211,10 @@ impl Linear {
             _ => matmul_f32(&self.weight, x, m)?,
         };
         if let Some(b) = &self.bias {
-            let b = b.to_vec1::<f32>()?;
-            y.chunks_mut(b.len())
-                .for_each(|row| row.iter_mut().zip(&b).for_each(|(v, b)| *v += b));
+            with_f32_slice(b, |b| {
+                y.chunks_mut(b.len())
+                    .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b))
+            })?;
         }
         Ok(y)
     }
@@ -371,20 +372,20 @@ impl Mlp {
             }
         };
         let mut h = self.up.forward_rows(x, m, quantized)?;
-        if self.gated && self.activation == MlpActivation::Silu {
+        if self.gated {
             let f = h.len() / m / 2;
             let mut g = vec![0f32; m * f];
             for (row, out) in h.chunks(2 * f).zip(g.chunks_mut(f)) {
                 let (gate, up) = row.split_at(f);
-                silu_mul(gate, up, out);
-            }
-            h = g;
-        } else if self.gated {
-            let f = h.len() / m / 2;
-            let mut g = Vec::with_capacity(m * f);
-            for row in h.chunks(2 * f) {
-                let (gate, up) = row.split_at(f);
-                g.extend(gate.iter().zip(up).map(|(&a, &u)| act(a) * u));
+                match self.activation {
+                    MlpActivation::Silu => silu_mul(gate, up, out),
+                    MlpActivation::GeluTanh => {
+                        let pairs = gate.iter().zip(up);
+                        out.iter_mut()
+                            .zip(pairs)
+                            .for_each(|(o, (&a, &u))| *o = act(a) * u);
+                    }
+                }
             }
             h = g;
         } else {

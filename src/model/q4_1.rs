@@ -316,8 +316,7 @@ unsafe fn rows_avx2(w: &[u8], nb: usize, x: &QuantizedRow, out: &mut [f32]) {
     // Written by the scale phase for every block before the block phase reads it.
     let mut scratch = std::mem::MaybeUninit::<[f32; MAX_AVX2_BLOCKS]>::uninit();
     let dd = scratch.as_mut_ptr() as *mut f32;
-    let mut r = 0;
-    while r < out.len() {
+    for (r, o) in out.iter_mut().enumerate() {
         let row = w.as_ptr().add(r * row_bytes);
         let (m, t) = scales_avx2(row, x, nb, dd);
         let qp = row.add(4 * nb);
@@ -338,8 +337,7 @@ unsafe fn rows_avx2(w: &[u8], nb: usize, x: &QuantizedRow, out: &mut [f32]) {
             let x0 = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
             a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), block_sums(qp, b, x0), a0);
         }
-        *out.get_unchecked_mut(r) = hsum(_mm256_add_ps(a0, a1)) + t;
-        r += 1;
+        *o = hsum(_mm256_add_ps(a0, a1)) + t;
     }
 }
 

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::attention::RopeTables;
 use super::decoder::{visit_site, Batch, ForwardOptions, ForwardOutput, Logits, Model};
-use super::hooks::{HookContext, Hooks, Site};
+use super::hooks::{HookContext, HookPoint, Hooks, Site};
 use super::kv::KvCache;
 use super::matvec::gather_rows;
 use crate::Result;
@@ -43,7 +43,7 @@ impl Model {
         }
         let device = self.device();
         let mut visit = |layer: usize, site: Site, v: Vec<f32>| -> Result<Vec<f32>> {
-            if !hooks.wants(super::hooks::HookPoint { layer, site }) {
+            if !hooks.wants(HookPoint { layer, site }) {
                 return Ok(v);
             }
             let t = Tensor::from_vec(v, (b, 1, d), device)?;
