@@ -1,6 +1,6 @@
 //! Parity of the decoder with Hugging Face transformers on tiny random models of every architecture
 //! (fixtures from `scripts/make_tiny_models.py`), plus batch invariance, KV-cache decoding, early stop
-//! and hook semantics.
+//! and hook semantics; parity, batch invariance and caching on each of the three ways a pass runs.
 //!
 //! Tolerances: logits and residual states within 1e-4 (f32, max |diff|) of transformers; a row inside a
 //! padded batch within 1e-5 of the same row alone.
@@ -10,8 +10,8 @@ mod common;
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, ids, load_st, max_abs_diff};
 use dsg::model::{
-    Batch, Capture, FnHook, ForwardOptions, HookPoint, KvCache, Logits, Model, ModelConfig,
-    NoHooks, Site, WeightSource,
+    Batch, Capture, FnHook, ForwardOptions, HookPoint, Kernels, KvCache, Logits, Model,
+    ModelConfig, NoHooks, Site, WeightSource,
 };
 
 const MODELS: [&str; 7] = [
@@ -63,11 +63,31 @@ fn all_logits(model: &Model, batch: &Batch) -> Tensor {
         .unwrap()
 }
 
+/// The three ways a pass can run: the CPU's vector pass (the default here), candle's tensor ops with
+/// fused kernels (GPUs, CPUs without AVX2), and the differentiable ops (training).
+const PATHS: [(&str, bool, Kernels); 3] = [
+    ("vector pass", false, Kernels::Fused),
+    ("tensor path", true, Kernels::Fused),
+    ("differentiable ops", true, Kernels::Differentiable),
+];
+
+/// `name` loaded to run its passes as `path` (one of [`PATHS`]) says.
+fn load_on(name: &str, config_file: &str, path: (&str, bool, Kernels)) -> Model {
+    let mut model = load(name, config_file);
+    model.set_tensor_path(path.1);
+    model.set_kernels(path.2);
+    model
+}
+
 #[test]
 fn logits_and_residuals_match_transformers() {
     for name in MODELS {
-        for config in ["config.json", "config_v4.json"] {
-            let model = load(name, config);
+        for (config, path) in ["config.json", "config_v4.json"]
+            .into_iter()
+            .flat_map(|c| PATHS.map(|p| (c, p)))
+        {
+            let model = load_on(name, config, path);
+            let config = format!("{config}, {}", path.0);
             let r = reference(name);
             let n_layers = model.config().n_layers;
             for (i, row) in r.rows.iter().enumerate() {
@@ -102,9 +122,10 @@ fn logits_and_residuals_match_transformers() {
 
 #[test]
 fn rows_do_not_depend_on_the_rest_of_the_batch() {
-    for name in MODELS {
-        let model = load(name, "config.json");
+    for (name, path) in MODELS.into_iter().flat_map(|m| PATHS.map(|p| (m, p))) {
+        let model = load_on(name, "config.json", path);
         let r = reference(name);
+        let name = format!("{name} ({})", path.0);
         let batch = Batch::new(r.rows.clone(), &Device::Cpu).unwrap();
         let batched = all_logits(&model, &batch);
         // Also a different mix: row 1 alone with a longer neighbour.
@@ -134,9 +155,10 @@ fn rows_do_not_depend_on_the_rest_of_the_batch() {
 
 #[test]
 fn kv_cache_decoding_matches_the_full_pass() {
-    for name in MODELS {
-        let model = load(name, "config.json");
+    for (name, path) in MODELS.into_iter().flat_map(|m| PATHS.map(|p| (m, p))) {
+        let model = load_on(name, "config.json", path);
         let r = reference(name);
+        let name = format!("{name} ({})", path.0);
         let row = &r.rows[2];
         let full = all_logits(&model, &Batch::single(row.clone(), &Device::Cpu).unwrap())
             .squeeze(0)

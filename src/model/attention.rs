@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::attend::{attend, Positions};
 use super::config::{ModelConfig, RopeStyle};
 use super::kv::LayerKv;
 use super::layers::{conv1d, Kernels, Linear};
@@ -240,43 +241,56 @@ impl Attention {
         self.o.forward(&out, quantized)
     }
 
-    /// One decoding step on the CPU: `x` (batch × d, row-major) holds one new token per row. Its key
-    /// and value are written into `cache`, its query attends over the cached columns `visible`
-    /// allows per row, and the output projection is applied: batch × d. Same maths as
-    /// [`Attention::qkv`] + [`Attention::attend`], without a tensor op.
-    pub(super) fn step(
+    /// [`Attention::qkv`] + [`Attention::attend`] on the CPU without a tensor op: `x` holds `l`
+    /// tokens per row of `b` rows (row-major, b·l × d). Their keys and values are appended to
+    /// `cache`, their queries attend over all its columns as `pos` allows, and the output projection
+    /// is applied: b·l × d. One token per row (a decoding step) attends with dot products straight
+    /// from the cache; more go through [`attend`](super::attend::attend).
+    pub(super) fn forward_rows(
         &self,
         x: &[f32],
         b: usize,
         rope: Option<&RopeTables>,
         cache: &mut LayerKv,
-        visible: &[Vec<bool>],
+        pos: &Positions,
         quantized: bool,
     ) -> Result<Vec<f32>> {
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let all = self.qkv.forward_rows(x, b, quantized)?;
+        let l = pos.query[0].len();
+        let mut all = self.qkv.forward_rows(x, b * l, quantized)?;
         let width = (h + 2 * kvh) * hd;
-        let (mut q, mut k, mut v) = (
-            Vec::with_capacity(b * h * hd),
-            Vec::with_capacity(b * kvh * hd),
-            Vec::with_capacity(b * kvh * hd),
-        );
-        for (row, proj) in all.chunks(width).enumerate() {
+        let mut q = Vec::with_capacity(b * l * h * hd);
+        let (mut k, mut v) = (vec![0f32; b * kvh * l * hd], vec![0f32; b * kvh * l * hd]);
+        for (at, proj) in all.chunks_mut(width).enumerate() {
+            let (row, t) = (at / l, at % l);
+            if let Some(r) = rope {
+                proj[..(h + kvh) * hd]
+                    .chunks_mut(hd)
+                    .for_each(|x| r.rotate(row, t, x));
+            }
             let (qr, rest) = proj.split_at(h * hd);
             let (kr, vr) = rest.split_at(kvh * hd);
-            let (q0, k0) = (q.len(), k.len());
             q.extend_from_slice(qr);
-            k.extend_from_slice(kr);
-            v.extend_from_slice(vr);
-            if let Some(r) = rope {
-                q[q0..].chunks_mut(hd).for_each(|x| r.rotate(row, 0, x));
-                k[k0..].chunks_mut(hd).for_each(|x| r.rotate(row, 0, x));
+            // The cache takes (batch, kv_heads, l, hd).
+            for g in 0..kvh {
+                let dst = ((row * kvh + g) * l + t) * hd;
+                k[dst..dst + hd].copy_from_slice(&kr[g * hd..(g + 1) * hd]);
+                v[dst..dst + hd].copy_from_slice(&vr[g * hd..(g + 1) * hd]);
             }
         }
+        drop(all);
         cache.append(b, kvh, hd, &k, &v);
         let softcap = self.softcap.map(|c| c as f32);
-        let out = cache.attend_one(&q, h, self.scale as f32, softcap, visible);
-        self.o.forward_rows(&out, b, quantized)
+        let out = if l == 1 {
+            let visible = step_visibility(pos.query, pos.key, pos.window);
+            cache.attend_one(&q, h, self.scale as f32, softcap, &visible)
+        } else {
+            // Scaled before the product, as the tensor path does.
+            let scale = self.scale as f32;
+            q.iter_mut().for_each(|v| *v *= scale);
+            attend(cache, &q, h, softcap, pos)
+        };
+        self.o.forward_rows(&out, b * l, quantized)
     }
 }
 
@@ -307,7 +321,7 @@ pub fn attention_mask(
 
 /// For a decoding step (one query per row), which keys each row's query may see; the same rule as
 /// [`attention_mask`].
-pub fn step_visibility(
+fn step_visibility(
     query_pos: &[Vec<usize>],
     key_pos: &[Vec<Option<usize>>],
     window: Option<usize>,

@@ -6,8 +6,9 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::attention::{attention_mask, step_visibility, Attention, RopeTables};
+use super::attention::{attention_mask, Attention, RopeTables};
 use super::config::{ModelConfig, Positions};
+use super::gemm;
 use super::hooks::{HookContext, HookPoint, Hooks, Site};
 use super::kv::KvCache;
 use super::layers::{Kernels, Linear, Mlp, Norm};
@@ -123,6 +124,7 @@ pub struct Model {
     pub(super) lm_head: Linear,
     device: Device,
     kernels: Kernels,
+    tensor_path: bool,
 }
 
 impl Model {
@@ -211,6 +213,7 @@ impl Model {
             lm_head,
             device: device.clone(),
             kernels: Kernels::Fused,
+            tensor_path: false,
         })
     }
 
@@ -227,6 +230,12 @@ impl Model {
     /// Chooses fused (default) or differentiable kernels.
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
+    }
+
+    /// Runs every pass through candle's tensor ops, as on GPUs, instead of the CPU's vector pass
+    /// (`cpu_pass`); the two agree to float rounding, and this checks one against the other.
+    pub fn set_tensor_path(&mut self, on: bool) {
+        self.tensor_path = on;
     }
 
     /// Whether the weights have quantised copies usable with [`ForwardOptions::quantized`].
@@ -297,28 +306,6 @@ impl Model {
             let len = batch.lengths[row];
             kp.extend((0..l).map(|i| (i < len).then_some(starts[row] + i)));
         }
-        // A decoding step (one new token per row, CPU, fused kernels) attends straight from the cache
-        // buffers and needs per-row visibility instead of additive mask tensors.
-        let step = cache.is_some()
-            && l == 1
-            && self.kernels == Kernels::Fused
-            && self.device.is_cpu()
-            && self.embed.dtype() == DType::F32;
-        let mut windows: Vec<Option<usize>> = vec![None];
-        for w in self.blocks.iter().map(|blk| blk.window) {
-            if !windows.contains(&w) {
-                windows.push(w);
-            }
-        }
-        let mut masks = Vec::new();
-        let mut visibility = Vec::new();
-        for &w in &windows {
-            if step {
-                visibility.push(step_visibility(&query_pos, &key_pos, w));
-            } else {
-                masks.push(attention_mask(&query_pos, &key_pos, w, &self.device)?);
-            }
-        }
         let rope = match &self.cfg.positions {
             Positions::Rope { inv_freq, style } => {
                 Some(RopeTables::new(inv_freq, *style, &starts, l, &self.device)?)
@@ -330,20 +317,39 @@ impl Model {
             start_positions: &starts,
             tokens: &batch.rows,
         };
-        if let (true, Some(c)) = (step, cache.as_deref_mut()) {
-            let out = self.step(
+        // On the CPU with fused f32 kernels, the pass runs on plain vectors with dsg's kernels (for
+        // more than one token per row, those need AVX2).
+        let cpu_pass = self.kernels == Kernels::Fused
+            && !self.tensor_path
+            && self.device.is_cpu()
+            && self.embed.dtype() == DType::F32
+            && (l == 1 || gemm::available());
+        if cpu_pass {
+            let out = self.cpu_pass(
                 batch,
                 opts,
                 hooks,
                 &ctx,
-                c,
-                &windows,
-                &visibility,
+                cache.as_deref_mut(),
+                &query_pos,
+                &key_pos,
                 rope.as_ref(),
             )?;
-            c.key_pos = key_pos;
+            if let Some(c) = cache {
+                c.key_pos = key_pos;
+            }
             return Ok(out);
         }
+        let mut windows: Vec<Option<usize>> = vec![None];
+        for w in self.blocks.iter().map(|blk| blk.window) {
+            if !windows.contains(&w) {
+                windows.push(w);
+            }
+        }
+        let masks = windows
+            .iter()
+            .map(|&w| attention_mask(&query_pos, &key_pos, w, &self.device))
+            .collect::<Result<Vec<_>>>()?;
 
         let mut x = self
             .embed

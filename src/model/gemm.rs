@@ -1,31 +1,27 @@
-//! f32 matrix products `C = X · Wᵀ` (tokens × weight rows) for forward passes over many tokens, on
-//! the decoding [`Team`], without repacking the weights.
+//! f32 matrix products `C = X · Wᵀ` (tokens × weight rows) for CPU forward passes, on the
+//! [`Team`], and the 6 × 16 AVX2 tile kernel they share with attention.
 //!
-//! `gemm` (behind candle's matmul) copies all of `W` into its panel layout on every call; for a
-//! 128-token prefill that copy was a fifth of the time. Here only `X` is packed (16 tokens per
-//! panel, step by step along `k`), and a 6 × 16 AVX2 micro-kernel broadcasts each weight straight
-//! from six rows of `W` against two vectors of 8 tokens, keeping its 96 sums in twelve registers.
-//! Every output is summed in the same order (along `k`, in fixed blocks) wherever it falls in the
-//! tiling, so a token's result never depends on the other tokens of the batch. Threads share out
-//! chunks of weight rows. Without AVX2 the caller uses candle's product instead.
+//! Threads share out chunks of 96 weight rows. For each block of 256 along `k`, a thread packs its
+//! chunk's block into six panels of 16 rows (step by step along `k`, 16 values per step: 96 KiB,
+//! kept in L2), then runs the tile kernel over six tokens at a time: six values of `X` broadcast
+//! (straight from its rows) against two vectors of 16 weight rows, 96 sums in twelve registers,
+//! added into `C` with vector stores. The packing is one pass over `W` per call, next to `m / 6`
+//! passes of the kernel over the packed block. Every output is summed in the same order (along
+//! `k`, in fixed blocks) wherever it falls in the tiling, so a token's result never depends on the
+//! other tokens of the batch. Without AVX2 the callers use candle's product instead.
 //!
 //! [`Team`]: super::team::Team
 
 use super::team::{SharedOut, Team};
 
-/// Weight rows per micro-tile (broadcast operands).
-const MR: usize = 6;
-/// Tokens per micro-tile (two vectors of 8).
-const NT: usize = 16;
-/// Largest block along `k`: a packed token panel (16 × KC) stays in L1.
+/// Rows of a micro-tile (broadcast operands: tokens, or queries in attention).
+pub(super) const MR: usize = 6;
+/// Columns of a micro-tile (two vectors of 8: weight rows, keys or value dimensions).
+pub(super) const NT: usize = 16;
+/// Largest block along `k`: a chunk's packed block (96 × KC) stays in L2 while the tokens stream.
 const KC: usize = 256;
-/// Weight rows per chunk of work (16 tiles; 96 KiB at `KC`, kept in L2 across token panels).
-const CHUNK: usize = 16 * MR;
-
-/// Tokens up to which [`matmul`] beats candle's product here (best of 10, two threads: 1.2–1.5×
-/// at 128 tokens, 1.06–1.1× at 256–512, 0.8–0.9× at 1024, where repacking `W` costs little next to
-/// the product).
-pub(super) const MAX_ROWS: usize = 512;
+/// Weight rows per chunk of work.
+const CHUNK: usize = 6 * NT;
 
 /// Whether [`matmul`] can run here (AVX2 and FMA).
 pub(super) fn available() -> bool {
@@ -41,121 +37,199 @@ pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
     }
     let blocks = k.div_ceil(KC);
     let kc = k.div_ceil(blocks);
-    let panels = m.div_ceil(NT);
-    let xp = pack_x(x, m, k, kc);
     let dst = SharedOut(out.as_mut_ptr());
-    let units = n.div_ceil(CHUNK);
-    let work = |_: &mut (), u: usize| {
+    let work = |packed: &mut Vec<f32>, u: usize| {
         let (j0, j1) = (u * CHUNK, ((u + 1) * CHUNK).min(n));
         for k0 in (0..k).step_by(kc) {
             let depth = kc.min(k - k0);
-            let block = &xp[panels * NT * k0..panels * NT * (k0 + depth)];
-            for (i, panel) in block.chunks_exact(NT * depth).enumerate() {
-                let tokens = NT.min(m - i * NT);
-                for j in (j0..j1).step_by(MR) {
-                    let rows = MR.min(j1 - j);
-                    // SAFETY: AVX2/FMA are available (asserted above); rows j..j + rows of `w`
-                    // hold columns k0..k0 + depth; the tile (tokens i·NT.., columns j..) of
-                    // `out` lies inside m × n and belongs to this chunk alone.
+            pack_w(&w[j0 * k..j1 * k], k, k0, depth, packed);
+            for t0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - t0);
+                for (p, panel) in packed.chunks_exact(NT * depth).enumerate() {
+                    let j = j0 + p * NT;
+                    // SAFETY: AVX2/FMA are available (asserted above); token rows t0.. hold
+                    // columns k0..k0 + depth; the panel holds `depth` steps of 16; the tile
+                    // (tokens t0.., columns j..) of `out` lies inside m × n and belongs to this
+                    // chunk alone.
                     unsafe {
-                        let c = dst.at(i * NT * n + j);
-                        let wr = &w[j * k + k0..(j + rows - 1) * k + k0 + depth];
-                        kernel(depth, panel, wr, k, rows, c, n, tokens, k0 > 0);
+                        let b = std::array::from_fn(|r| {
+                            x.as_ptr().add((t0 + r.min(rows - 1)) * k + k0)
+                        });
+                        let out = TileOut {
+                            c: dst.at(t0 * n + j),
+                            ldc: n,
+                            rows,
+                            cols: NT.min(j1 - j),
+                            accumulate: k0 > 0,
+                        };
+                        tile(depth, panel.as_ptr(), NT, &b, &out);
                     }
                 }
             }
         }
     };
-    Team::global().share(units, || (), work);
+    Team::global().share(n.div_ceil(CHUNK), Vec::new, work);
     out
 }
 
-/// `x` (m × k) as, per `k` block of width `kc` (the last may be shorter), all its 16-token panels,
-/// each laid out step by step along `k` (16 values per step, zero past token `m`).
-fn pack_x(x: &[f32], m: usize, k: usize, kc: usize) -> Vec<f32> {
-    let panels = m.div_ceil(NT);
-    let mut out = vec![0f32; panels * NT * k];
-    let mut at = 0;
-    for k0 in (0..k).step_by(kc) {
-        let depth = kc.min(k - k0);
-        for i in 0..panels {
-            let panel = &mut out[at..at + NT * depth];
-            for t in 0..NT.min(m - i * NT) {
-                let row = &x[(i * NT + t) * k + k0..(i * NT + t) * k + k0 + depth];
-                for (l, &v) in row.iter().enumerate() {
-                    panel[l * NT + t] = v;
-                }
+/// Columns `k0..k0 + depth` of the weight rows `w` (row length `k`) as panels of 16 rows, each laid
+/// out step by step along `k` (16 values per step, zero past the last row), into `packed`.
+fn pack_w(w: &[f32], k: usize, k0: usize, depth: usize, packed: &mut Vec<f32>) {
+    let rows = w.len() / k;
+    packed.clear();
+    packed.resize(rows.div_ceil(NT) * NT * depth, 0.0);
+    let mut r = 0;
+    // Eight rows by eight steps at a time through a register transpose; scalar at the edges.
+    while r + 8 <= rows {
+        let panel = &mut packed[r / NT * NT * depth..];
+        let lane = r % NT;
+        let mut l = 0;
+        while l + 8 <= depth {
+            // SAFETY: AVX2 is available (checked by `matmul`); rows r..r + 8 hold columns
+            // k0 + l..k0 + l + 8; the panel holds steps l..l + 8 of 16 values at `lane..lane + 8`.
+            unsafe {
+                let src = w.as_ptr().add(r * k + k0 + l);
+                transpose8(src, k, panel.as_mut_ptr().add(l * NT + lane), NT);
             }
-            at += NT * depth;
+            l += 8;
+        }
+        for i in 0..8 {
+            for ll in l..depth {
+                panel[ll * NT + lane + i] = w[(r + i) * k + k0 + ll];
+            }
+        }
+        r += 8;
+    }
+    for (i, row) in w.chunks_exact(k).enumerate().skip(r) {
+        let panel = &mut packed[i / NT * NT * depth..];
+        for (l, &v) in row[k0..k0 + depth].iter().enumerate() {
+            panel[l * NT + i % NT] = v;
         }
     }
-    out
 }
 
-/// The micro-kernel: `c[t·ldc + r] (+)= Σ_l w[r·k + l] · a[l·16 + t]` for `r < rows`, `t < tokens`,
-/// summing along `l` in order; adds to `c` when `accumulate`, else overwrites.
+/// Writes the transpose of the 8 × 8 block at `src` (rows `lds` apart) to `dst` (rows `ldd` apart).
 ///
 /// # Safety
-/// AVX2 and FMA are available; `a` holds `depth · 16` values; `w` holds rows `0..rows` (stride
-/// `k`) of `depth` values; `c` points at `(tokens − 1) · ldc + rows` values, of which no other
-/// thread touches the tile's elements; 1 ≤ rows ≤ 6.
+/// AVX2 is available; both blocks are in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let out = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    for (i, v) in out.iter().enumerate() {
+        _mm256_storeu_ps(dst.add(i * ldd), *v);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose8(_: *const f32, _: usize, _: *mut f32, _: usize) {
+    unreachable!("needs AVX2")
+}
+
+/// Where a micro-tile's sums go: `rows` × `cols` of them, element `(r, t)` at `c[r·ldc + t]`;
+/// added to what is there when `accumulate`.
+pub(super) struct TileOut {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub accumulate: bool,
+}
+
+/// The micro-kernel: sums `s[r][t] = Σ_l b[r][l] · a[l·lda + t]` for six rows `b[r]` (broadcast,
+/// contiguous along `l`) and sixteen columns of `a` (two vectors), summing along `l` in order, and
+/// stores rows `0..out.rows`, columns `0..out.cols` as `out` says. Serves the products here
+/// (tokens against a weight panel) and attention (queries against key panels, probabilities
+/// against value rows).
+///
+/// # Safety
+/// AVX2 and FMA are available; `a` points at `depth` rows of 16 readable values, `lda` apart; each
+/// `b[r]` at `depth` values; `out` addresses a tile no other thread touches during the call, with
+/// `1 ≤ rows ≤ 6` and `cols ≤ 16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+pub(super) unsafe fn tile(
     depth: usize,
-    a: &[f32],
-    w: &[f32],
-    k: usize,
-    rows: usize,
-    c: *mut f32,
-    ldc: usize,
-    tokens: usize,
-    accumulate: bool,
+    a: *const f32,
+    lda: usize,
+    b: &[*const f32; MR],
+    out: &TileOut,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= depth * NT && (1..=MR).contains(&rows));
-    debug_assert!(w.len() >= (rows - 1) * k + depth);
-    // Missing rows of an edge tile repeat the last one; their sums are not stored.
-    let wp: [*const f32; MR] = std::array::from_fn(|r| w.as_ptr().add(r.min(rows - 1) * k));
+    debug_assert!((1..=MR).contains(&out.rows) && out.cols <= NT);
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
-    let ap = a.as_ptr();
-    for l in 0..depth {
-        let x0 = _mm256_loadu_ps(ap.add(l * NT));
-        let x1 = _mm256_loadu_ps(ap.add(l * NT + 8));
+    let mut step = |l: usize| {
+        let x0 = _mm256_loadu_ps(a.add(l * lda));
+        let x1 = _mm256_loadu_ps(a.add(l * lda + 8));
         for r in 0..MR {
-            let wr = _mm256_broadcast_ss(&*wp[r].add(l));
-            acc[2 * r] = _mm256_fmadd_ps(wr, x0, acc[2 * r]);
-            acc[2 * r + 1] = _mm256_fmadd_ps(wr, x1, acc[2 * r + 1]);
+            let br = _mm256_broadcast_ss(&*b[r].add(l));
+            acc[2 * r] = _mm256_fmadd_ps(br, x0, acc[2 * r]);
+            acc[2 * r + 1] = _mm256_fmadd_ps(br, x1, acc[2 * r + 1]);
         }
+    };
+    // Four steps per round: fewer loop branches between the FMAs.
+    let mut l = 0;
+    while l + 4 <= depth {
+        (0..4).for_each(|u| step(l + u));
+        l += 4;
     }
-    let mut tile = [[0f32; NT]; MR];
-    for (r, row) in tile.iter_mut().enumerate() {
+    (l..depth).for_each(&mut step);
+    if out.cols == NT {
+        for r in 0..out.rows {
+            let c = out.c.add(r * out.ldc);
+            let (mut lo, mut hi) = (acc[2 * r], acc[2 * r + 1]);
+            if out.accumulate {
+                lo = _mm256_add_ps(_mm256_loadu_ps(c), lo);
+                hi = _mm256_add_ps(_mm256_loadu_ps(c.add(8)), hi);
+            }
+            _mm256_storeu_ps(c, lo);
+            _mm256_storeu_ps(c.add(8), hi);
+        }
+        return;
+    }
+    let mut sums = [[0f32; NT]; MR];
+    for (r, row) in sums.iter_mut().enumerate() {
         _mm256_storeu_ps(row.as_mut_ptr(), acc[2 * r]);
         _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[2 * r + 1]);
     }
-    for t in 0..tokens {
-        for (r, row) in tile.iter().enumerate().take(rows) {
-            let o = c.add(t * ldc + r);
-            *o = if accumulate { *o + row[t] } else { row[t] };
+    for (r, row) in sums.iter().enumerate().take(out.rows) {
+        for (t, &v) in row.iter().enumerate().take(out.cols) {
+            let o = out.c.add(r * out.ldc + t);
+            *o = if out.accumulate { *o + v } else { v };
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
-    _: usize,
-    _: &[f32],
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: bool,
-) {
-    unreachable!("the gemm kernel needs AVX2 (`available` is false here)")
+pub(super) unsafe fn tile(_: usize, _: *const f32, _: usize, _: &[*const f32; MR], _: &TileOut) {
+    unreachable!("the f32 tile kernel needs AVX2 (`available` is false here)")
 }
 
 #[cfg(test)]

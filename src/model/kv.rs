@@ -56,10 +56,32 @@ impl LayerKv {
         self.len
     }
 
+    /// Forgets the cached columns, keeping the buffers for reuse.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Rows, heads and head dimension of the cached columns.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.batch, self.heads, self.dim)
+    }
+
+    /// The cached keys and values of batch row `row`, kv head `head`: each `len × dim`, row-major.
+    pub fn head(&self, row: usize, head: usize) -> (&[f32], &[f32]) {
+        let base = (row * self.heads + head) * self.cap * self.dim;
+        let n = self.len * self.dim;
+        (&self.k[base..base + n], &self.v[base..base + n])
+    }
+
     /// Appends `k` and `v`, each (batch, heads, l, dim) contiguous, as `l` new columns.
     pub fn append(&mut self, batch: usize, heads: usize, dim: usize, k: &[f32], v: &[f32]) {
         let l = k.len() / (batch * heads * dim);
-        if self.len + l > self.cap {
+        let same_shape = (self.batch, self.heads, self.dim) == (batch, heads, dim);
+        debug_assert!(
+            same_shape || self.len == 0,
+            "appending another shape to a cache"
+        );
+        if self.len + l > self.cap || !same_shape {
             let cap = (self.len + l).max(2 * self.cap).max(MIN_CAPACITY);
             self.grow(batch, heads, dim, cap);
         }

@@ -170,10 +170,8 @@ impl Linear {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
-            // Without autograd, f32 CPU products over few tokens use dsg's kernel, which does not
-            // repack the weights (see `gemm`); over many, `gemm`'s repacking pays for itself.
-            _ if rows <= gemm::MAX_ROWS
-                && x2.device().is_cpu()
+            // Without autograd, f32 CPU products use dsg's kernel (see `gemm`).
+            _ if x2.device().is_cpu()
                 && x2.dtype() == DType::F32
                 && self.weight.dtype() == DType::F32
                 && !x2.track_op()
@@ -197,9 +195,12 @@ impl Linear {
     }
 }
 
+/// Rows from which [`Linear::forward_rows`] uses the f32 tile kernel instead of dot products.
+const GEMM_MIN_ROWS: usize = 8;
+
 impl Linear {
-    /// [`Linear::forward`] on the CPU for `m` rows held in a slice (m × in): the single-token
-    /// step's path, on the decoding team without a tensor op. Returns m × out.
+    /// [`Linear::forward`] on the CPU for `m` rows held in a slice (m × in), on the team without a
+    /// tensor op (the CPU pass's path). Returns m × out.
     pub(super) fn forward_rows(&self, x: &[f32], m: usize, quantized: bool) -> Result<Vec<f32>> {
         let mut y = match (&self.quantized, quantized) {
             (Some(QuantWeight::Q41(w)), true) => w.matmul(x, m),
@@ -207,6 +208,11 @@ impl Linear {
             (Some(QuantWeight::Candle(w)), true) => {
                 let xt = Tensor::from_slice(x, (m, x.len() / m), self.weight.device())?;
                 w.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?
+            }
+            // Past a few rows the tile kernel's reuse of each weight wins over one dot per row.
+            _ if m >= GEMM_MIN_ROWS && gemm::available() => {
+                let (n, k) = self.weight.dims2()?;
+                with_f32_slice(&self.weight, |w| gemm::matmul(x, m, k, w, n))?
             }
             _ => matmul_f32(&self.weight, x, m)?,
         };

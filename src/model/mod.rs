@@ -1,7 +1,9 @@
 //! The hookable decoder: configuration, weights, forward pass, tokenizer, and loading from local files.
 
+pub mod attend;
 pub mod attention;
 pub mod config;
+pub mod cpu_pass;
 pub mod decoder;
 pub mod fetch;
 pub mod gemm;
@@ -13,7 +15,6 @@ pub mod matvec;
 pub mod q4_1;
 pub mod q8_0;
 pub mod softmax;
-pub mod step;
 pub mod team;
 pub mod tokenizer;
 pub mod vexp;

@@ -54,43 +54,49 @@ impl CustomOp2 for MaskedSoftmax {
 
 /// One row of [`MaskedSoftmax`]: `dst = softmax(softcap(src) + mask)`.
 fn softmax_row(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32>) {
+    dst.copy_from_slice(src);
+    softmax_in_place(dst, mask, cap);
+}
+
+/// `row = softmax(softcap(row) + mask)`; a row with no finite value becomes zeros.
+pub(super) fn softmax_in_place(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
     if super::q4_1::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { softmax_row_avx2(dst, src, mask, cap) }
+        unsafe { softmax_avx2(row, mask, cap) }
     } else {
-        softmax_row_plain(dst, src, mask, cap)
+        softmax_plain(row, mask, cap)
     }
 }
 
-/// [`softmax_row_plain`] compiled for AVX2, where its max and sum loops vectorise.
+/// [`softmax_plain`] compiled for AVX2, where its max and sum loops vectorise.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32>) {
-    softmax_row_plain(dst, src, mask, cap)
+unsafe fn softmax_avx2(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
+    softmax_plain(row, mask, cap)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn softmax_row_avx2(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32>) {
-    softmax_row_plain(dst, src, mask, cap)
+unsafe fn softmax_avx2(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
+    softmax_plain(row, mask, cap)
 }
 
 /// The row's passes, written so that they vectorise: eight running maxima and sums.
 #[inline]
-fn softmax_row_plain(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32>) {
+fn softmax_plain(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
     match cap {
         Some(c) => {
-            for ((d, &x), &mv) in dst.iter_mut().zip(src).zip(mask) {
-                *d = (x / c).tanh() * c + mv;
+            for (d, &mv) in row.iter_mut().zip(mask) {
+                *d = (*d / c).tanh() * c + mv;
             }
         }
         None => {
-            for ((d, &x), &mv) in dst.iter_mut().zip(src).zip(mask) {
-                *d = x + mv;
+            for (d, &mv) in row.iter_mut().zip(mask) {
+                *d += mv;
             }
         }
     }
     let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = dst.chunks_exact(8);
+    let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(c) {
             *l = if v > *l { v } else { *l };
@@ -101,10 +107,14 @@ fn softmax_row_plain(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32
         .iter()
         .chain(&lanes)
         .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
-    dst.iter_mut().for_each(|d| *d -= max);
-    exp_in_place(dst);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    row.iter_mut().for_each(|d| *d -= max);
+    exp_in_place(row);
     let mut sums = [0f32; 8];
-    let mut chunks = dst.chunks_exact(8);
+    let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
         for (s, &v) in sums.iter_mut().zip(c) {
             *s += v;
@@ -112,7 +122,7 @@ fn softmax_row_plain(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32
     }
     let sum: f32 = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
     let inv = 1.0 / sum;
-    dst.iter_mut().for_each(|d| *d *= inv);
+    row.iter_mut().for_each(|d| *d *= inv);
 }
 
 /// `softmax(softcap(scores) + mask)` over the last dimension.
