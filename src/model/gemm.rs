@@ -40,9 +40,10 @@ pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
     let dst = SharedOut(out.as_mut_ptr());
     let work = |packed: &mut Vec<f32>, u: usize| {
         let (j0, j1) = (u * CHUNK, ((u + 1) * CHUNK).min(n));
+        let chunk = &w[j0 * k..j1 * k];
         for k0 in (0..k).step_by(kc) {
             let depth = kc.min(k - k0);
-            pack_w(&w[j0 * k..j1 * k], k, k0, depth, packed);
+            pack_w(chunk, k, k0, depth, packed);
             for t0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - t0);
                 for (p, panel) in packed.chunks_exact(NT * depth).enumerate() {
@@ -76,36 +77,76 @@ pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
 /// out step by step along `k` (16 values per step, zero past the last row), into `packed`.
 fn pack_w(w: &[f32], k: usize, k0: usize, depth: usize, packed: &mut Vec<f32>) {
     let rows = w.len() / k;
-    packed.clear();
+    assert!(k0 + depth <= k);
+    // Every value is overwritten below but the lanes past the last row, which stay zero.
     packed.resize(rows.div_ceil(NT) * NT * depth, 0.0);
-    let mut r = 0;
-    // Eight rows by eight steps at a time through a register transpose; scalar at the edges.
-    while r + 8 <= rows {
+    if rows % NT != 0 {
+        let last = &mut packed[rows / NT * NT * depth..];
+        last.chunks_exact_mut(NT)
+            .for_each(|step| step[rows % NT..].fill(0.0));
+    }
+    let full = rows / 8 * 8;
+    if available() {
+        // SAFETY: AVX2 is available; the bounds are checked above.
+        unsafe { pack_w_avx2(w, k, k0, depth, full, packed) };
+    } else {
+        pack_rows(w, k, k0, depth, 0, full, packed);
+    }
+    pack_rows(w, k, k0, depth, full, rows, packed);
+}
+
+/// [`pack_w`] for rows `r0..r1`, one value at a time.
+fn pack_rows(
+    w: &[f32],
+    k: usize,
+    k0: usize,
+    depth: usize,
+    r0: usize,
+    r1: usize,
+    packed: &mut [f32],
+) {
+    for r in r0..r1 {
         let panel = &mut packed[r / NT * NT * depth..];
-        let lane = r % NT;
-        let mut l = 0;
-        while l + 8 <= depth {
-            // SAFETY: AVX2 is available (checked by `matmul`); rows r..r + 8 hold columns
-            // k0 + l..k0 + l + 8; the panel holds steps l..l + 8 of 16 values at `lane..lane + 8`.
-            unsafe {
-                let src = w.as_ptr().add(r * k + k0 + l);
-                transpose8(src, k, panel.as_mut_ptr().add(l * NT + lane), NT);
-            }
-            l += 8;
-        }
-        for i in 0..8 {
-            for ll in l..depth {
-                panel[ll * NT + lane + i] = w[(r + i) * k + k0 + ll];
-            }
-        }
-        r += 8;
-    }
-    for (i, row) in w.chunks_exact(k).enumerate().skip(r) {
-        let panel = &mut packed[i / NT * NT * depth..];
-        for (l, &v) in row[k0..k0 + depth].iter().enumerate() {
-            panel[l * NT + i % NT] = v;
+        for (l, &v) in w[r * k + k0..r * k + k0 + depth].iter().enumerate() {
+            panel[l * NT + r % NT] = v;
         }
     }
+}
+
+/// [`pack_w`] for rows `0..rows` (a multiple of 8): eight rows by eight steps at a time through a
+/// register transpose, the steps past the last multiple of 8 one value at a time.
+///
+/// # Safety
+/// AVX2 is available; `w` holds `rows` rows of `k ≥ k0 + depth` values; `packed` holds the panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_w_avx2(
+    w: &[f32],
+    k: usize,
+    k0: usize,
+    depth: usize,
+    rows: usize,
+    packed: &mut [f32],
+) {
+    let steps = depth / 8 * 8;
+    for r in (0..rows).step_by(8) {
+        let src = w.as_ptr().add(r * k + k0);
+        let dst = packed.as_mut_ptr().add(r / NT * NT * depth + r % NT);
+        for l in (0..steps).step_by(8) {
+            transpose8(src.add(l), k, dst.add(l * NT), NT);
+        }
+    }
+    for r in 0..rows {
+        let panel = &mut packed[r / NT * NT * depth..];
+        for l in steps..depth {
+            panel[l * NT + r % NT] = w[r * k + k0 + l];
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_w_avx2(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {
+    unreachable!("needs AVX2")
 }
 
 /// Writes the transpose of the 8 × 8 block at `src` (rows `lds` apart) to `dst` (rows `ldd` apart).
@@ -114,6 +155,7 @@ fn pack_w(w: &[f32], k: usize, k0: usize, depth: usize, packed: &mut Vec<f32>) {
 /// AVX2 is available; both blocks are in bounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     use std::arch::x86_64::*;
     let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
