@@ -1,9 +1,11 @@
 //! Throughput measurements of the forward pass (prefill) and of KV-cached decoding, for `dsg bench`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
 
 use crate::generate::{generate, GenerateOptions};
-use crate::model::{Batch, ForwardOptions, Hooks, Logits, Model};
+use crate::model::{Batch, ForwardOptions, HookContext, HookPoint, Hooks, Logits, Model};
 use crate::{Error, Result};
 
 /// One measured configuration.
@@ -119,8 +121,13 @@ pub struct Overhead {
     pub plain_secs: f64,
     /// Median seconds with it.
     pub hooked_secs: f64,
-    /// `100 · (hooked / plain − 1)`.
+    /// `100 · (hooked / plain − 1)`: below the spread of single passes on a busy machine.
     pub overhead_pct: f64,
+    /// Median seconds spent inside the hooks under test per pass (their own work, timed around
+    /// each visit, so the rest of the pass's noise does not enter it).
+    pub in_hook_secs: f64,
+    /// `100 · in_hook / plain`.
+    pub in_hook_pct: f64,
     /// Runs of each.
     pub reps: usize,
 }
@@ -142,19 +149,51 @@ pub fn hook_overhead(
         model.forward(&batch, &opts, hooks, None)?;
         Ok(t.elapsed().as_secs_f64())
     };
+    let mut hooked = Timed {
+        inner: hooked,
+        spent: Duration::ZERO,
+    };
     time(plain)?;
-    time(hooked)?;
-    let (mut p, mut h) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    time(&mut hooked)?;
+    let (mut p, mut h, mut inside) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         p.push(time(plain)?);
-        h.push(time(hooked)?);
+        hooked.spent = Duration::ZERO;
+        h.push(time(&mut hooked)?);
+        inside.push(hooked.spent.as_secs_f64());
     }
-    let (plain_secs, hooked_secs) = (median(p), median(h));
+    let (plain_secs, hooked_secs, in_hook_secs) = (median(p), median(h), median(inside));
     Ok(Overhead {
         tokens: len,
         plain_secs,
         hooked_secs,
         overhead_pct: 100.0 * (hooked_secs / plain_secs - 1.0),
+        in_hook_secs,
+        in_hook_pct: 100.0 * in_hook_secs / plain_secs,
         reps,
     })
+}
+
+/// Hooks that add up the time spent in their visits.
+struct Timed<'a> {
+    inner: &'a mut dyn Hooks,
+    spent: Duration,
+}
+
+impl Hooks for Timed<'_> {
+    fn wants(&self, point: HookPoint) -> bool {
+        self.inner.wants(point)
+    }
+
+    fn visit(
+        &mut self,
+        point: HookPoint,
+        ctx: &HookContext,
+        act: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let t = Instant::now();
+        let out = self.inner.visit(point, ctx, act);
+        self.spent += t.elapsed();
+        out
+    }
 }

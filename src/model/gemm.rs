@@ -12,7 +12,11 @@
 //!
 //! [`Team`]: super::team::Team
 
+use candle_core::{DType, Tensor};
+
+use super::matvec::with_f32_slice;
 use super::team::{SharedOut, Team};
+use crate::Result;
 
 /// Rows of a micro-tile (broadcast operands: tokens, or queries in attention).
 pub(super) const MR: usize = 6;
@@ -24,12 +28,55 @@ const KC: usize = 256;
 const CHUNK: usize = 6 * NT;
 
 /// Whether [`matmul`] can run here (AVX2 and FMA).
-pub(super) fn available() -> bool {
+pub(crate) fn available() -> bool {
     super::q4_1::has_avx2()
 }
 
-/// `x · wᵀ` for `x` (m × k) and `w` (n × k), both row-major; returns m × n. Needs [`available`].
-pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+/// How the weight operand of [`matmul`] is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `n × k` row-major (a linear map's `W`, as `x · Wᵀ`).
+    Rows,
+    /// `k × n` row-major (an SAE's `W_enc`, as `x · W`).
+    Cols,
+}
+
+/// [`matmul`] on a 2-D `x` and a weight tensor laid out as `layout` says, when it applies: f32
+/// CPU tensors, `w` contiguous, no autograd tracking, AVX2. `None` otherwise (use candle's).
+pub(crate) fn matmul_tensors(x: &Tensor, w: &Tensor, layout: Layout) -> Result<Option<Tensor>> {
+    let applies = available()
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && w.is_contiguous()
+        && !x.track_op()
+        && !w.track_op();
+    if !applies {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let n = match layout {
+        Layout::Rows => w.dim(0)?,
+        Layout::Cols => w.dim(1)?,
+    };
+    let x = x.contiguous()?;
+    let y = with_f32_slice(&x, |xs| {
+        with_f32_slice(w, |ws| matmul(xs, m, k, ws, layout, n))
+    })??;
+    Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
+}
+
+/// `x · wᵀ` for `x` (m × k) and `w` (n × k, or k × n with [`Layout::Cols`], then `x · w`), both
+/// row-major; returns m × n. Needs [`available`].
+pub(crate) fn matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    layout: Layout,
+    n: usize,
+) -> Vec<f32> {
     assert!(available() && x.len() >= m * k && w.len() >= n * k);
     let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
@@ -40,10 +87,12 @@ pub(super) fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<
     let dst = SharedOut(out.as_mut_ptr());
     let work = |packed: &mut Vec<f32>, u: usize| {
         let (j0, j1) = (u * CHUNK, ((u + 1) * CHUNK).min(n));
-        let chunk = &w[j0 * k..j1 * k];
         for k0 in (0..k).step_by(kc) {
             let depth = kc.min(k - k0);
-            pack_w(chunk, k, k0, depth, packed);
+            match layout {
+                Layout::Rows => pack_w(&w[j0 * k..j1 * k], k, k0, depth, packed),
+                Layout::Cols => pack_cols(w, n, j0..j1, k0, depth, packed),
+            }
             for t0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - t0);
                 for (p, panel) in packed.chunks_exact(NT * depth).enumerate() {
@@ -93,6 +142,31 @@ fn pack_w(w: &[f32], k: usize, k0: usize, depth: usize, packed: &mut Vec<f32>) {
         pack_rows(w, k, k0, depth, 0, full, packed);
     }
     pack_rows(w, k, k0, depth, full, rows, packed);
+}
+
+/// [`pack_w`] for a `k × n` weight: columns `cols`, steps `k0..k0 + depth`, as the same panels
+/// (a step of a panel is 16 contiguous values of one row of `w`).
+fn pack_cols(
+    w: &[f32],
+    n: usize,
+    cols: std::ops::Range<usize>,
+    k0: usize,
+    depth: usize,
+    packed: &mut Vec<f32>,
+) {
+    let width = cols.len();
+    packed.clear();
+    packed.resize(width.div_ceil(NT) * NT * depth, 0.0);
+    for (p, panel) in packed.chunks_exact_mut(NT * depth).enumerate() {
+        let (c0, c1) = (
+            cols.start + p * NT,
+            (cols.start + (p + 1) * NT).min(cols.end),
+        );
+        for (l, step) in panel.chunks_exact_mut(NT).enumerate() {
+            let row = (k0 + l) * n;
+            step[..c1 - c0].copy_from_slice(&w[row + c0..row + c1]);
+        }
+    }
 }
 
 /// [`pack_w`] for rows `r0..r1`, one value at a time.
@@ -302,7 +376,7 @@ mod tests {
         // k split into several blocks.
         for &(m, k, n) in &[(1, 5, 3), (7, 64, 17), (17, 600, 150), (40, 257, 260)] {
             let (x, w) = (values(m * k, 1), values(n * k, 7));
-            let got = matmul(&x, m, k, &w, n);
+            let got = matmul(&x, m, k, &w, Layout::Rows, n);
             let want = naive(&x, m, k, &w, n);
             for (a, b) in got.iter().zip(&want) {
                 let tol = 1e-5 * k as f32;
@@ -312,15 +386,29 @@ mod tests {
     }
 
     #[test]
+    fn a_transposed_weight_gives_the_same_bits() {
+        if !available() {
+            return;
+        }
+        let (m, k, n) = (13, 300, 37);
+        let (x, w) = (values(m * k, 2), values(n * k, 9));
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        assert_eq!(
+            matmul(&x, m, k, &w, Layout::Rows, n),
+            matmul(&x, m, k, &wt, Layout::Cols, n)
+        );
+    }
+
+    #[test]
     fn a_row_does_not_depend_on_the_other_rows() {
         if !available() {
             return;
         }
         let (k, n) = (300, 70);
         let (x, w) = (values(21 * k, 3), values(n * k, 5));
-        let all = matmul(&x, 21, k, &w, n);
+        let all = matmul(&x, 21, k, &w, Layout::Rows, n);
         for i in 0..21 {
-            let alone = matmul(&x[i * k..(i + 1) * k], 1, k, &w, n);
+            let alone = matmul(&x[i * k..(i + 1) * k], 1, k, &w, Layout::Rows, n);
             assert_eq!(alone, all[i * n..(i + 1) * n], "row {i}");
         }
     }

@@ -170,20 +170,10 @@ impl Linear {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
-            // Without autograd, f32 CPU products use dsg's kernel (see `gemm`).
-            _ if x2.device().is_cpu()
-                && x2.dtype() == DType::F32
-                && self.weight.dtype() == DType::F32
-                && !x2.track_op()
-                && !self.weight.track_op()
-                && gemm::available() =>
-            {
-                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let n = self.weight.dim(0)?;
-                let y = with_f32_slice(&self.weight, |w| gemm::matmul(&xs, rows, in_dim, w, n))?;
-                Tensor::from_vec(y, (rows, n), x2.device())?
-            }
-            _ => x2.matmul(&self.weight.t()?)?,
+            _ => match gemm::matmul_tensors(&x2, &self.weight, gemm::Layout::Rows)? {
+                Some(y) => y,
+                None => x2.matmul(&self.weight.t()?)?,
+            },
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -212,7 +202,9 @@ impl Linear {
             // Past a few rows the tile kernel's reuse of each weight wins over one dot per row.
             _ if m >= GEMM_MIN_ROWS && gemm::available() => {
                 let (n, k) = self.weight.dims2()?;
-                with_f32_slice(&self.weight, |w| gemm::matmul(x, m, k, w, n))?
+                with_f32_slice(&self.weight, |w| {
+                    gemm::matmul(x, m, k, w, gemm::Layout::Rows, n)
+                })?
             }
             _ => matmul_f32(&self.weight, x, m)?,
         };

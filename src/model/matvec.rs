@@ -33,7 +33,7 @@ pub(super) fn matmul_f32(weight: &Tensor, x: &[f32], m: usize) -> Result<Vec<f32
 }
 
 /// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
-pub(super) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     let (storage, layout) = t.storage_and_layout();
     let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
         return Err(Error::Invalid(

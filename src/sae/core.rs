@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::{Activation, NormState, Sae, SaeParts};
-use crate::model::HookPoint;
+use crate::model::{gemm, HookPoint};
 use crate::{Error, Result};
 
 impl Sae {
@@ -249,7 +249,13 @@ pub(crate) fn matmul_last(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k.max(1);
-    let y = x.reshape((rows, k))?.matmul(w)?;
+    let x = x.reshape((rows, k))?;
+    // On the CPU, dsg's kernel: each output column is summed in an order that depends on nothing
+    // else in the product (see `subset`).
+    let y = match gemm::matmul_tensors(&x, w, gemm::Layout::Cols)? {
+        Some(y) => y,
+        None => x.matmul(w)?,
+    };
     let mut out = dims[..dims.len() - 1].to_vec();
     out.push(w.dim(1)?);
     Ok(y.reshape(out)?)

@@ -2,13 +2,14 @@
 //! guardrail can watch its features without paying for the full `d_in × d_sae` product.
 //!
 //! Exactness. The result should equal the full encode's columns bit for bit, so that a latent never
-//! fires in one path and not in the other. A matrix product's rounding depends on how the BLAS
-//! blocks the reduction, which it chooses from the shape: on the CPU, candle's `gemm` takes a
-//! matrix-vector path for one column and a different reduction blocking when both `m ≤ 64` and
-//! `n ≤ 64`. The selected columns are therefore padded with zero columns to at least
-//! `min(d_sae, 65)` (and 2) columns, which puts the product in the same regime as the full one;
-//! tests check bit equality on the CPU. On CUDA, cuBLAS picks kernels per shape, so the two agree
-//! only up to f32 rounding of the dot products.
+//! fires in one path and not in the other. On CPUs with AVX2 both products run on dsg's kernel
+//! (`model::gemm`), which sums each output column in an order fixed by `d_in` alone, so the
+//! columns agree whatever else is in the product. Elsewhere candle's `gemm` chooses its reduction
+//! blocking from the shape (a matrix-vector path for one column, another blocking when both
+//! `m ≤ 64` and `n ≤ 64`), so the selected columns are padded with zero columns to at least
+//! `min(d_sae, 65)` (and 2), which puts the product in the same regime as the full one. Tests check
+//! bit equality on the CPU. On CUDA, cuBLAS picks kernels per shape, so the two agree only up to
+//! f32 rounding of the dot products.
 
 use candle_core::Tensor;
 

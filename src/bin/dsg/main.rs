@@ -333,8 +333,15 @@ fn guard_overhead(
     let tokens = bench_tokens(lm, text)?;
     println!("threads: {}", candle_core::utils::get_num_threads());
     println!(
-        "{:<34} {:>7} {:>11} {:>11} {:>9} {:>8}",
-        "guardrail", "tokens", "plain s", "guarded s", "overhead", "clamped"
+        "{:<34} {:>7} {:>11} {:>11} {:>9} {:>10} {:>8} {:>8}",
+        "guardrail",
+        "tokens",
+        "plain s",
+        "guarded s",
+        "overhead",
+        "in hook s",
+        "in hook",
+        "clamped"
     );
     for (g, path) in guard_cmd::load_guardrails(lm, guard)?
         .into_iter()
@@ -349,7 +356,7 @@ fn guard_overhead(
                     .last()
                     .map_or(0, |r| r.rows[0].clamped.iter().filter(|&&c| c).count());
                 println!(
-                    "{:<34} {:>7} {:>11.4} {:>11.4} {:>8.1}% {:>8}",
+                    "{:<34} {:>7} {:>11.4} {:>11.4} {:>8.1}% {:>10.4} {:>7.1}% {:>8}",
                     format!(
                         "{} {name}",
                         path.file_stem().unwrap_or_default().to_string_lossy()
@@ -358,6 +365,8 @@ fn guard_overhead(
                     o.plain_secs,
                     o.hooked_secs,
                     o.overhead_pct,
+                    o.in_hook_secs,
+                    o.in_hook_pct,
                     clamped
                 );
             }
