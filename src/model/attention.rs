@@ -1,6 +1,8 @@
 //! Self-attention: rotary embeddings, the additive mask, grouped-query attention over a batch, and the
 //! single-token decoding step that attends straight from the [`KvCache`](super::KvCache) buffers.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::attend::{attend, Positions};
@@ -14,14 +16,16 @@ use crate::Result;
 /// Rotary embedding tables for a batch: cos and sin of shape (batch, seq, head_dim/2), or (seq, head_dim/2)
 /// when every row starts at the same position.
 pub struct RopeTables {
-    cos: Tensor,
-    sin: Tensor,
     style: RopeStyle,
-    /// The same tables as flat vectors, for [`RopeTables::rotate`].
+    /// The tables as flat vectors, for [`RopeTables::rotate`].
     cos_raw: Vec<f32>,
     sin_raw: Vec<f32>,
     same: bool,
     seq: usize,
+    half: usize,
+    /// The same tables as tensors, made on first use by [`RopeTables::apply`] (the tensor path).
+    tensors: OnceLock<(Tensor, Tensor)>,
+    device: Device,
 }
 
 impl RopeTables {
@@ -52,20 +56,34 @@ impl RopeTables {
                 }
             }
         }
-        let shape: Vec<usize> = if same {
-            vec![seq, half]
-        } else {
-            vec![rows.len(), seq, half]
-        };
         Ok(RopeTables {
-            cos: Tensor::from_slice(&cos, shape.clone(), device)?,
-            sin: Tensor::from_slice(&sin, shape, device)?,
             style,
             cos_raw: cos,
             sin_raw: sin,
             same,
             seq,
+            half,
+            tensors: OnceLock::new(),
+            device: device.clone(),
         })
+    }
+
+    /// cos and sin as tensors: (seq, half), or (batch, seq, half) when rows start apart.
+    fn tensors(&self) -> Result<&(Tensor, Tensor)> {
+        if let Some(t) = self.tensors.get() {
+            return Ok(t);
+        }
+        let rows = self.cos_raw.len() / (self.seq * self.half).max(1);
+        let shape: Vec<usize> = if self.same {
+            vec![self.seq, self.half]
+        } else {
+            vec![rows, self.seq, self.half]
+        };
+        let made = (
+            Tensor::from_slice(&self.cos_raw, shape.clone(), &self.device)?,
+            Tensor::from_slice(&self.sin_raw, shape, &self.device)?,
+        );
+        Ok(self.tensors.get_or_init(|| made))
     }
 
     /// Rotates in place one head vector `x` of token `t` of batch row `row`, as [`RopeTables::apply`]
@@ -97,15 +115,12 @@ impl RopeTables {
     pub fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         use candle_nn::rotary_emb as re;
         let x = x.contiguous()?;
+        let (cos, sin) = self.tensors()?;
         Ok(match (self.style, kernels) {
-            (RopeStyle::HalfSplit, Kernels::Fused) => re::rope(&x, &self.cos, &self.sin)?,
-            (RopeStyle::Interleaved, Kernels::Fused) => re::rope_i(&x, &self.cos, &self.sin)?,
-            (RopeStyle::HalfSplit, Kernels::Differentiable) => {
-                re::rope_slow(&x, &self.cos, &self.sin)?
-            }
-            (RopeStyle::Interleaved, Kernels::Differentiable) => {
-                re::rope_i_slow(&x, &self.cos, &self.sin)?
-            }
+            (RopeStyle::HalfSplit, Kernels::Fused) => re::rope(&x, cos, sin)?,
+            (RopeStyle::Interleaved, Kernels::Fused) => re::rope_i(&x, cos, sin)?,
+            (RopeStyle::HalfSplit, Kernels::Differentiable) => re::rope_slow(&x, cos, sin)?,
+            (RopeStyle::Interleaved, Kernels::Differentiable) => re::rope_i_slow(&x, cos, sin)?,
         })
     }
 }
