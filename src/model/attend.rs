@@ -203,6 +203,7 @@ fn visible_ranges(pos: &Positions, row: usize) -> Vec<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::values;
     use super::*;
 
     /// Attention by the definition, one query at a time.
@@ -253,11 +254,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let hash = |i: usize| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000;
-        (0..len).map(|i| hash(i) as f32 / 500.0 - 1.0).collect()
     }
 
     #[test]

@@ -348,6 +348,13 @@ pub(super) unsafe fn tile(_: usize, _: *const f32, _: usize, _: &[*const f32; MR
     unreachable!("the f32 tile kernel needs AVX2 (`available` is false here)")
 }
 
+/// Deterministic test values in [−1, 1), for the kernel tests here and in `attend`.
+#[cfg(test)]
+pub(super) fn values(len: usize, seed: u32) -> Vec<f32> {
+    let hash = |i: usize| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000;
+    (0..len).map(|i| hash(i) as f32 / 500.0 - 1.0).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,11 +367,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let hash = |i: usize| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000;
-        (0..len).map(|i| hash(i) as f32 / 500.0 - 1.0).collect()
     }
 
     #[test]
