@@ -264,11 +264,6 @@ unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose8(_: *const f32, _: usize, _: *mut f32, _: usize) {
-    unreachable!("needs AVX2")
-}
-
 /// Where a micro-tile's sums go: `rows` × `cols` of them, element `(r, t)` at `c[r·ldc + t]`;
 /// added to what is there when `accumulate`.
 pub(super) struct TileOut {
