@@ -29,7 +29,7 @@ const CHUNK: usize = 6 * NT;
 
 /// Whether [`matmul`] can run here (AVX2 and FMA).
 pub(crate) fn available() -> bool {
-    super::q4_1::has_avx2()
+    super::cpu::has_avx2()
 }
 
 /// How the weight operand of [`matmul`] is laid out.

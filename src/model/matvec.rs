@@ -57,7 +57,7 @@ pub(super) fn gather_rows(table: &Tensor, ids: impl Iterator<Item = usize>) -> R
 
 /// [`dot`], with AVX2 when the CPU has it.
 pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    if super::q4_1::has_avx2() {
+    if super::cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { dot_avx2(a, b) }
     } else {

@@ -3,6 +3,7 @@
 pub mod attend;
 pub mod attention;
 pub mod config;
+mod cpu;
 pub mod cpu_pass;
 pub mod decoder;
 pub mod fetch;

@@ -11,6 +11,7 @@ use half::f16;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
+use super::cpu;
 use super::team::{SharedOut, Team};
 use crate::Result;
 
@@ -76,7 +77,7 @@ impl Q41Matrix {
     /// `x · Wᵀ` for `m` input rows of length `k` (row-major); returns `m × rows`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let nb = self.k / BLOCK;
-        let avx2 = has_avx2();
+        let avx2 = cpu::has_avx2();
         let row_bytes = nb * BLOCK_BYTES;
         par_matmul(x, m, self.k, self.rows, |r0, r1, xq, out| {
             let w = &self.data[r0 * row_bytes..r1 * row_bytes];
@@ -168,20 +169,6 @@ pub(super) fn for_row_chunks(rows: usize, work: impl Fn(usize, usize) + Sync) {
     );
 }
 
-/// Whether the AVX2 kernels can run (AVX2, FMA and F16C).
-pub(super) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Quantises `m` rows of length `k` per 32-block to 8 bits (as ggml's Q8_1, rounding half to
 /// even as its AVX2 path does).
 pub(super) fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
@@ -191,7 +178,7 @@ pub(super) fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantizedRows {
         s: vec![0f32; m * nb],
         q: vec![0i8; m * k],
     };
-    if has_avx2() {
+    if cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { quantize_avx2(&x[..m * k], &mut out) }
     } else {

@@ -5,7 +5,8 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
-use super::q4_1::{f16_at, has_avx2, par_matmul, QuantizedRow, BLOCK, MAX_AVX2_BLOCKS};
+use super::cpu::has_avx2;
+use super::q4_1::{f16_at, par_matmul, QuantizedRow, BLOCK, MAX_AVX2_BLOCKS};
 #[cfg(target_arch = "x86_64")]
 use super::q4_1::{f16_avx, hsum};
 use crate::Result;

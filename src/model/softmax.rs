@@ -60,7 +60,7 @@ fn softmax_row(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32>) {
 
 /// `row = softmax(softcap(row) + mask)`; a row with no finite value becomes zeros.
 pub(super) fn softmax_in_place(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
-    if super::q4_1::has_avx2() {
+    if super::cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { softmax_avx2(row, mask, cap) }
     } else {

@@ -8,7 +8,7 @@
 
 /// `exp` of every value, in place.
 pub fn exp_in_place(v: &mut [f32]) {
-    if super::q4_1::has_avx2() {
+    if super::cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { exp_avx2(v) }
     } else {
