@@ -135,13 +135,10 @@ fn pack_w(w: &[f32], k: usize, k0: usize, depth: usize, packed: &mut Vec<f32>) {
             .for_each(|step| step[rows % NT..].fill(0.0));
     }
     let full = rows / 8 * 8;
-    if available() {
-        // SAFETY: AVX2 is available; the bounds are checked above.
-        unsafe { pack_w_avx2(w, k, k0, depth, full, packed) };
-    } else {
-        pack_rows(w, k, k0, depth, 0, full, packed);
-    }
-    pack_rows(w, k, k0, depth, full, rows, packed);
+    debug_assert!(available(), "only `matmul`, which needs AVX2, packs");
+    // SAFETY: AVX2 is available (`matmul` asserts it); the bounds are checked above.
+    unsafe { pack_w_avx2(w, k, k0, depth, full, packed) };
+    pack_rows(w, k, k0, depth, full..rows, 0..depth, packed);
 }
 
 /// [`pack_w`] for a `k × n` weight: columns `cols`, steps `k0..k0 + depth`, as the same panels
@@ -169,20 +166,20 @@ fn pack_cols(
     }
 }
 
-/// [`pack_w`] for rows `r0..r1`, one value at a time.
+/// [`pack_w`] for rows `rows` and steps `steps` (relative to `k0`), one value at a time.
 fn pack_rows(
     w: &[f32],
     k: usize,
     k0: usize,
     depth: usize,
-    r0: usize,
-    r1: usize,
+    rows: std::ops::Range<usize>,
+    steps: std::ops::Range<usize>,
     packed: &mut [f32],
 ) {
-    for r in r0..r1 {
+    for r in rows {
         let panel = &mut packed[r / NT * NT * depth..];
-        for (l, &v) in w[r * k + k0..r * k + k0 + depth].iter().enumerate() {
-            panel[l * NT + r % NT] = v;
+        for l in steps.clone() {
+            panel[l * NT + r % NT] = w[r * k + k0 + l];
         }
     }
 }
@@ -210,12 +207,7 @@ unsafe fn pack_w_avx2(
             transpose8(src.add(l), k, dst.add(l * NT), NT);
         }
     }
-    for r in 0..rows {
-        let panel = &mut packed[r / NT * NT * depth..];
-        for l in steps..depth {
-            panel[l * NT + r % NT] = w[r * k + k0 + l];
-        }
-    }
+    pack_rows(w, k, k0, depth, 0..rows, steps..depth, packed);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
