@@ -1,5 +1,6 @@
-//! Self-attention: rotary embeddings, the additive mask, grouped-query attention over a batch, and the
-//! single-token decoding step that attends straight from the [`KvCache`](super::KvCache) buffers.
+//! Self-attention: rotary embeddings, the additive mask, grouped-query attention over a batch as
+//! tensor ops, and the CPU pass's attention on plain vectors, which attends straight from the
+//! [`KvCache`](super::KvCache) buffers.
 
 use std::sync::OnceLock;
 
@@ -22,8 +23,9 @@ pub struct RopeTables {
     sin_raw: Vec<f32>,
     same: bool,
     seq: usize,
-    half: usize,
-    /// The same tables as tensors, made on first use by [`RopeTables::apply`] (the tensor path).
+    /// The same tables as tensors of this shape, made on first use by [`RopeTables::apply`] (the
+    /// tensor path).
+    shape: Vec<usize>,
     tensors: OnceLock<(Tensor, Tensor)>,
     device: Device,
 }
@@ -56,13 +58,18 @@ impl RopeTables {
                 }
             }
         }
+        let shape = if same {
+            vec![seq, half]
+        } else {
+            vec![rows.len(), seq, half]
+        };
         Ok(RopeTables {
             style,
             cos_raw: cos,
             sin_raw: sin,
             same,
             seq,
-            half,
+            shape,
             tensors: OnceLock::new(),
             device: device.clone(),
         })
@@ -73,14 +80,9 @@ impl RopeTables {
         if let Some(t) = self.tensors.get() {
             return Ok(t);
         }
-        let rows = self.cos_raw.len() / (self.seq * self.half).max(1);
-        let shape: Vec<usize> = if self.same {
-            vec![self.seq, self.half]
-        } else {
-            vec![rows, self.seq, self.half]
-        };
+        let shape = self.shape.as_slice();
         let made = (
-            Tensor::from_slice(&self.cos_raw, shape.clone(), &self.device)?,
+            Tensor::from_slice(&self.cos_raw, shape, &self.device)?,
             Tensor::from_slice(&self.sin_raw, shape, &self.device)?,
         );
         Ok(self.tensors.get_or_init(|| made))
