@@ -37,9 +37,27 @@ pub enum Error {
     /// Inputs that are individually valid but do not fit together (e.g. an SAE for another model).
     #[error("mismatch: {0}")]
     Mismatch(String),
-    /// A caller-supplied argument is invalid.
-    #[error("invalid argument: {0}")]
+    /// A caller-supplied value is unusable for a reason stated in full by the message.
+    #[error("{0}")]
     Invalid(String),
+    /// A configuration field or option is out of its allowed range.
+    #[error("{field}: {value} is not allowed; expected {allowed}")]
+    OutOfRange {
+        /// The field, option or key (e.g. `--top-p`, `gate.tau`).
+        field: String,
+        /// The value given, as written.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// An output path that must not be written (it is an input, lies inside one, or exists).
+    #[error("{path}: refusing to write: {reason}")]
+    Output {
+        /// The output path.
+        path: PathBuf,
+        /// Why it is refused and what to do instead.
+        reason: String,
+    },
     /// An unsupported architecture, format or option.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -75,6 +93,19 @@ impl Error {
             field: field.into(),
             expected: expected.into(),
             found: found.into(),
+        }
+    }
+
+    /// `field` has `value`, which is outside `allowed`.
+    pub fn out_of_range(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::OutOfRange {
+            field: field.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
         }
     }
 

@@ -10,6 +10,8 @@ pub mod eval;
 pub mod generate;
 pub mod guard;
 pub mod model;
+pub mod output;
+pub mod runtime;
 pub mod sae;
 pub mod stats;
 

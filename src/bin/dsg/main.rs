@@ -379,23 +379,8 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// candle's barrier-pool workers spin for a while after each parallel op; next to rayon's own workers
-/// that oversubscribes small machines and made quantised decoding up to 10x slower here. Unless the user
-/// chose a value, let them park at once. candle also counts the physical cores (reading
-/// /proc/cpuinfo) on every matrix product unless `RAYON_NUM_THREADS` is set: set it once to that
-/// count, which rayon and dsg's decoding team then use too.
-fn configure_threads() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-    }
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-}
-
 fn main() -> Result<()> {
-    configure_threads();
+    dsg::runtime::configure_threads();
     let cli = Cli::parse();
     match cli.command {
         Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),
