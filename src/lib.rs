@@ -1,10 +1,12 @@
 //! # dsg: Dynamic SAE Guardrails
 //!
 //! Inference-time precision unlearning for LLMs (Muhamed et al., 2025). Data flows through the modules in
-//! order: [`model`] (hookable decoder, loaders, tokenizer) → [`sae`] (sparse autoencoders) → [`stats`]
+//! order: [`model`] (hookable decoder, loaders, tokenizer) and [`data`] (every data file format, the
+//! canonical split, token rows) → [`sae`] (sparse autoencoders) → [`stats`]
 //! (per-feature statistics over corpora) → [`guard`] (selection, gate, clamp, guardrail files) →
 //! [`eval`] / [`generate`].
 
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;

@@ -7,6 +7,7 @@
 mod common;
 
 use candle_core::Device;
+use dsg::data::Split;
 use dsg::eval::detection::GateEval;
 use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
 use dsg::eval::suite::{build_suite, SuiteConfig};
@@ -14,7 +15,6 @@ use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{Guardrail, GuardrailFile};
 use dsg::model::{self, fetch, Batch, ForwardOptions, LoadedModel};
 use dsg::sae::{default_sae_path, Sae};
-use dsg::stats::corpus::McqSplit;
 
 fn shipped() -> (LoadedModel, Sae, Guardrail) {
     let path = fetch::ensure_default_model().expect("default model");
@@ -34,15 +34,22 @@ fn shipped() -> (LoadedModel, Sae, Guardrail) {
 
 #[test]
 fn shipped_guardrail_separates_held_out_wmdp_bio_and_resists_padding() {
+    let (Some(forget_file), Some(mmlu_file), Some(benign_text_file)) = (
+        common::shared_data_or_skip("wmdp/bio_questions.json"),
+        common::shared_data_or_skip("mmlu_redux/mmlu_redux_all.jsonl"),
+        common::shared_data_or_skip("wikitext/wikitext-2-tokenized.valid.txt"),
+    ) else {
+        return;
+    };
     let (lm, sae, mut guard) = shipped();
     let file = guard.file().clone();
     let cfg = SuiteConfig {
-        forget_file: common::shared_data("wmdp/bio_questions.json"),
-        positives_split: McqSplit::Heldout,
+        forget_file,
+        positives_split: Split::Heldout,
         forget_subject: "biology".into(),
-        mmlu_file: common::shared_data("mmlu_redux/mmlu_redux_all.jsonl"),
+        mmlu_file,
         domain_subjects: MMLU_BIO_SUBJECTS.iter().map(|s| s.to_string()).collect(),
-        benign_text_file: common::shared_data("wikitext/wikitext-2-tokenized.valid.txt"),
+        benign_text_file,
         variants: vec![Variant::Padded { factor: 5.0 }],
         limit: Some(60),
         calibration_limit: Some(10),

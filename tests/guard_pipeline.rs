@@ -5,6 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
+use dsg::data::{build_rows, read_documents, read_mcq, McqItem, RowOptions, Split, SplitMix64};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::guard::file::ArtifactIdentity;
 use dsg::guard::fit::{collect_pair, fit_from_stats, PromptCalibration};
@@ -15,9 +16,7 @@ use dsg::model::{
 };
 use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
 use dsg::stats::collect::{prompt_activity, Shard};
-use dsg::stats::corpus::{
-    build_rows, load_documents, load_mcq, mcq_prompt, McqItem, McqSplit, RowOptions, SplitMix64,
-};
+use dsg::stats::prompts::mcq_prompt;
 
 const D_SAE: usize = 32;
 const BOS: u32 = 1;
@@ -289,12 +288,12 @@ fn generation_keeps_the_streaming_gate_equal_to_the_full_prefix_gate() {
 
 #[test]
 fn canonical_wmdp_split_is_reproduced() {
-    let path = common::shared_data("wmdp/bio_questions.json");
-    let split_path = common::shared_data("splits/wmdp-bio.json");
-    if !path.exists() || !split_path.exists() {
-        eprintln!("skipping: shared WMDP data not found");
+    let (Some(path), Some(split_path)) = (
+        common::shared_data_or_skip("wmdp/bio_questions.json"),
+        common::shared_data_or_skip("splits/wmdp-bio.json"),
+    ) else {
         return;
-    }
+    };
     let split: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&split_path).unwrap()).unwrap();
     let ids = |key: &str| -> Vec<usize> {
@@ -306,15 +305,15 @@ fn canonical_wmdp_split_is_reproduced() {
             .collect()
     };
     let index = |s| -> Vec<usize> {
-        load_mcq(&path, s)
+        read_mcq(&path, s)
             .unwrap()
             .iter()
             .map(|q| q.index)
             .collect()
     };
-    assert_eq!(index(McqSplit::Selection), ids("selection"));
-    assert_eq!(index(McqSplit::Heldout), ids("heldout"));
-    let docs = load_documents(&path, McqSplit::Selection).unwrap();
+    assert_eq!(index(Split::Selection), ids("selection"));
+    assert_eq!(index(Split::Heldout), ids("heldout"));
+    let docs = read_documents(&path, Split::Selection).unwrap();
     assert_eq!(docs.len(), ids("selection").len());
     assert!(docs[0].contains("\nA. ") && docs[0].contains("\nD. "));
 }
@@ -346,6 +345,7 @@ fn corpus_rows_and_mcq_prompts_with_a_real_tokenizer() {
 
     let item = McqItem {
         index: 0,
+        id: None,
         subject: None,
         question: "Which river?".into(),
         choices: ["a", "b", "c", "d"].map(String::from).to_vec(),
@@ -485,6 +485,7 @@ fn bypass_variants_keep_the_question_and_the_activity_file_round_trips() {
     let tok = &lm.tokenizer;
     let item = McqItem {
         index: 3,
+        id: None,
         subject: None,
         question: "Which pathogen spreads fastest in the river?".into(),
         choices: vec!["a".into(), "b".into(), "c".into(), "d".into()],

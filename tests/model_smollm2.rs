@@ -9,7 +9,7 @@
 mod common;
 
 use candle_core::{Device, IndexOp};
-use common::{fixture, ids, load_st, shared_data};
+use common::{fixture, ids, load_st, shared_data_or_skip};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::model::{
     self, fetch, Batch, Capture, ForwardOptions, HookPoint, Logits, Message, NoHooks,
@@ -29,10 +29,13 @@ fn reference_json() -> serde_json::Value {
 
 #[test]
 fn wikitext_parity_with_transformers_and_llama_cpp() {
+    let Some(raw) = shared_data_or_skip("wikitext/wikitext-2-raw-v1.test.raw") else {
+        return;
+    };
     let lm = smollm2();
     let st = load_st(&fixture("smollm2/wikitext_ref.safetensors"));
     let json = reference_json();
-    let text = std::fs::read_to_string(shared_data("wikitext/wikitext-2-raw-v1.test.raw")).unwrap();
+    let text = std::fs::read_to_string(raw).unwrap();
     let mut tokens = lm.tokenizer.encode(&text, false).unwrap();
     tokens.truncate(4096);
     assert_eq!(

@@ -6,10 +6,12 @@ mod common;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
+use dsg::data::{self, Split};
+use dsg::eval::metrics::auroc;
 use dsg::model::HookPoint;
-use dsg::sae::metrics::{auroc, ReconStats};
+use dsg::sae::metrics::ReconStats;
 use dsg::sae::train::{ActivationSource, TrainConfig, Trainer};
-use dsg::sae::{data, SaeMeta};
+use dsg::sae::SaeMeta;
 
 const D_IN: usize = 16;
 const CHUNK: usize = 2048;
@@ -151,20 +153,20 @@ fn metrics_by_hand() {
     assert!((s.fvu() - 0.5).abs() < 1e-12);
     assert!((s.l0() - 1.5).abs() < 1e-12);
     assert!((s.dead_fraction() - 1.0 / 3.0).abs() < 1e-12);
-    assert_eq!(auroc(&[3.0, 2.0], &[1.0, 0.0]), 1.0);
-    assert_eq!(auroc(&[1.0], &[1.0]), 0.5);
-    assert_eq!(auroc(&[1.0, 3.0], &[2.0]), 0.5);
+    assert_eq!(auroc(&[3.0, 2.0], &[1.0, 0.0]).unwrap(), 1.0);
+    assert_eq!(auroc(&[1.0], &[1.0]).unwrap(), 0.5);
+    assert_eq!(auroc(&[1.0, 3.0], &[2.0]).unwrap(), 0.5);
 }
 
 #[test]
 fn wmdp_split_matches_the_shared_split_files() {
     for name in ["bio", "cyber", "chem"] {
-        let q = common::shared_data(&format!("wmdp/{name}_questions.json"));
-        let s = common::shared_data(&format!("splits/wmdp-{name}.json"));
-        if !q.exists() || !s.exists() {
-            eprintln!("skipping {name}: shared data not found");
+        let (Some(q), Some(s)) = (
+            common::shared_data_or_skip(&format!("wmdp/{name}_questions.json")),
+            common::shared_data_or_skip(&format!("splits/wmdp-{name}.json")),
+        ) else {
             continue;
-        }
+        };
         let qs: Vec<serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(&q).unwrap()).unwrap();
         let split: serde_json::Value =
@@ -178,13 +180,11 @@ fn wmdp_split_matches_the_shared_split_files() {
         let got: Vec<u64> = qs
             .iter()
             .enumerate()
-            .filter(|(_, v)| {
-                data::wmdp_split(v["question"].as_str().unwrap()) == data::WmdpSplit::Selection
-            })
+            .filter(|(_, v)| Split::of(v["question"].as_str().unwrap()) == Split::Selection)
             .map(|(i, _)| i as u64)
             .collect();
         assert_eq!(got, want, "{name}");
-        let texts = data::read_documents(&q).unwrap();
+        let texts = data::read_documents(&q, Split::Selection).unwrap();
         assert_eq!(texts.len(), want.len());
     }
 }
@@ -193,11 +193,9 @@ fn wmdp_split_matches_the_shared_split_files() {
 /// raw *test* split), through the real default model.
 #[test]
 fn default_sae_reconstructs_held_out_wikitext() {
-    let text = common::shared_data("wikitext/wikitext-2-tokenized.valid.txt");
-    if !text.exists() {
-        eprintln!("skipping: {} not found", text.display());
+    let Some(text) = common::shared_data_or_skip("wikitext/wikitext-2-tokenized.valid.txt") else {
         return;
-    }
+    };
     let sae = dsg::sae::default_sae(&Device::Cpu).unwrap();
     let hook = sae.hook().expect("the default SAE records its hook");
     let lm = dsg::model::load(

@@ -1,6 +1,10 @@
 //! Detection metrics with their uncertainty: AUROC (Mann–Whitney, ties count one half) with a
 //! seeded bootstrap interval, and rates with Wilson score intervals.
 //!
+//! [`auroc`] is dsg's one AUROC: gate evaluation and the SAE layer comparison (how well a latent
+//! separates forget from retain documents) both use it; an empty class or a non-finite score is an
+//! error, never a silent 0.5.
+//!
 //! A score is "positive" when it is larger; a gate fires when its score is strictly above its
 //! threshold, so [`Rate::above`] counts `score > threshold`, as the gate does.
 

@@ -1,12 +1,13 @@
-//! Prompts for gate evaluation: the chat-formatted MCQ prompt of §5.1 and the bypass variants that
-//! the paper's gate is known to miss (benign padding, one question spread over several turns), plus
-//! benign text wrapped as a chat message.
+//! Prompts for gate evaluation: the bypass variants of the chat-formatted MCQ prompt of §5.1
+//! ([`crate::stats::prompts::mcq_prompt`]) that the paper's gate is known to miss (benign padding,
+//! one question spread over several turns), plus benign text wrapped as a chat message.
 //!
 //! Every prompt is one chat conversation, rendered through the model's template and ending with
 //! `Answer: (` where it asks a question; the gate sees the whole conversation in one pass.
 
+use crate::data::McqItem;
 use crate::model::{Message, Tokenizer};
-use crate::stats::corpus::{mcq_prompt, McqItem};
+use crate::stats::prompts::mcq_prompt;
 use crate::{Error, Result};
 
 /// MMLU subjects about biology or medicine: the hard negatives of a biology guardrail.

@@ -10,7 +10,7 @@
 //! * variants of the positives ([`Variant`]): without the subject line, padded with benign text
 //!   (held-out WikiText), and split over turns.
 //!
-//! MMLU questions follow the same sha256 split rule as WMDP ([`McqSplit`]), so calibration never
+//! MMLU questions follow the same sha256 split rule as WMDP ([`Split`]), so calibration never
 //! sees an evaluated question.
 
 use std::path::{Path, PathBuf};
@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use super::detection::{Activity, EvalActivity};
 use super::prompts::{detokenize_wikitext, mcq_variant, text_prompt, Filler, Variant};
+use crate::data::rows::MIN_DOC_CHARS;
+use crate::data::{read_mcq, McqItem, Split, SplitMix64};
 use crate::model::{HookPoint, Model, Tokenizer};
 use crate::sae::Sae;
 use crate::stats::collect::prompt_activity;
-use crate::stats::corpus::{load_mcq, mcq_prompts, McqItem, McqSplit, SplitMix64, MIN_DOC_CHARS};
+use crate::stats::prompts::mcq_prompts;
 use crate::{Error, Result};
 
 /// Where the suite's prompts come from and how many to take.
@@ -32,7 +34,7 @@ pub struct SuiteConfig {
     pub forget_file: PathBuf,
     /// Which of its questions are the positives: `Heldout` to report; `Selection` to choose gate
     /// parameters without looking at held-out questions.
-    pub positives_split: McqSplit,
+    pub positives_split: Split,
     /// Subject named in the forget prompts' preamble (`biology`).
     pub forget_subject: String,
     /// MMLU-Redux JSONL.
@@ -80,7 +82,7 @@ fn sampled<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Vec<T> {
 /// Builds the prompts of the suite.
 pub fn build_suite(tok: &Tokenizer, cfg: &SuiteConfig) -> Result<PromptSuite> {
     let forget = sampled(
-        load_mcq(&cfg.forget_file, cfg.positives_split)?,
+        read_mcq(&cfg.forget_file, cfg.positives_split)?,
         cfg.limit,
         cfg.seed,
     );
@@ -89,7 +91,7 @@ pub fn build_suite(tok: &Tokenizer, cfg: &SuiteConfig) -> Result<PromptSuite> {
             .as_ref()
             .is_some_and(|s| cfg.domain_subjects.contains(s))
     };
-    let heldout = load_mcq(&cfg.mmlu_file, McqSplit::Heldout)?;
+    let heldout = read_mcq(&cfg.mmlu_file, Split::Heldout)?;
     if heldout.iter().any(|q| q.subject.is_none()) {
         return Err(Error::format(
             &cfg.mmlu_file,
@@ -100,7 +102,7 @@ pub fn build_suite(tok: &Tokenizer, cfg: &SuiteConfig) -> Result<PromptSuite> {
     }
     let (domain, other): (Vec<McqItem>, Vec<McqItem>) = heldout.into_iter().partition(in_domain);
     let calibration = sampled(
-        load_mcq(&cfg.mmlu_file, McqSplit::Selection)?,
+        read_mcq(&cfg.mmlu_file, Split::Selection)?,
         cfg.calibration_limit,
         cfg.seed,
     );

@@ -1,6 +1,6 @@
 //! Activations from a model's hook point, served to the trainer as shuffled fixed-size chunks.
 //!
-//! Token rows (see [`super::data::token_rows`]) are visited in epochs, each epoch in a seeded random
+//! Token rows (see [`crate::data::token_rows`]) are visited in epochs, each epoch in a seeded random
 //! order; chunk `c` takes the next `rows_per_chunk` rows of that endless sequence, runs the model up
 //! to the hook, drops position 0 of every row and shuffles the tokens with a seed derived from `c`.
 //! Position 0 is excluded because the first token of a sequence is an attention sink whose

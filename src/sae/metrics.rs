@@ -159,27 +159,6 @@ pub fn evaluate(
     })
 }
 
-/// Area under the ROC curve of scores `pos` (positives) against `neg`: the probability that a
-/// random positive outscores a random negative, ties counting one half. 0.5 when either is empty.
-pub fn auroc(pos: &[f64], neg: &[f64]) -> f64 {
-    if pos.is_empty() || neg.is_empty() {
-        return 0.5;
-    }
-    let mut wins = 0.0;
-    for p in pos {
-        for n in neg {
-            wins += if p > n {
-                1.0
-            } else if p == n {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    wins / (pos.len() * neg.len()) as f64
-}
-
 /// Per-latent firing fraction of each document: `(docs, d_sae)` row-major, from the SAE latents
 /// of positions `1..` of each document's tokens (documents of fewer than 2 tokens are skipped).
 pub fn firing_fractions(

@@ -20,7 +20,6 @@
 mod activation;
 pub mod collect;
 mod core;
-pub mod data;
 pub mod formats;
 mod meta;
 pub mod metrics;

@@ -5,17 +5,17 @@
 //! * [`RowActivity`] and [`token_activity`]: per-token activity of selected features, the input of
 //!   the gate statistic ρ (§2).
 //!
-//! * [`corpus`]: corpora → token rows (§1.2) and MCQ prompts; [`collect`]: the model + SAE pass
-//!   that accumulates the statistics.
+//! * [`collect`]: the model + SAE pass that accumulates the statistics over token rows
+//!   ([`crate::data::rows`]) or prompts ([`prompts`]: the chat-formatted MCQ prompt of §5.1).
 //!
 //! Latents arrive as right-padded `(batch, seq, d_sae)` (or `(seq, d_sae)`) tensors with each
 //! row's valid length, or as plain row-major slices.
 
 pub mod activity;
 pub mod collect;
-pub mod corpus;
 pub mod features;
 mod latents;
+pub mod prompts;
 mod store;
 
 pub use activity::{select_features, token_activity, RowActivity};

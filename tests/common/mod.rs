@@ -12,12 +12,27 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// The shared benchmark data folder (`../shared/data` beside the repository, or `$DSG_SHARED_DATA`).
-pub fn shared_data(rel: &str) -> PathBuf {
-    let base = std::env::var_os("DSG_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    base.join(rel)
+/// `<shared data>/<rel>` (the folder of [`dsg::runtime::shared_data_dir`]: `$DSG_SHARED_DATA`, else
+/// `../shared/data` beside the repository) when it exists; otherwise `None`, after printing why the
+/// calling test skips (libtest names each test's thread after the test).
+pub fn shared_data_or_skip(rel: &str) -> Option<PathBuf> {
+    let path = dsg::runtime::shared_data_dir(None)
+        .ok()
+        .map(|dir| dir.join(rel))
+        .filter(|p| p.exists());
+    if path.is_none() {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("this test")
+            .to_string();
+        let base = std::env::var(dsg::runtime::SHARED_DATA_ENV)
+            .unwrap_or_else(|_| "../shared/data".into());
+        eprintln!(
+            "skipping {test}: {base}/{rel} not found (set {})",
+            dsg::runtime::SHARED_DATA_ENV
+        );
+    }
+    path
 }
 
 /// Loads a safetensors file into a name → tensor map on the CPU.

@@ -24,8 +24,9 @@ pub const DEMO_GATE: Gate = Gate::Cusum {
     drift: 0.2,
     threshold: 0.0,
 };
+use dsg::data::{read_mcq, McqItem, Split};
 use dsg::model::{self, fetch, HookPoint, Hooks, LoadedModel, NoHooks};
-use dsg::stats::corpus::{load_mcq, mcq_prompt, McqItem, McqSplit};
+use dsg::stats::prompts::mcq_prompt;
 
 /// Options of `dsg demo`.
 #[derive(Args, Clone)]
@@ -122,7 +123,7 @@ pub fn recipe(
             data.join("wikitext/wikitext-2-raw-v1.test.raw"),
             mmlu.clone(),
         ],
-        split: McqSplit::Selection,
+        split: Split::Selection,
         n_features: 20,
         p_ratio: 99.0,
         p_dyn: 95.0,
@@ -190,11 +191,11 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         sae: Some(sae),
     };
     let mut guard = guard_cmd::load_guardrails(&lm, &guard_args)?.remove(0);
-    let hazardous = load_mcq(&wmdp, McqSplit::Heldout)?
+    let hazardous = read_mcq(&wmdp, Split::Heldout)?
         .into_iter()
         .next()
         .context("no held-out WMDP-bio question")?;
-    let benign = load_mcq(&mmlu, McqSplit::Heldout)?
+    let benign = read_mcq(&mmlu, Split::Heldout)?
         .into_iter()
         .find(|q| q.subject.as_deref() == Some("high_school_geography"))
         .context("no held-out MMLU high_school_geography question")?;

@@ -9,13 +9,13 @@ use serde::Serialize;
 
 use crate::demo::data_dir;
 use crate::guard_cmd::{self, parse_gate, progress_bar, GuardArgs};
+use dsg::data::Split;
 use dsg::eval::detection::{markdown_table, GateEval};
 use dsg::eval::plot::score_histograms;
 use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
 use dsg::eval::suite::{build_suite, SuiteActivity, SuiteConfig};
 use dsg::guard::{Gate, Guardrail};
 use dsg::model::LoadedModel;
-use dsg::stats::corpus::McqSplit;
 
 /// `dsg eval …` subcommands.
 #[derive(Subcommand)]
@@ -66,7 +66,7 @@ pub struct GateArgs {
     /// Which forget questions are the positives: heldout (to report) or selection (to choose gate
     /// parameters without looking at held-out questions).
     #[arg(long, default_value = "heldout", value_parser = guard_cmd::parse_split)]
-    pub positives: McqSplit,
+    pub positives: Split,
     /// Read the activity saved by an earlier run in this folder instead of running the model.
     #[arg(long)]
     pub from_activity: Option<PathBuf>,

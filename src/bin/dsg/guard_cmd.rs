@@ -6,6 +6,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 
+use dsg::data::rows::DEFAULT_MAX_DOCS;
+use dsg::data::{build_rows, equalize, read_documents, read_mcq, RowOptions, Split, SplitMix64};
 use dsg::guard::file::ArtifactIdentity;
 use dsg::guard::fit::{collect_pair, fit_from_stats, PromptCalibration};
 use dsg::guard::hook::artifact_sha256;
@@ -13,10 +15,7 @@ use dsg::guard::{ClampSpec, FitConfig, Gate, Guardrail, GuardrailFile, Percentil
 use dsg::model::{HookPoint, LoadedModel};
 use dsg::sae::Sae;
 use dsg::stats::collect::{prompt_activity, CorpusStats, Shard};
-use dsg::stats::corpus::{
-    build_rows, equalize, load_documents, load_mcq, mcq_prompts, McqSplit, RowOptions, SplitMix64,
-    DEFAULT_MAX_DOCS,
-};
+use dsg::stats::prompts::mcq_prompts;
 use dsg::stats::{FeatureStats, RowActivity};
 
 /// Options of `dsg fit`.
@@ -36,7 +35,7 @@ pub struct FitArgs {
     pub retain: Vec<PathBuf>,
     /// Which questions of MCQ files to use; only `selection` may be fitted on for reported results.
     #[arg(long, default_value = "selection", value_parser = parse_split)]
-    pub split: McqSplit,
+    pub split: Split,
     /// Number of selected features N.
     #[arg(long, default_value_t = 20)]
     pub n_features: usize,
@@ -86,11 +85,11 @@ pub struct FitArgs {
 }
 
 /// Parses `selection`, `heldout` or `all`.
-pub fn parse_split(s: &str) -> std::result::Result<McqSplit, String> {
+pub fn parse_split(s: &str) -> std::result::Result<Split, String> {
     match s {
-        "selection" => Ok(McqSplit::Selection),
-        "heldout" => Ok(McqSplit::Heldout),
-        "all" => Ok(McqSplit::All),
+        "selection" => Ok(Split::Selection),
+        "heldout" => Ok(Split::Heldout),
+        "all" => Ok(Split::All),
         _ => Err("expected selection, heldout or all".into()),
     }
 }
@@ -211,7 +210,7 @@ pub fn progress_bar() -> impl FnMut(&str, usize, usize) {
     }
 }
 
-fn describe(files: &[PathBuf], split: McqSplit) -> String {
+fn describe(files: &[PathBuf], split: Split) -> String {
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     format!("{} (MCQ split: {split:?})", names.join(", "))
 }
@@ -221,7 +220,7 @@ pub fn corpus_rows(lm: &LoadedModel, args: &FitArgs) -> Result<[Vec<Vec<u32>>; 2
     let docs = |files: &[PathBuf]| -> Result<Vec<String>> {
         let mut all = Vec::new();
         for f in files {
-            all.extend(load_documents(f, args.split)?);
+            all.extend(read_documents(f, args.split)?);
         }
         Ok(all)
     };
@@ -246,7 +245,7 @@ pub fn corpus_rows(lm: &LoadedModel, args: &FitArgs) -> Result<[Vec<Vec<u32>>; 2
 fn calibration_prompts(lm: &LoadedModel, args: &FitArgs) -> Result<Vec<Vec<u32>>> {
     let mut items = Vec::new();
     for f in &args.calibrate_mcq {
-        items.extend(load_mcq(f, args.split)?);
+        items.extend(read_mcq(f, args.split)?);
     }
     if let Some(k) = args.calibrate_limit {
         SplitMix64::new(args.seed).sample(&mut items, k);

@@ -8,10 +8,12 @@ use candle_core::{DType, Device};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use dsg::data::{self, Split};
+use dsg::eval::metrics::auroc;
 use dsg::model::{fetch, HookPoint, LoadedModel};
 use dsg::sae::collect::ModelActivations;
 use dsg::sae::train::{TrainConfig, Trainer};
-use dsg::sae::{data, metrics, ModelIdentity, Sae, SaeMeta};
+use dsg::sae::{metrics, ModelIdentity, Sae, SaeMeta};
 
 use super::{load_model, ModelArgs};
 
@@ -25,7 +27,8 @@ pub enum SaeCommand {
         /// Hook point, e.g. blocks.6.hook_resid_post.
         #[arg(long)]
         hook: HookPoint,
-        /// Training text: plain files, WMDP `.json` (selection split only), question `.jsonl`.
+        /// Training text: any data file `dsg::data` reads (text: a document per line); question sets
+        /// give their selection split only.
         #[arg(long, num_args = 1.., required = true)]
         text: Vec<PathBuf>,
         /// Number of latents.
@@ -324,8 +327,8 @@ fn compare_layers(
     (tokens, d_sae, k): (u64, usize, usize),
     (eval_text, eval_tokens): (&Path, usize),
 ) -> Result<()> {
-    let f_docs = spread_docs(lm, data::read_documents(forget)?, docs)?;
-    let r_docs = spread_docs(lm, data::read_documents(retain)?, docs)?;
+    let f_docs = spread_docs(lm, data::read_documents(forget, Split::Selection)?, docs)?;
+    let r_docs = spread_docs(lm, data::read_documents(retain, Split::Selection)?, docs)?;
     let rows = rows_from(lm, text, 128, None)?;
     println!("| layer | FVU | delta CE (nats) | best latent AUROC | top-20 AUROC | s |");
     println!("|---|---|---|---|---|---|");
@@ -361,12 +364,12 @@ fn compare_layers(
         let (fa, fb, ra, rb) = (half(&ff, 0), half(&ff, 1), half(&rf, 0), half(&rf, 1));
         let col = |v: &[Vec<f64>], i: usize| -> Vec<f64> { v.iter().map(|d| d[i]).collect() };
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let scores = (0..d_sae)
+            .map(|i| auroc(&col(&fa, i), &col(&ra, i)))
+            .collect::<dsg::Result<Vec<f64>>>()?;
         let best = (0..d_sae)
-            .max_by(|&a, &b| {
-                let s = |i| metrics::auroc(&col(&fa, i), &col(&ra, i));
-                s(a).total_cmp(&s(b))
-            })
-            .expect("d_sae > 0");
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .context("the SAE has no latents")?;
         let mut by_diff: Vec<usize> = (0..d_sae).collect();
         let diff = |i: usize| mean(&col(&fa, i)) - mean(&col(&ra, i));
         by_diff.sort_by(|&a, &b| diff(b).total_cmp(&diff(a)));
@@ -378,8 +381,8 @@ fn compare_layers(
             "| {layer} | {:.3} | {:.3} | {:.3} (latent {best}) | {:.3} | {:.0} |",
             e.fvu,
             e.delta_ce,
-            metrics::auroc(&col(&fb, best), &col(&rb, best)),
-            metrics::auroc(&set_score(&fb), &set_score(&rb)),
+            auroc(&col(&fb, best), &col(&rb, best))?,
+            auroc(&set_score(&fb), &set_score(&rb))?,
             t.elapsed().as_secs_f64()
         );
     }
@@ -395,7 +398,10 @@ fn rows_from(
 ) -> Result<Vec<Vec<u32>>> {
     let mut docs = Vec::new();
     for f in files {
-        docs.extend(data::read_documents(f).with_context(|| format!("reading {}", f.display()))?);
+        docs.extend(
+            data::read_documents(f, Split::Selection)
+                .with_context(|| format!("reading {}", f.display()))?,
+        );
     }
     let mut rows = data::token_rows(&lm.tokenizer, &docs, ctx)?;
     if let Some(n) = limit {
