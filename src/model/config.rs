@@ -374,6 +374,24 @@ impl ModelConfig {
         })
     }
 
+    /// Checks that a sequence reaching `len` positions (0..len) fits the model's context
+    /// (`max_positions`), for every architecture: past it, learned positions do not exist and rotary
+    /// models were never trained.
+    pub fn check_context(&self, len: usize) -> Result<()> {
+        if len > self.max_positions {
+            return Err(Error::out_of_range(
+                "sequence length",
+                format!("{len} positions"),
+                format!(
+                    "at most the model's context of {} positions (max_position_embeddings / \
+                     context_length)",
+                    self.max_positions
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks internal consistency (head counts divide, dimensions positive).
     pub fn validate(&self, path: &Path) -> Result<()> {
         let check = |ok: bool, field: &str, expected: &str, found: String| {
