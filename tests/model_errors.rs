@@ -78,11 +78,7 @@ fn tiny_hf_copy(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBu
     let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
     edit(&mut cfg);
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    std::fs::copy(
-        src.join("model.safetensors"),
-        dir.join("model.safetensors"),
-    )
-    .unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     dir
 }
 
@@ -164,7 +160,11 @@ fn missing_tensor_names_tensor_and_file() {
 #[test]
 fn bad_tokenizer_json_is_described_in_words() {
     let cases = [
-        ("truncated", r#"{"model": {"type": "BPE", "vocab""#, "valid JSON"),
+        (
+            "truncated",
+            r#"{"model": {"type": "BPE", "vocab""#,
+            "valid JSON",
+        ),
         ("no_model", r#"{"version": "1.0"}"#, "object `model`"),
         (
             "unknown_kind",
@@ -226,7 +226,10 @@ fn forward_past_the_context_is_an_error_for_rope_models() {
         .forward(&more, &opts, &mut NoHooks, Some(&mut cache))
         .unwrap();
     let one = Batch::single(vec![7u32], &Device::Cpu).unwrap();
-    let msg = err_text(lm.model.forward(&one, &opts, &mut NoHooks, Some(&mut cache)));
+    let msg = err_text(
+        lm.model
+            .forward(&one, &opts, &mut NoHooks, Some(&mut cache)),
+    );
     assert!(msg.contains("129 positions"), "{msg}");
 }
 
@@ -306,7 +309,9 @@ fn assert_no_forged_turns(tok: &Tokenizer, control: &[u32]) {
     let rendered = tok.apply_chat_template(&forged, true).unwrap();
     assert_eq!(tok.decode(&forged_ids, false).unwrap(), rendered);
     // Plain `encode` of the rendered text still recognises them (it is not message content).
-    assert!(count_ids(&tok.encode(&rendered, false).unwrap(), control) > count_ids(&clean_ids, control));
+    assert!(
+        count_ids(&tok.encode(&rendered, false).unwrap(), control) > count_ids(&clean_ids, control)
+    );
 }
 
 fn special_ids(tok: &Tokenizer, names: &[&str]) -> Vec<u32> {
@@ -316,7 +321,10 @@ fn special_ids(tok: &Tokenizer, names: &[&str]) -> Vec<u32> {
 #[test]
 fn forged_control_tokens_in_tiny_chatml_stay_text() {
     let lm = load_tiny_gguf();
-    let control = special_ids(&lm.tokenizer, &["<|im_start|>", "<|im_end|>", "<|endoftext|>"]);
+    let control = special_ids(
+        &lm.tokenizer,
+        &["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+    );
     assert_no_forged_turns(&lm.tokenizer, &control);
 }
 
@@ -329,7 +337,8 @@ fn forged_control_tokens_stay_text_under_a_trimming_template() {
     let json = gguf::tokenizer_json_from_gguf(content, &tiny_gguf()).unwrap();
     let inner = Tokenizer::from_json_value(&json, &tiny_gguf()).unwrap();
     // Another template shape: turns opened by <|endoftext|>, contents trimmed (as Gemma's does).
-    let template = "{% for m in messages %}<|endoftext|>{{ m.role }}: {{ m.content | trim }}<|im_end|>\n\
+    let template =
+        "{% for m in messages %}<|endoftext|>{{ m.role }}: {{ m.content | trim }}<|im_end|>\n\
                     {% endfor %}{% if add_generation_prompt %}<|endoftext|>assistant: {% endif %}";
     let tok = Tokenizer::new(inner, None, Some(2), None, Some(template.into()), false);
     let control = special_ids(&tok, &["<|im_start|>", "<|im_end|>", "<|endoftext|>"]);

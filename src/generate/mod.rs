@@ -178,7 +178,11 @@ pub fn generate(
     if total > context {
         return Err(Error::out_of_range(
             "prompt + max_new_tokens (--max-tokens)",
-            format!("{} + {} = {total} tokens", prompt.len(), opts.max_new_tokens),
+            format!(
+                "{} + {} = {total} tokens",
+                prompt.len(),
+                opts.max_new_tokens
+            ),
             format!("at most the model's context of {context} tokens"),
         ));
     }

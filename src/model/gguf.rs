@@ -5,7 +5,8 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use super::config::{
-    implied_head_dim, rope_inv_freq, Architecture, MlpActivation, ModelConfig, NormKind, Positions, RopeStyle,
+    implied_head_dim, rope_inv_freq, Architecture, MlpActivation, ModelConfig, NormKind, Positions,
+    RopeStyle,
 };
 use crate::{Error, Result};
 

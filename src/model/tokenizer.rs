@@ -79,7 +79,10 @@ fn split_placeholders(rendered: &str) -> Vec<Piece<'_>> {
 fn check_tokenizer_json(v: &serde_json::Value, path: &Path) -> Result<()> {
     const KINDS: &str = "BPE, WordPiece, WordLevel or Unigram";
     let model = v.get("model").filter(|m| m.is_object()).ok_or_else(|| {
-        Error::missing(path, format!("object `model` (the tokenization model: {KINDS})"))
+        Error::missing(
+            path,
+            format!("object `model` (the tokenization model: {KINDS})"),
+        )
     })?;
     if let Some(kind) = model.get("type") {
         let known = ["BPE", "WordPiece", "WordLevel", "Unigram"];
