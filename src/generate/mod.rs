@@ -37,6 +37,34 @@ impl Default for GenerateOptions {
     }
 }
 
+impl GenerateOptions {
+    /// Checks every option's range; errors name the field and its CLI option.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::out_of_range(
+                "max_new_tokens (--max-tokens)",
+                0,
+                "at least 1 new token",
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::out_of_range(
+                "temperature (--temperature)",
+                self.temperature,
+                "a finite number >= 0 (0 = greedy)",
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::out_of_range(
+                "top_p (--top-p)",
+                self.top_p,
+                "a number in (0, 1]",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum StopReason {
@@ -134,6 +162,9 @@ fn last_logits(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Generates a continuation of `prompt` (token ids, BOS/template already applied). `hooks` see the prompt
 /// pass and every decoding step; `on_token` is called with each new id as it is produced.
+///
+/// Before any work, checks the options ([`GenerateOptions::validate`]) and that the prompt plus
+/// `max_new_tokens` fits the model's context.
 pub fn generate(
     model: &Model,
     prompt: &[u32],
@@ -141,6 +172,20 @@ pub fn generate(
     hooks: &mut dyn Hooks,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
+    opts.validate()?;
+    let total = prompt.len().saturating_add(opts.max_new_tokens);
+    let context = model.config().max_positions;
+    if total > context {
+        return Err(Error::out_of_range(
+            "prompt + max_new_tokens (--max-tokens)",
+            format!(
+                "{} + {} = {total} tokens",
+                prompt.len(),
+                opts.max_new_tokens
+            ),
+            format!("at most the model's context of {context} tokens"),
+        ));
+    }
     let device = model.device();
     let mut cache = KvCache::new(model.config().n_layers, 1);
     let mut sampler = Sampler::new(opts.temperature, opts.top_p, opts.seed);

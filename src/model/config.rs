@@ -223,6 +223,13 @@ impl ModelConfig {
         Self::from_hf_value(&cfg, path)
     }
 
+    /// Validates `self` as read from `path`, so that bad shapes are blamed on the configuration file
+    /// rather than on the weights read later.
+    fn checked(self, path: &Path) -> Result<Self> {
+        self.validate(path)?;
+        Ok(self)
+    }
+
     /// Builds the configuration from a parsed `config.json`; `path` is used in error messages.
     pub fn from_hf_value(cfg: &Value, path: &Path) -> Result<Self> {
         let model_type = get(cfg, path, "model_type")?
@@ -245,13 +252,16 @@ impl ModelConfig {
             }
         };
         if arch == Architecture::Gpt2 {
-            return Self::gpt2(cfg, path);
+            return Self::gpt2(cfg, path)?.checked(path);
         }
         let d_model = get_usize(cfg, path, "hidden_size")?;
         let n_layers = get_usize(cfg, path, "num_hidden_layers")?;
         let n_heads = get_usize(cfg, path, "num_attention_heads")?;
         let n_kv_heads = opt_usize(cfg, path, "num_key_value_heads")?.unwrap_or(n_heads);
-        let head_dim = opt_usize(cfg, path, "head_dim")?.unwrap_or(d_model / n_heads.max(1));
+        let head_dim = match opt_usize(cfg, path, "head_dim")? {
+            Some(h) => h,
+            None => implied_head_dim(path, "hidden_size", d_model, "num_attention_heads", n_heads)?,
+        };
         let theta = opt_f64(cfg, path, "rope_theta")?
             .or(cfg
                 .get("rope_parameters")
@@ -290,7 +300,7 @@ impl ModelConfig {
             Some(s) if gemma => s.powf(-0.5),
             _ => (head_dim as f64).powf(-0.5),
         };
-        Ok(ModelConfig {
+        ModelConfig {
             arch,
             vocab_size: get_usize(cfg, path, "vocab_size")?,
             d_model,
@@ -329,13 +339,15 @@ impl ModelConfig {
             },
             layer_windows,
             tie_embeddings: opt_bool(cfg, "tie_word_embeddings", gemma),
-        })
+        }
+        .checked(path)
     }
 
     fn gpt2(cfg: &Value, path: &Path) -> Result<Self> {
         let d_model = get_usize(cfg, path, "n_embd")?;
         let n_heads = get_usize(cfg, path, "n_head")?;
         let n_layers = get_usize(cfg, path, "n_layer")?;
+        let head_dim = implied_head_dim(path, "n_embd", d_model, "n_head", n_heads)?;
         let act = cfg
             .get("activation_function")
             .and_then(Value::as_str)
@@ -350,7 +362,7 @@ impl ModelConfig {
             n_layers,
             n_heads,
             n_kv_heads: n_heads,
-            head_dim: d_model / n_heads.max(1),
+            head_dim,
             d_ff: opt_usize(cfg, path, "n_inner")?.unwrap_or(4 * d_model),
             norm: NormKind::Layer,
             norm_eps: opt_f64(cfg, path, "layer_norm_epsilon")?.unwrap_or(1e-5),
@@ -363,7 +375,7 @@ impl ModelConfig {
             sandwich_norms: false,
             embed_scale: None,
             attn_scale: if opt_bool(cfg, "scale_attn_weights", true) {
-                ((d_model / n_heads.max(1)) as f64).powf(-0.5)
+                (head_dim as f64).powf(-0.5)
             } else {
                 1.0
             },
@@ -372,6 +384,24 @@ impl ModelConfig {
             layer_windows: vec![None; n_layers],
             tie_embeddings: opt_bool(cfg, "tie_word_embeddings", true),
         })
+    }
+
+    /// Checks that a sequence reaching `len` positions (0..len) fits the model's context
+    /// (`max_positions`), for every architecture: past it, learned positions do not exist and rotary
+    /// models were never trained.
+    pub fn check_context(&self, len: usize) -> Result<()> {
+        if len > self.max_positions {
+            return Err(Error::out_of_range(
+                "sequence length",
+                format!("{len} positions"),
+                format!(
+                    "at most the model's context of {} positions (max_position_embeddings / \
+                     context_length)",
+                    self.max_positions
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks internal consistency (head counts divide, dimensions positive).
@@ -396,12 +426,50 @@ impl ModelConfig {
             format!("{}/{}/{}", self.d_model, self.n_layers, self.vocab_size),
         )?;
         check(
+            self.head_dim > 0 && self.d_ff > 0,
+            "head_dim/intermediate_size",
+            "positive",
+            format!("{}/{}", self.head_dim, self.d_ff),
+        )?;
+        check(
+            self.max_positions > 0,
+            "max_position_embeddings",
+            "a positive context length",
+            self.max_positions.to_string(),
+        )?;
+        check(
+            self.layer_windows.len() == self.n_layers,
+            "layer_types",
+            &format!("one entry per layer ({})", self.n_layers),
+            self.layer_windows.len().to_string(),
+        )?;
+        check(
             self.head_dim % 2 == 0 || self.positions == Positions::Learned,
             "head_dim",
             "even (rotary embeddings rotate pairs)",
             self.head_dim.to_string(),
         )
     }
+}
+
+/// `width / heads`, the head width a config implies when it gives none; an error on `heads_key` unless
+/// the heads divide the width.
+pub(super) fn implied_head_dim(
+    path: &Path,
+    width_key: &str,
+    width: usize,
+    heads_key: &str,
+    heads: usize,
+) -> Result<usize> {
+    if heads == 0 || width % heads != 0 {
+        return Err(Error::format(
+            path,
+            heads_key,
+            format!("a positive divisor of {width_key} ({width})"),
+            heads.to_string(),
+        ));
+    }
+    Ok(width / heads)
 }
 
 /// Per-layer sliding windows: `layer_types` when present, else the architecture's convention.

@@ -263,6 +263,9 @@ impl Model {
         mut cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput> {
         let (b, l) = batch.ids.dims2()?;
+        let cached = cache.as_ref().map(|c| c.row_lengths());
+        let past = cached.iter().flatten().copied().max().unwrap_or(0);
+        self.cfg.check_context(past + l)?;
         let vocab = self.cfg.vocab_size as u32;
         if let Some(bad) = batch.rows.iter().flatten().find(|&&t| t >= vocab) {
             return Err(Error::Invalid(format!(
@@ -290,14 +293,6 @@ impl Model {
             None => vec![0; b],
         };
         let query_pos: Vec<Vec<usize>> = starts.iter().map(|&s| (s..s + l).collect()).collect();
-        if let Some(&max) = query_pos.iter().flatten().max() {
-            if max >= self.cfg.max_positions && self.cfg.positions == Positions::Learned {
-                return Err(Error::Invalid(format!(
-                    "position {max} exceeds the model's {} learned positions",
-                    self.cfg.max_positions
-                )));
-            }
-        }
         let mut key_pos: Vec<Vec<Option<usize>>> = match &cache {
             Some(c) => c.key_pos.clone(),
             None => vec![Vec::new(); b],

@@ -5,7 +5,8 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use super::config::{
-    rope_inv_freq, Architecture, MlpActivation, ModelConfig, NormKind, Positions, RopeStyle,
+    implied_head_dim, rope_inv_freq, Architecture, MlpActivation, ModelConfig, NormKind, Positions,
+    RopeStyle,
 };
 use crate::{Error, Result};
 
@@ -66,7 +67,13 @@ pub fn config_from_gguf(c: &Content, path: &Path) -> Result<ModelConfig> {
     };
     let head_dim = match c.metadata.get(&k("rope.dimension_count")) {
         Some(_) => meta_usize(c, path, &k("rope.dimension_count"))?,
-        None => d_model / n_heads.max(1),
+        None => implied_head_dim(
+            path,
+            &k("embedding_length"),
+            d_model,
+            &k("attention.head_count"),
+            n_heads,
+        )?,
     };
     let n_layers = meta_usize(c, path, &k("block_count"))?;
     let vocab_size = match c.tensor_infos.get("token_embd.weight") {
@@ -81,7 +88,7 @@ pub fn config_from_gguf(c: &Content, path: &Path) -> Result<ModelConfig> {
             path.display()
         )));
     }
-    Ok(ModelConfig {
+    let cfg = ModelConfig {
         arch: Architecture::Llama,
         vocab_size,
         d_model,
@@ -109,7 +116,9 @@ pub fn config_from_gguf(c: &Content, path: &Path) -> Result<ModelConfig> {
         final_softcap: None,
         layer_windows: vec![None; n_layers],
         tie_embeddings: !c.tensor_infos.contains_key("output.weight"),
-    })
+    };
+    cfg.validate(path)?;
+    Ok(cfg)
 }
 
 fn string_array(c: &Content, path: &Path, key: &str) -> Result<Vec<String>> {

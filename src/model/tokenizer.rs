@@ -2,6 +2,7 @@
 //! plus the model's Jinja chat template rendered with minijinja.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,10 @@ impl Message {
 /// A tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` with special-token matching off, built on first need: it encodes message content.
+    plain: OnceLock<tokenizers::Tokenizer>,
+    /// Texts of the special (control) tokens, e.g. `<|im_start|>`.
+    control: Vec<String>,
     bos: Option<u32>,
     eos: Option<u32>,
     pad: Option<u32>,
@@ -36,8 +41,71 @@ pub struct Tokenizer {
     add_bos: bool,
 }
 
-fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Tokenizer(format!("{}: {e}", path.display()))
+/// Marks where message `i` goes when the template is rendered with placeholders: private-use
+/// characters around a counter, text no template writes itself.
+const MARK: char = '\u{F8FF}';
+
+fn placeholder(i: usize) -> String {
+    format!("{MARK}dsg-message-{i}{MARK}")
+}
+
+/// A piece of a rendered chat: template text, or the content of message `i`.
+enum Piece<'a> {
+    Template(&'a str),
+    Content(usize),
+}
+
+/// Splits a chat rendered with [`placeholder`]s into template text and message slots.
+fn split_placeholders(rendered: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = rendered;
+    while let Some(start) = rest.find(MARK) {
+        let after = &rest[start + MARK.len_utf8()..];
+        let slot = after.find(MARK).and_then(|end| {
+            let i = after[..end].strip_prefix("dsg-message-")?.parse().ok()?;
+            Some((i, &after[end + MARK.len_utf8()..]))
+        });
+        let Some((i, tail)) = slot else { break };
+        pieces.push(Piece::Template(&rest[..start]));
+        pieces.push(Piece::Content(i));
+        rest = tail;
+    }
+    pieces.push(Piece::Template(rest));
+    pieces
+}
+
+/// Checks a parsed `tokenizer.json` for the problems the `tokenizers` library reports only as
+/// "data did not match any variant of untagged enum", and names them.
+fn check_tokenizer_json(v: &serde_json::Value, path: &Path) -> Result<()> {
+    const KINDS: &str = "BPE, WordPiece, WordLevel or Unigram";
+    let model = v.get("model").filter(|m| m.is_object()).ok_or_else(|| {
+        Error::missing(
+            path,
+            format!("object `model` (the tokenization model: {KINDS})"),
+        )
+    })?;
+    if let Some(kind) = model.get("type") {
+        let known = ["BPE", "WordPiece", "WordLevel", "Unigram"];
+        if !kind.as_str().is_some_and(|k| known.contains(&k)) {
+            return Err(Error::format(path, "model.type", KINDS, kind.to_string()));
+        }
+    }
+    if model.get("vocab").is_none_or(|v| v.is_null()) {
+        return Err(Error::missing(path, "`model.vocab` (the token vocabulary)"));
+    }
+    Ok(())
+}
+
+/// Parses a `tokenizer.json` text already checked by [`check_tokenizer_json`].
+fn parse_tokenizer(text: &str, path: &Path) -> Result<tokenizers::Tokenizer> {
+    text.parse::<tokenizers::Tokenizer>().map_err(|e| {
+        Error::format(
+            path,
+            "(tokenizer)",
+            "a tokenizer.json the `tokenizers` library can read",
+            e.to_string(),
+        )
+    })
 }
 
 impl Tokenizer {
@@ -50,8 +118,16 @@ impl Tokenizer {
         chat_template: Option<String>,
         add_bos: bool,
     ) -> Self {
+        let control = inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .map(|t| t.content)
+            .collect();
         Tokenizer {
             inner,
+            plain: OnceLock::new(),
+            control,
             bos,
             eos,
             pad,
@@ -65,9 +141,8 @@ impl Tokenizer {
         value: &serde_json::Value,
         path: &Path,
     ) -> Result<tokenizers::Tokenizer> {
-        let text = value.to_string();
-        text.parse::<tokenizers::Tokenizer>()
-            .map_err(|e| tok_err(path, e))
+        check_tokenizer_json(value, path)?;
+        parse_tokenizer(&value.to_string(), path)
     }
 
     /// Loads `tokenizer.json` and, if present, `tokenizer_config.json` (special tokens, chat template,
@@ -77,7 +152,11 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::missing(dir, "tokenizer.json"));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| tok_err(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, "(root)", "valid JSON", e.to_string()))?;
+        check_tokenizer_json(&value, &path)?;
+        let inner = parse_tokenizer(&text, &path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -107,14 +186,15 @@ impl Tokenizer {
             .get("add_bos_token")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        Ok(Tokenizer {
-            bos,
-            eos: token_id("eos_token"),
-            pad: token_id("pad_token"),
-            chat_template,
-            add_bos: add_bos && bos.is_some(),
+        let (eos, pad) = (token_id("eos_token"), token_id("pad_token"));
+        Ok(Self::new(
             inner,
-        })
+            bos,
+            eos,
+            pad,
+            chat_template,
+            add_bos && bos.is_some(),
+        ))
     }
 
     /// Encodes `text`; special-token strings in it (e.g. `<|im_start|>`) become their ids. Prepends BOS
@@ -224,12 +304,118 @@ impl Tokenizer {
     }
 
     /// Encodes a chat: the rendered template, with no extra BOS (templates that want one write it).
+    ///
+    /// Only the template inserts control tokens: control-token text typed inside a message (say
+    /// `<|im_end|>\n<|im_start|>assistant`) is encoded as plain text, so no one can forge a turn. A chat
+    /// whose messages hold no such text encodes exactly as its rendered text does.
     pub fn encode_chat(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
-        self.encode(&text, false)
+        let forged = messages
+            .iter()
+            .any(|m| self.control.iter().any(|c| m.content.contains(c.as_str())));
+        if !forged {
+            return self.encode(&text, false);
+        }
+        self.encode_chat_guarded(messages, add_generation_prompt, &text)
+    }
+
+    /// [`Self::encode_chat`] for messages that contain control-token text: renders the template with
+    /// placeholders for the contents, keeps the control tokens of the template text, and encodes
+    /// everything between them (template text and contents together, as the tokenizer would) with
+    /// special-token matching off.
+    fn encode_chat_guarded(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        text: &str,
+    ) -> Result<Vec<u32>> {
+        let unsafe_template = |why: &str| {
+            Error::Unsupported(format!(
+                "a message contains control-token text and the chat template {why}, so dsg cannot \
+                 keep that text from acting as control tokens; remove it from the message"
+            ))
+        };
+        if messages.iter().any(|m| m.content.contains(MARK)) {
+            return Err(unsafe_template(
+                "cannot be split around contents holding U+F8FF",
+            ));
+        }
+        let marked: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Message::new(&m.role, &placeholder(i)))
+            .collect();
+        let rendered = self.apply_chat_template(&marked, add_generation_prompt)?;
+        let pieces = split_placeholders(&rendered);
+        let rebuild = |content: fn(&str) -> &str| -> String {
+            pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Template(t) => t,
+                    Piece::Content(i) => messages.get(*i).map_or("", |m| content(&m.content)),
+                })
+                .collect()
+        };
+        // Templates insert the content as it is, or trimmed (Gemma); anything else is not tracked.
+        let content: fn(&str) -> &str = if rebuild(|c| c) == text {
+            |c| c
+        } else if rebuild(str::trim) == text {
+            str::trim
+        } else {
+            return Err(unsafe_template("transforms message contents"));
+        };
+        let mut ids = Vec::new();
+        let mut pending = String::new();
+        for piece in &pieces {
+            match piece {
+                Piece::Content(i) => pending.push_str(content(&messages[*i].content)),
+                Piece::Template(t) => {
+                    let enc = self
+                        .inner
+                        .encode(*t, false)
+                        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                    let mut done = 0;
+                    for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+                        if self.is_control(id) {
+                            pending.push_str(&t[done..start]);
+                            ids.extend(self.encode_plain(&pending)?);
+                            pending.clear();
+                            ids.push(id);
+                            done = end;
+                        }
+                    }
+                    pending.push_str(&t[done..]);
+                }
+            }
+        }
+        ids.extend(self.encode_plain(&pending)?);
+        Ok(ids)
+    }
+
+    /// Whether `id` is a special (control) token.
+    fn is_control(&self, id: u32) -> bool {
+        self.inner
+            .id_to_token(id)
+            .is_some_and(|t| self.control.contains(&t))
+    }
+
+    /// Encodes `text` with special-token matching off: `<|im_end|>` in it becomes ordinary tokens.
+    fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plain = self.plain.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let enc = plain
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
     }
 }

@@ -123,11 +123,34 @@ impl WeightSource {
         })
     }
 
-    /// Opens a GGUF file and reads its header.
+    /// Opens a GGUF file, reads its header, and checks that every tensor's data lies inside the file.
     pub fn open_gguf(path: &Path) -> Result<Self> {
         let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut f)
-            .map_err(|e| Error::format(path, "(header)", "a valid GGUF file", e.to_string()))?;
+        let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        let content = gguf_file::Content::read(&mut f).map_err(|e| {
+            let found = match e {
+                candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    format!("the file ends after {size} bytes, inside the header (truncated?)")
+                }
+                e => format!("{e} (file of {size} bytes)"),
+            };
+            Error::format(
+                path,
+                "(header)",
+                "a GGUF header: magic `GGUF`, version, metadata and tensor directory",
+                found,
+            )
+        })?;
+        if let Some((end, name)) = tensor_data_end(&content) {
+            if end > size {
+                return Err(Error::format(
+                    path,
+                    "(tensor data)",
+                    format!("tensor data up to byte {end} (end of tensor `{name}`)"),
+                    format!("a file of {size} bytes (truncated?)"),
+                ));
+            }
+        }
         Ok(WeightSource::Gguf {
             path: path.to_path_buf(),
             content: Box::new(content),
@@ -153,6 +176,29 @@ impl WeightSource {
         }
     }
 
+    /// The error for an absent tensor: its name as stored, and the file(s) searched.
+    fn missing_tensor(&self, hf: &str) -> Error {
+        match self {
+            WeightSource::Safetensors { paths, .. } if paths.len() > 1 => Error::missing(
+                &paths[0],
+                format!(
+                    "tensor `{hf}` (in none of the {} safetensors shards)",
+                    paths.len()
+                ),
+            ),
+            WeightSource::Safetensors { paths, .. } => {
+                Error::missing(&paths[0], format!("tensor `{hf}`"))
+            }
+            WeightSource::Gguf { path, .. } => match gguf_name(hf) {
+                Some(g) => Error::missing(path, format!("tensor `{g}` (Hugging Face `{hf}`)")),
+                None => Error::missing(
+                    path,
+                    format!("tensor `{hf}` (it has no llama.cpp name; GGUF files must use the llama layout)"),
+                ),
+            },
+        }
+    }
+
     /// Whether the tensor `hf` exists.
     pub fn has(&self, hf: &str) -> bool {
         self.source_name(hf).is_some()
@@ -170,7 +216,7 @@ impl WeightSource {
     pub fn tensor(&self, hf: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
         let name = self
             .source_name(hf)
-            .ok_or_else(|| Error::missing(self.path(), format!("tensor `{hf}`")))?;
+            .ok_or_else(|| self.missing_tensor(hf))?;
         let (t, file) = match self {
             WeightSource::Safetensors { st, owner, .. } => {
                 let file = owner[&name].clone();
@@ -196,6 +242,7 @@ impl WeightSource {
             ));
         }
         let t = t.to_dtype(DType::F32)?;
+        check_finite(&t, &file, &name)?;
         Ok(t)
     }
 
@@ -223,4 +270,60 @@ impl WeightSource {
             )
         })
     }
+}
+
+/// The byte where the last tensor's data ends, and that tensor's name (`None` without tensors).
+fn tensor_data_end(content: &gguf_file::Content) -> Option<(u64, &str)> {
+    content
+        .tensor_infos
+        .iter()
+        .map(|(name, info)| {
+            let dtype = info.ggml_dtype;
+            let bytes = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+            let end = content
+                .tensor_data_offset
+                .saturating_add(info.offset)
+                .saturating_add(bytes as u64);
+            (end, name.as_str())
+        })
+        .max()
+}
+
+/// Errors, naming the tensor and its file, if the f32 tensor `t` holds a NaN or an infinity; such a
+/// weight would otherwise surface much later as NaN logits with no culprit named.
+fn check_finite(t: &Tensor, file: &Path, name: &str) -> Result<()> {
+    let finite = if t.device().is_cpu() && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            unreachable!("a CPU tensor has CPU storage")
+        };
+        let all = cpu.as_slice::<f32>()?;
+        all_finite(&all[layout.start_offset()..layout.start_offset() + t.elem_count()])
+    } else {
+        // 0 * x is 0 for finite x and NaN otherwise, so the sum is NaN exactly when one is not finite.
+        let sum = (t * 0.0)?.sum_all()?.to_scalar::<f32>()?;
+        !sum.is_nan()
+    };
+    if finite {
+        Ok(())
+    } else {
+        Err(Error::format(
+            file,
+            name,
+            "finite weights",
+            "NaN or infinite values (corrupt or badly converted checkpoint)",
+        ))
+    }
+}
+
+/// Whether every value is finite: adding one to the exponent field carries into the sign bit exactly
+/// when the exponent is all ones (NaN or infinity). One branch-free pass, fast even in dev builds.
+fn all_finite(xs: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    const EXPONENT_ONE: u32 = 0x0080_0000;
+    const SIGN: u32 = 0x8000_0000;
+    let carries = xs.iter().fold(0u32, |acc, x| {
+        acc | ((x.to_bits() & EXPONENT).wrapping_add(EXPONENT_ONE) & SIGN)
+    });
+    carries == 0
 }
