@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{fixture, scratch, shared_data};
+use common::{fixture, scratch, shared_data_or_skip};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::model::{
     self, fetch, gguf, Batch, ForwardOptions, KvCache, Message, Model, ModelConfig, NoHooks,
@@ -357,8 +357,9 @@ fn smollm2() -> model::LoadedModel {
     model::load(&path, &Device::Cpu).expect("load the default model")
 }
 
-/// 100 WMDP-bio and 100 MMLU-Redux questions with their choices, as multiple-choice prompts.
-fn real_prompts() -> Vec<String> {
+/// 100 WMDP-bio and 100 MMLU-Redux questions with their choices, as multiple-choice prompts
+/// (`None`, with a message, when the shared data is missing).
+fn real_prompts() -> Option<Vec<String>> {
     let letters = ["A", "B", "C", "D"];
     let format = |q: &serde_json::Value| {
         let mut s = q["question"].as_str().unwrap().to_string();
@@ -368,10 +369,10 @@ fn real_prompts() -> Vec<String> {
         s.push_str("\nAnswer:");
         s
     };
-    let text = std::fs::read_to_string(shared_data("wmdp/bio_questions.json")).unwrap();
+    let text = std::fs::read_to_string(shared_data_or_skip("wmdp/bio_questions.json")?).unwrap();
     let wmdp: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     let mut prompts: Vec<String> = wmdp.iter().take(100).map(format).collect();
-    let redux = shared_data("mmlu_redux");
+    let redux = shared_data_or_skip("mmlu_redux")?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&redux)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -385,7 +386,7 @@ fn real_prompts() -> Vec<String> {
             .take(100)
             .map(|l| format(&serde_json::from_str(l).unwrap())),
     );
-    prompts
+    Some(prompts)
 }
 
 #[test]
@@ -395,7 +396,9 @@ fn smollm2_chat_ids_unchanged_and_forged_turns_stay_text() {
     let control = special_ids(tok, &["<|im_start|>", "<|im_end|>", "<|endoftext|>"]);
     assert_no_forged_turns(tok, &control);
     let im_start = control[0];
-    let prompts = real_prompts();
+    let Some(prompts) = real_prompts() else {
+        return;
+    };
     assert_eq!(prompts.len(), 200);
     for p in &prompts {
         let chat = [Message::new("user", p)];
