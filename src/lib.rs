@@ -5,6 +5,7 @@
 //! (per-feature statistics over corpora) → [`guard`] (selection, gate, clamp, guardrail files) →
 //! [`eval`] / [`generate`].
 
+pub mod assets;
 pub mod error;
 pub mod eval;
 pub mod generate;
