@@ -284,17 +284,44 @@ fn a_guardrail_whose_hook_differs_from_its_saes_is_refused() {
     v["hook_point"] = "blocks.2.hook_resid_post".into();
     let path = dir.join("g.json");
     std::fs::write(&path, v.to_string()).unwrap();
-    let e = Guardrail::load(&path, &lm, Some(&sae)).unwrap_err();
+    let Err(e) = Guardrail::load(&path, &lm, Some(&sae)) else {
+        panic!("a guardrail at another hook was applied")
+    };
     assert!(
         matches!(&e, Error::Mismatch(m) if m.contains("blocks.2.hook_resid_post") && m.contains("blocks.3")),
         "{e}"
     );
     // Without --guard-sae, the copy names an SAE relative to its own folder, which is not there.
-    let e = Guardrail::load(&path, &lm, None).unwrap_err();
+    let Err(e) = Guardrail::load(&path, &lm, None) else {
+        panic!("a guardrail without its SAE was applied")
+    };
     assert!(
         matches!(&e, Error::Missing { what, .. } if what.contains("--guard-sae")),
         "{e}"
     );
     // The shipped file, read in place, finds its SAE beside it.
     Guardrail::load(&repo(SHIPPED), &lm, None).unwrap();
+}
+
+#[test]
+fn the_shipped_recipe_is_valid_and_the_built_in_questions_equal_the_data() {
+    let data = common::shared_data("");
+    if !data.join("wmdp").is_dir() {
+        eprintln!("skipped: no shared data at {}", data.display());
+        return;
+    }
+    let dir = common::scratch("guard_errors", "recipe");
+    let req = wmdp_bio(
+        &data,
+        repo("assets/sae/smollm2-135m-instruct-L3"),
+        dir.join("g.json"),
+    );
+    req.validate().unwrap();
+    let shipped = GuardrailFile::load(repo(SHIPPED)).unwrap();
+    assert_eq!(shipped.gate.with_threshold(0.0), req.gate);
+    assert_eq!(shipped.clamp, req.clamp_spec());
+    assert_eq!(shipped.features.len(), req.n_features);
+    let from_data = dsg::guard::recipe::demo_questions(&data).unwrap();
+    let built_in = dsg::guard::recipe::demo_questions(&dir.join("no-data")).unwrap();
+    assert_eq!(from_data, built_in);
 }

@@ -273,7 +273,7 @@ fn compute_activity(
         .collect();
     let mut bar = progress_bar();
     Ok(
-        suite.activity(&lm.model, &sae, hook, &sets, args.batch, &mut |d, t| {
+        suite.activity(&lm.model, sae, hook, &sets, args.batch, &mut |d, t| {
             bar("prompts", d, t)
         })?,
     )

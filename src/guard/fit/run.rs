@@ -45,7 +45,7 @@ pub enum FitOutcome {
     /// A guardrail, at the request's `out`.
     Guardrail {
         /// The guardrail as written.
-        file: GuardrailFile,
+        file: Box<GuardrailFile>,
         /// The statistics written beside it; `None` when fitted from earlier statistics.
         stats: Option<StatsFiles>,
     },
@@ -161,7 +161,7 @@ pub fn run(
     file.save(&req.out)?;
     observer.note(&format!("guardrail: {}", req.out.display()));
     Ok(FitOutcome::Guardrail {
-        file,
+        file: Box::new(file),
         stats: written,
     })
 }
