@@ -15,6 +15,9 @@ use dsg::output::Overwrite;
 use dsg::Error;
 use serde_json::Value;
 
+/// One edit of a valid request or file, named by the field it breaks.
+type Edit<T> = Box<dyn FnOnce(&mut T)>;
+
 const SHIPPED: &str = "assets/guards/wmdp-bio-smollm2-135m-L3.json";
 
 fn repo(rel: &str) -> PathBuf {
@@ -57,7 +60,7 @@ fn refused(name: &str, edit: impl FnOnce(&mut FitRequest)) -> Error {
 
 #[test]
 fn fit_options_out_of_range_name_the_option() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut FitRequest)>)> = vec![
+    let cases: Vec<(&str, Edit<FitRequest>)> = vec![
         ("--n-features", Box::new(|r| r.n_features = 0)),
         ("--p-ratio", Box::new(|r| r.p_ratio = 150.0)),
         ("--p-dyn", Box::new(|r| r.p_dyn = 101.0)),
@@ -217,7 +220,7 @@ fn load_edited(name: &str, edit: impl FnOnce(&mut Value)) -> Error {
 #[test]
 fn guardrail_files_with_bad_values_name_the_field() {
     use serde_json::json;
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Edit<Value>)> = vec![
         (
             "gate.threshold",
             Box::new(|v| v["gate"]["threshold"] = json!(-1.0)),

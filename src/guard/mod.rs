@@ -1,12 +1,12 @@
 //! The guardrail: choose features, calibrate a gate, clamp at inference, and store it all.
 //!
-//! * [`percentile`]: NumPy-exact percentiles.
+//! * [`percentile`](mod@percentile): NumPy-exact percentiles.
 //! * [`select`]: feature selection rules (§1.4 of the spec and the Farrell et al. baseline).
 //! * [`gate`]: the per-row decision, ρ > τ and its dilution-robust variants (§2).
-//! * [`calibrate`]: the gate threshold from retain-corpus scores.
+//! * [`calibrate`](mod@calibrate): the gate threshold from retain-corpus scores.
 //! * [`clamp`]: the residual edit at clamped tokens (§3).
-//! * [`file`]: the self-describing guardrail file.
-//! * [`fit`]: statistics → selection → calibration → guardrail file.
+//! * [`file`](mod@file): the self-describing guardrail file.
+//! * [`fit`](mod@fit): statistics → selection → calibration → guardrail file.
 //! * [`hook`]: the guardrail applied inside the model's forward pass.
 //! * [`load`]: a guardrail file and its SAE loaded for a model, with the identity checks.
 //! * [`stats_files`]: the statistics stored beside a guardrail, and merging shards of them.
