@@ -186,7 +186,10 @@ impl GuardrailFile {
         self.features.iter().map(|f| f.id).collect()
     }
 
-    fn problem(&self) -> Option<Problem> {
+    /// The first problem of the content; `stored` adds what a file on disk must also hold (a
+    /// fitted gate threshold, [`Gate::validate_fitted`]), which guardrails forced open or shut in
+    /// memory (`τ < 0`, `τ > 1`) do not.
+    fn problem(&self, stored: bool) -> Option<Problem> {
         let hex = "64 lower-case hex digits";
         if self.format_version != FORMAT_VERSION {
             return Some(Problem::new(
@@ -230,7 +233,12 @@ impl GuardrailFile {
         if let Err(e) = self.selection.validate() {
             return Some(Problem::from_check("selection", e));
         }
-        if let Err(e) = self.gate.validate_fitted() {
+        let gate = if stored {
+            self.gate.validate_fitted()
+        } else {
+            self.gate.validate()
+        };
+        if let Err(e) = gate {
             return Some(Problem::from_check("gate", e));
         }
         if let Err(e) = self.clamp.validate() {
@@ -287,9 +295,14 @@ impl GuardrailFile {
         all
     }
 
-    /// Checks the content (identities, feature ids, parameters, calibration vs gate).
+    /// Checks the content (identities, feature ids, parameters, calibration vs gate); any finite
+    /// gate threshold is accepted here, a fitted one only when saving or loading.
     pub fn validate(&self) -> Result<()> {
-        match self.problem() {
+        self.check(false)
+    }
+
+    fn check(&self, stored: bool) -> Result<()> {
+        match self.problem(stored) {
             None => Ok(()),
             Some(Problem(field, expected, found)) => Err(Error::Invalid(format!(
                 "guardrail {field}: expected {expected}, found {found}"
@@ -297,10 +310,11 @@ impl GuardrailFile {
         }
     }
 
-    /// Validates and writes the guardrail as pretty-printed JSON.
+    /// Validates (as a stored file, with a fitted gate threshold) and writes the guardrail as
+    /// pretty-printed JSON.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.validate()?;
+        self.check(true)?;
         let json = serde_json::to_string_pretty(self)
             .map_err(|e| Error::Invalid(format!("cannot serialise guardrail: {e}")))?;
         std::fs::write(path, json + "\n").map_err(|e| Error::io(path, e))
@@ -356,7 +370,7 @@ impl GuardrailFile {
                 "{forget_corpus, retain_corpus, forget_rows, retain_rows, seed, data_fraction}",
             )?,
         };
-        match file.problem() {
+        match file.problem(true) {
             None => Ok(file),
             Some(Problem(field, expected, found)) => {
                 Err(Error::format(path, field, expected, found))
