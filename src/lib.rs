@@ -6,6 +6,7 @@
 //! (per-feature statistics over corpora) → [`guard`] (selection, gate, clamp, guardrail files) →
 //! [`eval`] / [`generate`].
 
+pub mod assets;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -11,24 +11,17 @@ use dsg::data::Split;
 use dsg::eval::detection::GateEval;
 use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
 use dsg::eval::suite::{build_suite, SuiteConfig};
-use dsg::guard::hook::artifact_sha256;
-use dsg::guard::{Guardrail, GuardrailFile};
+use dsg::guard::Guardrail;
 use dsg::model::{self, fetch, Batch, ForwardOptions, LoadedModel};
-use dsg::sae::{default_sae_path, Sae};
+use dsg::sae::Sae;
 
 fn shipped() -> (LoadedModel, Sae, Guardrail) {
     let path = fetch::ensure_default_model().expect("default model");
     let lm = model::load(&path, &Device::Cpu).unwrap();
-    let sae = Sae::load(&default_sae_path(), &Device::Cpu).unwrap();
-    let file = GuardrailFile::load(dsg::guard::default_guard_path()).unwrap();
-    let guard = Guardrail::new(
-        file,
-        &sae,
-        &artifact_sha256(&path).unwrap(),
-        &artifact_sha256(&default_sae_path()).unwrap(),
-        lm.model.config().d_model,
-    )
-    .expect("the shipped guardrail matches the default model and SAE");
+    let guard_file = dsg::assets::default_guard_file().unwrap();
+    let guard = Guardrail::load(&guard_file, &lm, None)
+        .expect("the shipped guardrail matches the default model and SAE");
+    let sae = guard.sae().clone();
     (lm, sae, guard)
 }
 

@@ -57,17 +57,25 @@ impl ClampSpec {
         ClampSpec::PerFeature { value: -c }
     }
 
-    /// Checks that the parameter is finite.
+    /// Checks the parameter's sign: a clamp value (`−c`) must be finite and negative, since a
+    /// clamp suppresses features (a positive value would steer towards them); a norm-relative
+    /// scale must be finite and positive. Errors name the field (`clamp.value`, `clamp.scale`).
     pub fn validate(&self) -> Result<()> {
-        let (ClampSpec::ClampAll { value: x }
-        | ClampSpec::PerFeature { value: x }
-        | ClampSpec::NormRelative { scale: x }) = *self;
-        if !x.is_finite() {
-            return Err(Error::Invalid(format!(
-                "clamp parameter must be finite: {self:?}"
-            )));
+        match *self {
+            ClampSpec::ClampAll { value } | ClampSpec::PerFeature { value }
+                if !(value.is_finite() && value < 0.0) =>
+            {
+                Err(Error::out_of_range(
+                    "clamp.value",
+                    value,
+                    "a finite negative number (the features are set to −c, c > 0)",
+                ))
+            }
+            ClampSpec::NormRelative { scale } if !(scale.is_finite() && scale > 0.0) => Err(
+                Error::out_of_range("clamp.scale", scale, "a finite positive number"),
+            ),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

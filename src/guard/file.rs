@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::calibrate::CalibrationSummary;
 use super::clamp::ClampSpec;
 use super::gate::Gate;
-use super::select::{FeatureScores, SelectionRule};
+use super::select::{check_percentile, FeatureScores, SelectionRule};
 use crate::model::HookPoint;
 use crate::stats::FeatureStats;
 use crate::{Error, Result};
@@ -145,7 +145,34 @@ pub fn describe_features(
 }
 
 /// A problem with a guardrail's content: field, expected, found.
-struct Problem(&'static str, String, String);
+struct Problem(String, String, String);
+
+impl Problem {
+    fn new(field: &str, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        Problem(field.to_string(), expected.into(), found.into())
+    }
+
+    /// A parameter check's range error as a problem of the file; `section` names the field it
+    /// came from when the error does not.
+    fn from_check(section: &str, e: Error) -> Self {
+        match e {
+            Error::OutOfRange {
+                field,
+                value,
+                allowed,
+            } => Problem(field, allowed, value),
+            other => Problem::new(section, "valid parameters", other.to_string()),
+        }
+    }
+}
+
+/// The first of `values` (named by `field`) that is not a finite number.
+fn non_finite<'a>(values: impl IntoIterator<Item = (&'a str, f64)>) -> Option<Problem> {
+    values
+        .into_iter()
+        .find(|(_, x)| !x.is_finite())
+        .map(|(field, x)| Problem::new(field, "a finite number", x.to_string()))
+}
 
 fn is_sha256(s: &str) -> bool {
     s.len() == 64
@@ -159,39 +186,38 @@ impl GuardrailFile {
         self.features.iter().map(|f| f.id).collect()
     }
 
-    fn problem(&self) -> Option<Problem> {
+    /// The first problem of the content; `stored` adds what a file on disk must also hold (a
+    /// fitted gate threshold, [`Gate::validate_fitted`]), which guardrails forced open or shut in
+    /// memory (`τ < 0`, `τ > 1`) do not.
+    fn problem(&self, stored: bool) -> Option<Problem> {
         let hex = "64 lower-case hex digits";
         if self.format_version != FORMAT_VERSION {
-            return Some(Problem(
+            return Some(Problem::new(
                 "format_version",
                 FORMAT_VERSION.to_string(),
                 self.format_version.to_string(),
             ));
         }
         if !is_sha256(&self.model.sha256) {
-            return Some(Problem(
-                "model.sha256",
-                hex.into(),
-                self.model.sha256.clone(),
-            ));
+            return Some(Problem::new("model.sha256", hex, self.model.sha256.clone()));
         }
         if !is_sha256(&self.sae.sha256) {
-            return Some(Problem("sae.sha256", hex.into(), self.sae.sha256.clone()));
+            return Some(Problem::new("sae.sha256", hex, self.sae.sha256.clone()));
         }
         let mut seen = vec![false; self.d_sae];
         for id in self.feature_ids() {
             match seen.get_mut(id as usize) {
                 None => {
-                    return Some(Problem(
+                    return Some(Problem::new(
                         "features",
                         format!("ids below d_sae = {}", self.d_sae),
                         id.to_string(),
                     ))
                 }
                 Some(true) => {
-                    return Some(Problem(
+                    return Some(Problem::new(
                         "features",
-                        "distinct ids".into(),
+                        "distinct ids",
                         format!("{id} twice"),
                     ))
                 }
@@ -199,29 +225,38 @@ impl GuardrailFile {
             }
         }
         if self.features.is_empty() {
-            return Some(Problem(
-                "features",
-                "at least one feature".into(),
-                "none".into(),
-            ));
+            return Some(Problem::new("features", "at least one feature", "none"));
         }
-        if let Err(e) = self.gate.validate() {
-            return Some(Problem(
-                "gate",
-                "valid gate parameters".into(),
-                e.to_string(),
-            ));
+        if let Some(p) = non_finite(self.numbers()) {
+            return Some(p);
+        }
+        if let Err(e) = self.selection.validate() {
+            return Some(Problem::from_check("selection", e));
+        }
+        let gate = if stored {
+            self.gate.validate_fitted()
+        } else {
+            self.gate.validate()
+        };
+        if let Err(e) = gate {
+            return Some(Problem::from_check("gate", e));
         }
         if let Err(e) = self.clamp.validate() {
-            return Some(Problem(
-                "clamp",
-                "a finite clamp parameter".into(),
-                e.to_string(),
+            return Some(Problem::from_check("clamp", e));
+        }
+        if !(self.provenance.data_fraction > 0.0 && self.provenance.data_fraction <= 100.0) {
+            return Some(Problem::new(
+                "provenance.data_fraction",
+                "a percentage in (0, 100]",
+                self.provenance.data_fraction.to_string(),
             ));
         }
         if let Some(cal) = &self.calibration {
+            if let Err(e) = check_percentile("calibration.percentile", cal.percentile) {
+                return Some(Problem::from_check("calibration", e));
+            }
             if cal.threshold.to_bits() != self.gate.threshold().to_bits() {
-                return Some(Problem(
+                return Some(Problem::new(
                     "calibration.threshold",
                     format!("the gate's threshold {}", self.gate.threshold()),
                     cal.threshold.to_string(),
@@ -231,9 +266,43 @@ impl GuardrailFile {
         None
     }
 
-    /// Checks the content (identities, feature ids, parameters, calibration vs gate).
+    /// The recorded feature statistics and scores, named by field (gate and clamp parameters are
+    /// checked by their own `validate`).
+    fn numbers(&self) -> Vec<(&'static str, f64)> {
+        let mut all = Vec::new();
+        for f in &self.features {
+            for (field, s) in [("features.forget", f.forget), ("features.retain", f.retain)] {
+                if let Some(s) = s {
+                    all.extend([(field, s.mean), (field, s.mean_sq), (field, s.freq)]);
+                }
+            }
+            if let Some(s) = f.score {
+                all.extend([
+                    ("features.score", s.forget),
+                    ("features.score", s.retain),
+                    ("features.score", s.ratio),
+                ]);
+            }
+        }
+        if let Some(c) = &self.calibration {
+            all.push(("calibration.false_positive_rate", c.false_positive_rate));
+            all.extend(
+                c.score_percentiles
+                    .iter()
+                    .map(|&[_, v]| ("calibration.score_percentiles", v)),
+            );
+        }
+        all
+    }
+
+    /// Checks the content (identities, feature ids, parameters, calibration vs gate); any finite
+    /// gate threshold is accepted here, a fitted one only when saving or loading.
     pub fn validate(&self) -> Result<()> {
-        match self.problem() {
+        self.check(false)
+    }
+
+    fn check(&self, stored: bool) -> Result<()> {
+        match self.problem(stored) {
             None => Ok(()),
             Some(Problem(field, expected, found)) => Err(Error::Invalid(format!(
                 "guardrail {field}: expected {expected}, found {found}"
@@ -241,10 +310,11 @@ impl GuardrailFile {
         }
     }
 
-    /// Validates and writes the guardrail as pretty-printed JSON.
+    /// Validates (as a stored file, with a fitted gate threshold) and writes the guardrail as
+    /// pretty-printed JSON.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        self.validate()?;
+        self.check(true)?;
         let json = serde_json::to_string_pretty(self)
             .map_err(|e| Error::Invalid(format!("cannot serialise guardrail: {e}")))?;
         std::fs::write(path, json + "\n").map_err(|e| Error::io(path, e))
@@ -300,7 +370,7 @@ impl GuardrailFile {
                 "{forget_corpus, retain_corpus, forget_rows, retain_rows, seed, data_fraction}",
             )?,
         };
-        match file.problem() {
+        match file.problem(true) {
             None => Ok(file),
             Some(Problem(field, expected, found)) => {
                 Err(Error::format(path, field, expected, found))

@@ -55,24 +55,57 @@ pub struct GateDecision {
 }
 
 impl Gate {
-    /// Checks the parameters: finite numbers, `width ≥ 1`.
+    /// Checks the parameters: `width ≥ 1`, a finite `drift ≥ 0`, a finite threshold (of any sign:
+    /// a negative one clamps every active token). Errors name the field (`gate.width`, …).
     pub fn validate(&self) -> Result<()> {
-        let finite = match *self {
-            Gate::Paper { tau } => tau.is_finite(),
+        let finite = |field: &str, x: f64| {
+            if x.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::out_of_range(field, x, "a finite number"))
+            }
+        };
+        match *self {
+            Gate::Paper { tau } => finite("gate.tau", tau),
             Gate::Window { width, tau } => {
                 if width == 0 {
-                    return Err(Error::Invalid("window gate width must be ≥ 1".into()));
+                    return Err(Error::out_of_range(
+                        "gate.width",
+                        width,
+                        "a window of ≥ 1 token",
+                    ));
                 }
-                tau.is_finite()
+                finite("gate.tau", tau)
             }
-            Gate::Cusum { drift, threshold } => drift.is_finite() && threshold.is_finite(),
-        };
-        if !finite {
-            return Err(Error::Invalid(format!(
-                "gate parameters must be finite: {self:?}"
-            )));
+            Gate::Cusum { drift, threshold } => {
+                if !(drift.is_finite() && drift >= 0.0) {
+                    return Err(Error::out_of_range(
+                        "gate.drift",
+                        drift,
+                        "a finite number ≥ 0",
+                    ));
+                }
+                finite("gate.threshold", threshold)
+            }
         }
-        Ok(())
+    }
+
+    /// [`Gate::validate`], and a threshold a fitted gate can have: for ρ-style gates (paper,
+    /// window) in [0, 1], for CUSUM ≥ 0 (scores are never negative, so a calibrated threshold is not
+    /// either). What a guardrail file must hold.
+    pub fn validate_fitted(&self) -> Result<()> {
+        self.validate()?;
+        match *self {
+            Gate::Paper { tau } | Gate::Window { tau, .. } if !(0.0..=1.0).contains(&tau) => Err(
+                Error::out_of_range("gate.tau", tau, "a fraction of active tokens in [0, 1]"),
+            ),
+            Gate::Cusum { threshold, .. } if threshold < 0.0 => Err(Error::out_of_range(
+                "gate.threshold",
+                threshold,
+                "a CUSUM peak ≥ 0",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The threshold the score is compared with.

@@ -77,12 +77,21 @@ pub fn artifact_sha256(path: &Path) -> Result<String> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            entries.push(format!("{name} {}\n", sha256_file(&p)?));
+            entries.push((name, sha256_file(&p)?));
         }
     }
-    entries.sort();
+    Ok(listing_sha256(entries))
+}
+
+/// The digest [`artifact_sha256`] gives a folder whose files have these names and sha256s.
+pub(crate) fn listing_sha256(files: Vec<(String, String)>) -> String {
     use sha2::Digest;
-    Ok(format!("{:x}", sha2::Sha256::digest(entries.concat())))
+    let mut lines: Vec<String> = files
+        .into_iter()
+        .map(|(name, sha)| format!("{name} {sha}\n"))
+        .collect();
+    lines.sort();
+    format!("{:x}", sha2::Sha256::digest(lines.concat()))
 }
 
 impl Guardrail {
@@ -148,6 +157,11 @@ impl Guardrail {
             streams: Vec::new(),
             records: Vec::new(),
         })
+    }
+
+    /// The SAE the guardrail reads its features with.
+    pub fn sae(&self) -> &Sae {
+        &self.sae
     }
 
     /// The guardrail's description.

@@ -141,7 +141,74 @@ impl Ranking {
     }
 }
 
+/// Errors unless `x` is a percentile in [0, 100]; `field` names it.
+pub(crate) fn check_percentile(field: &str, x: f64) -> Result<()> {
+    if (0.0..=100.0).contains(&x) {
+        Ok(())
+    } else {
+        Err(Error::out_of_range(field, x, "a percentile in [0, 100]"))
+    }
+}
+
+/// Decimals beyond this exceed an f64's precision; rounding to them is meaningless.
+const MAX_STAT_DECIMALS: u32 = 17;
+
+fn check_decimals(field: &str, d: Option<u32>) -> Result<()> {
+    match d {
+        Some(d) if d > MAX_STAT_DECIMALS => Err(Error::out_of_range(
+            field,
+            d,
+            format!("at most {MAX_STAT_DECIMALS} decimals"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl SelectionRule {
+    /// Checks the parameters: percentiles in [0, 100], a retain frequency threshold in [0, 1], a
+    /// non-empty manual list without repeats. Errors name the field (`selection.ratio_percentile`, …).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SelectionRule::Percentile(rule) => {
+                check_percentile("selection.forget_percentile", rule.forget_percentile)?;
+                check_percentile("selection.retain_percentile", rule.retain_percentile)?;
+                check_percentile("selection.ratio_percentile", rule.ratio_percentile)?;
+                check_decimals("selection.stat_decimals", rule.stat_decimals)
+            }
+            SelectionRule::Frequency {
+                retain_threshold,
+                stat_decimals,
+            } => {
+                if !(0.0..=1.0).contains(retain_threshold) {
+                    return Err(Error::out_of_range(
+                        "selection.retain_threshold",
+                        retain_threshold,
+                        "a firing frequency in [0, 1]",
+                    ));
+                }
+                check_decimals("selection.stat_decimals", *stat_decimals)
+            }
+            SelectionRule::Manual { features } => {
+                if features.is_empty() {
+                    return Err(Error::out_of_range(
+                        "selection.features",
+                        "[]",
+                        "at least one feature id",
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                match features.iter().find(|&&f| !seen.insert(f)) {
+                    Some(f) => Err(Error::out_of_range(
+                        "selection.features",
+                        format!("{f} twice"),
+                        "distinct feature ids",
+                    )),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
     /// Ranks features from forget- and retain-corpus statistics.
     pub fn rank(&self, forget: &FeatureStats, retain: &FeatureStats) -> Result<Ranking> {
         if forget.d_sae() != retain.d_sae() {

@@ -266,19 +266,14 @@ fn compute_activity(
     let suite = build_suite(&lm.tokenizer, cfg)?;
     eprintln!("{} prompts in all", suite.len());
     let hook = first.file().hook_point;
-    let sae_path = args
-        .guard
-        .sae
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&first.file().sae.name));
-    let sae = guard_cmd::load_sae(&sae_path, Some(hook))?;
+    let sae = first.sae();
     let sets: Vec<Vec<usize>> = feature_sets
         .iter()
         .map(|f| f.iter().map(|&i| i as usize).collect())
         .collect();
     let mut bar = progress_bar();
     Ok(
-        suite.activity(&lm.model, &sae, hook, &sets, args.batch, &mut |d, t| {
+        suite.activity(&lm.model, sae, hook, &sets, args.batch, &mut |d, t| {
             bar("prompts", d, t)
         })?,
     )

@@ -2,21 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use anyhow::{Context, Result};
 use clap::Args;
 
-use dsg::data::rows::DEFAULT_MAX_DOCS;
-use dsg::data::{build_rows, equalize, read_documents, read_mcq, RowOptions, Split, SplitMix64};
-use dsg::guard::file::ArtifactIdentity;
-use dsg::guard::fit::{collect_pair, fit_from_stats, PromptCalibration};
-use dsg::guard::hook::artifact_sha256;
-use dsg::guard::{ClampSpec, FitConfig, Gate, Guardrail, GuardrailFile, PercentileRule};
+use dsg::data::Split;
+use dsg::guard::stats_files::merge_shards;
+use dsg::guard::{FitObserver, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile};
 use dsg::model::{HookPoint, LoadedModel};
-use dsg::sae::Sae;
-use dsg::stats::collect::{prompt_activity, CorpusStats, Shard};
-use dsg::stats::prompts::mcq_prompts;
-use dsg::stats::{FeatureStats, RowActivity};
+use dsg::output::Overwrite;
+use dsg::stats::collect::Shard;
 
 /// Options of `dsg fit`.
 #[derive(Args, Clone)]
@@ -82,16 +76,52 @@ pub struct FitArgs {
     /// The guardrail file to write; statistics go beside it (`<stem>.forget.stats.safetensors`, …).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl FitArgs {
+    /// The library request these options describe.
+    pub fn request(&self) -> FitRequest {
+        FitRequest {
+            sae: self.sae.clone(),
+            hook: self.hook,
+            forget: self.forget.clone(),
+            retain: self.retain.clone(),
+            split: self.split,
+            n_features: self.n_features,
+            p_ratio: self.p_ratio,
+            p_dyn: self.p_dyn,
+            gate: self.gate,
+            clamp: self.clamp,
+            rows: self.rows,
+            fraction: self.fraction,
+            ctx: self.ctx,
+            seed: self.seed,
+            batch: self.batch,
+            shard: self.shard,
+            from_stats: self.from_stats.clone(),
+            calibrate_mcq: self.calibrate_mcq.clone(),
+            calibrate_limit: self.calibrate_limit,
+            out: self.out.clone(),
+            overwrite: overwrite(self.force),
+        }
+    }
+}
+
+/// `--force` as the library's overwrite policy.
+pub fn overwrite(force: bool) -> Overwrite {
+    if force {
+        Overwrite::Force
+    } else {
+        Overwrite::Refuse
+    }
 }
 
 /// Parses `selection`, `heldout` or `all`.
 pub fn parse_split(s: &str) -> std::result::Result<Split, String> {
-    match s {
-        "selection" => Ok(Split::Selection),
-        "heldout" => Ok(Split::Heldout),
-        "all" => Ok(Split::All),
-        _ => Err("expected selection, heldout or all".into()),
-    }
+    s.parse().map_err(|e: dsg::Error| e.to_string())
 }
 
 /// Parses `paper`, `window:W` or `cusum:DRIFT` (threshold 0, to be calibrated).
@@ -111,29 +141,10 @@ pub fn parse_gate(s: &str) -> std::result::Result<Gate, String> {
     }
 }
 
-/// The statistics files beside a guardrail path: forget stats, retain stats, retain activity.
-fn stats_paths(out: &Path) -> [PathBuf; 3] {
-    let stem = out.with_extension("");
-    let with = |s: &str| PathBuf::from(format!("{}.{s}.safetensors", stem.display()));
-    [
-        with("forget.stats"),
-        with("retain.stats"),
-        with("retain.activity"),
-    ]
-}
-
-fn save_stats(out: &Path, forget: &CorpusStats, retain: &CorpusStats) -> Result<()> {
-    let [f, r, a] = stats_paths(out);
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    forget.features.save(&f)?;
-    retain.features.save(&r)?;
-    retain
-        .activity
-        .as_ref()
-        .context("retain statistics lack activity")?
-        .save(&a)?;
+/// `dsg stats merge`: adds shard statistics written by `dsg fit --shard` into one set.
+pub fn merge_stats(shards: &[PathBuf], out: &Path, force: bool) -> Result<()> {
+    let files = merge_shards(shards, out, overwrite(force))?;
+    let [f, r, a] = files.paths();
     eprintln!(
         "statistics: {} {} {}",
         f.display(),
@@ -141,52 +152,6 @@ fn save_stats(out: &Path, forget: &CorpusStats, retain: &CorpusStats) -> Result<
         a.display()
     );
     Ok(())
-}
-
-fn load_stats(prefix: &Path) -> Result<(CorpusStats, CorpusStats)> {
-    let [f, r, a] = stats_paths(prefix);
-    let forget = CorpusStats {
-        features: FeatureStats::load(&f)?,
-        activity: None,
-    };
-    let retain = CorpusStats {
-        features: FeatureStats::load(&r)?,
-        activity: Some(RowActivity::load(&a)?),
-    };
-    Ok((forget, retain))
-}
-
-/// `dsg stats merge`: adds shard statistics written by `dsg fit --shard` into one set.
-pub fn merge_stats(shards: &[PathBuf], out: &Path) -> Result<()> {
-    let (first, rest) = shards.split_first().context("no shards given")?;
-    let (mut forget, mut retain) = load_stats(first)?;
-    for s in rest {
-        let (f, r) = load_stats(s).with_context(|| format!("loading shard {}", s.display()))?;
-        forget.merge(&f)?;
-        retain.merge(&r)?;
-    }
-    save_stats(out, &forget, &retain)
-}
-
-/// The SAE with its hook point settled (`--hook` or the file's).
-pub fn load_sae(path: &Path, hook: Option<HookPoint>) -> Result<Sae> {
-    let sae =
-        Sae::load(path, &Device::Cpu).with_context(|| format!("loading SAE {}", path.display()))?;
-    Ok(match (hook, sae.hook()) {
-        (Some(h), _) => sae.with_hook(h),
-        (None, Some(_)) => sae,
-        (None, None) => bail!(
-            "{}: the SAE names no hook point; pass --hook",
-            path.display()
-        ),
-    })
-}
-
-fn identity(path: &Path) -> Result<ArtifactIdentity> {
-    Ok(ArtifactIdentity {
-        name: path.display().to_string(),
-        sha256: artifact_sha256(path)?,
-    })
 }
 
 /// Progress bars for `progress(name, done, total)` callbacks: a new bar whenever the name changes.
@@ -210,139 +175,26 @@ pub fn progress_bar() -> impl FnMut(&str, usize, usize) {
     }
 }
 
-fn describe(files: &[PathBuf], split: Split) -> String {
-    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-    format!("{} (MCQ split: {split:?})", names.join(", "))
+/// Fit progress as bars on stderr, and each finished step as a line.
+struct Progress<F>(F);
+
+impl<F: FnMut(&str, usize, usize)> FitObserver for Progress<F> {
+    fn progress(&mut self, stage: &str, done: usize, total: usize) {
+        (self.0)(stage, done, total)
+    }
+
+    fn note(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
 }
 
-/// Token rows of the forget and retain corpora, equalised (§1.2).
-pub fn corpus_rows(lm: &LoadedModel, args: &FitArgs) -> Result<[Vec<Vec<u32>>; 2]> {
-    let docs = |files: &[PathBuf]| -> Result<Vec<String>> {
-        let mut all = Vec::new();
-        for f in files {
-            all.extend(read_documents(f, args.split)?);
-        }
-        Ok(all)
-    };
-    let opts = |max_docs| RowOptions {
-        ctx: args.ctx,
-        seed: args.seed,
-        max_docs,
-    };
-    let mut forget = build_rows(
-        &lm.tokenizer,
-        &docs(&args.forget)?,
-        &opts(Some(DEFAULT_MAX_DOCS)),
-    )?;
-    let mut retain = build_rows(&lm.tokenizer, &docs(&args.retain)?, &opts(None))?;
-    let n = equalize(&mut forget, &mut retain, args.rows, args.fraction)?;
-    eprintln!("{n} rows of {} tokens per corpus", args.ctx);
-    Ok([forget, retain])
-}
-
-/// The chat-formatted MCQ prompts of `--calibrate-mcq` (each question under its own subject, or
-/// "general knowledge"), sampled down to `--calibrate-limit`.
-fn calibration_prompts(lm: &LoadedModel, args: &FitArgs) -> Result<Vec<Vec<u32>>> {
-    let mut items = Vec::new();
-    for f in &args.calibrate_mcq {
-        items.extend(read_mcq(f, args.split)?);
+/// `dsg fit`: one library call ([`dsg::guard::fit::run`]) with progress bars.
+pub fn fit(lm: &LoadedModel, req: &FitRequest) -> Result<FitOutcome> {
+    let outcome = dsg::guard::fit::run(lm, req, Some(&mut Progress(progress_bar())))?;
+    if let FitOutcome::Shard { shard, .. } = &outcome {
+        eprintln!("shard {shard} done; merge with `dsg stats merge`, then fit with --from-stats");
     }
-    if let Some(k) = args.calibrate_limit {
-        SplitMix64::new(args.seed).sample(&mut items, k);
-    }
-    if items.is_empty() {
-        bail!("no calibration questions in the --split of the --calibrate-mcq files");
-    }
-    Ok(mcq_prompts(&lm.tokenizer, &items, None)?)
-}
-
-/// `dsg fit`: statistics, selection, calibration; writes the guardrail and its statistics. With
-/// `--shard` only the shard's statistics are written, and there is no guardrail yet.
-pub fn fit(lm: &LoadedModel, args: &FitArgs) -> Result<Option<GuardrailFile>> {
-    let sae = load_sae(&args.sae, args.hook)?;
-    let hook = sae.hook().expect("load_sae settles the hook");
-    let mut model = identity(&lm.path)?;
-    // The digest identifies the model; its folder is this machine's business, not the file's.
-    if let Some(name) = lm.path.file_name() {
-        model.name = name.to_string_lossy().into_owned();
-    }
-    let mut config = FitConfig::paper(model, identity(&args.sae)?, hook);
-    config.rule = dsg::guard::SelectionRule::Percentile(PercentileRule::official(args.p_ratio));
-    config.n_features = args.n_features;
-    config.p_dyn = args.p_dyn;
-    config.gate = args.gate;
-    config.clamp = ClampSpec::paper(args.clamp);
-    config.batch_size = args.batch;
-    let tok = &lm.tokenizer;
-    config.special_ids = [tok.bos_id(), tok.eos_id(), tok.pad_id()]
-        .into_iter()
-        .flatten()
-        .collect();
-    config.starts_with_bos = tok.bos_id().is_some();
-    config.corpora = (
-        describe(&args.forget, args.split),
-        describe(&args.retain, args.split),
-    );
-    config.seed = args.seed;
-    config.data_fraction = args.fraction;
-    let (forget, retain) = match &args.from_stats {
-        Some(prefix) => {
-            let stats = load_stats(prefix)?;
-            config.corpora = (
-                stats.0.features.provenance.corpus.clone(),
-                stats.1.features.provenance.corpus.clone(),
-            );
-            stats
-        }
-        None => {
-            let [f_rows, r_rows] = corpus_rows(lm, args)?;
-            let shard = args.shard.unwrap_or(Shard::ALL);
-            let stats = collect_pair(
-                &lm.model,
-                &sae,
-                &f_rows,
-                &r_rows,
-                &config,
-                shard,
-                &mut progress_bar(),
-            )?;
-            save_stats(&args.out, &stats.0, &stats.1)?;
-            if args.shard.is_some() {
-                eprintln!(
-                    "shard {shard} done; merge with `dsg stats merge`, then fit with --from-stats"
-                );
-                return Ok(None);
-            }
-            stats
-        }
-    };
-    let file = if args.calibrate_mcq.is_empty() {
-        fit_from_stats(&forget, &retain, &config, None)?
-    } else {
-        let prompts = calibration_prompts(lm, args)?;
-        eprintln!("calibrating on {} prompts", prompts.len());
-        let mut activity = |ids: &[u32]| {
-            let set: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
-            let mut bar = progress_bar();
-            let mut per_set =
-                prompt_activity(&lm.model, &sae, hook, &[set], &prompts, 8, &mut |d, t| {
-                    bar("prompts", d, t)
-                })?;
-            Ok(per_set.remove(0))
-        };
-        let calibration = PromptCalibration {
-            name: format!(
-                "{} as chat MCQ prompts ({} prompts)",
-                describe(&args.calibrate_mcq, args.split),
-                prompts.len()
-            ),
-            activity: &mut activity,
-        };
-        fit_from_stats(&forget, &retain, &config, Some(calibration))?
-    };
-    file.save(&args.out)?;
-    eprintln!("guardrail: {}", args.out.display());
-    Ok(Some(file))
+    Ok(outcome)
 }
 
 /// `dsg inspect`: a guardrail's identity, features, gate and calibration.
@@ -410,22 +262,11 @@ pub struct GuardArgs {
 
 /// Loads the guardrails for `lm`, refusing any built for another model or SAE.
 pub fn load_guardrails(lm: &LoadedModel, args: &GuardArgs) -> Result<Vec<Guardrail>> {
-    if args.guards.is_empty() {
-        return Ok(Vec::new());
-    }
-    let model_sha = artifact_sha256(&lm.path)?;
     args.guards
         .iter()
         .map(|g| {
-            let file = GuardrailFile::load(g)?;
-            let sae_path = args
-                .sae
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(&file.sae.name));
-            let sae = load_sae(&sae_path, Some(file.hook_point))?;
-            let sae_sha = artifact_sha256(&sae_path)?;
-            Guardrail::new(file, &sae, &model_sha, &sae_sha, lm.model.config().d_model)
-                .with_context(|| format!("applying guardrail {}", g.display()))
+            Guardrail::load(g, lm, args.sae.as_deref())
+                .with_context(|| format!("loading guardrail {}", g.display()))
         })
         .collect()
 }

@@ -175,6 +175,9 @@ enum StatsCommand {
         out: PathBuf,
         /// The shards' prefixes.
         shards: Vec<PathBuf>,
+        /// Replace existing statistics files beside --out.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -440,10 +443,12 @@ fn main() -> Result<()> {
             guard_cmd::report_decisions(&guards, &guard.guards);
         }
         Command::Fit { model, args } => {
-            guard_cmd::fit(&load_model(&model)?, &args)?;
+            let request = args.request();
+            request.validate()?;
+            guard_cmd::fit(&load_model(&model)?, &request)?;
         }
-        Command::Stats(StatsCommand::Merge { out, shards }) => {
-            guard_cmd::merge_stats(&shards, &out)?
+        Command::Stats(StatsCommand::Merge { out, shards, force }) => {
+            guard_cmd::merge_stats(&shards, &out, force)?
         }
         Command::Inspect { guard } => guard_cmd::inspect(&GuardrailFile::load(&guard)?),
         Command::Explain {

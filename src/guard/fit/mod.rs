@@ -2,8 +2,17 @@
 //! on the retain rows (or on prompts, [`PromptCalibration`]), and a [`GuardrailFile`] with its
 //! provenance.
 //!
+//! * [`FitRequest`]: everything `dsg fit` takes, checked before any work;
+//! * [`run()`]: the whole command as one call, with progress through an optional [`FitObserver`].
+//!
 //! Defaults follow the paper's best Bio setting: the released selection rule with `p_ratio = 95`,
 //! `N = 20` features, the paper gate calibrated at `p_dyn = 95`, and ClampAll at `−500`.
+
+mod request;
+mod run;
+
+pub use request::FitRequest;
+pub use run::{run, FitObserver, FitOutcome};
 
 use super::calibrate::{calibrate, DEFAULT_PERCENTILE};
 use super::file::{describe_features, ArtifactIdentity, DataProvenance, FORMAT_VERSION};

@@ -1,0 +1,246 @@
+//! [`run()`]: `dsg fit` as one library call, from a [`FitRequest`] to the files it writes.
+
+use std::path::{Path, PathBuf};
+
+use super::super::load::{load_sae, relative_path};
+use super::super::stats_files::StatsFiles;
+use super::super::{GuardrailFile, PercentileRule, SelectionRule};
+use super::{collect_pair, fit_from_stats, FitConfig, FitRequest, PromptCalibration};
+use crate::data::rows::{build_rows, equalize, RowOptions, DEFAULT_MAX_DOCS};
+use crate::data::Split;
+use crate::data::{read_documents, read_mcq, SplitMix64};
+use crate::guard::file::ArtifactIdentity;
+use crate::model::LoadedModel;
+use crate::sae::Sae;
+use crate::stats::collect::{prompt_activity, Shard};
+use crate::stats::prompts::mcq_prompts;
+use crate::{Error, Result};
+
+/// Prompts per forward pass when calibrating on MCQ prompts.
+const PROMPT_BATCH: usize = 8;
+
+/// Watches a fit: progress per stage, and a line per finished step. Every method has a default
+/// that does nothing.
+pub trait FitObserver {
+    /// `done` of `total` items of `stage`: rows of `"forget"` or `"retain"`, or calibration
+    /// `"prompts"`.
+    fn progress(&mut self, stage: &str, done: usize, total: usize) {
+        let _ = (stage, done, total);
+    }
+
+    /// A finished step, as a line for a person (rows built, statistics written, …).
+    fn note(&mut self, line: &str) {
+        let _ = line;
+    }
+}
+
+/// The observer used when the caller gives none.
+struct Silent;
+
+impl FitObserver for Silent {}
+
+/// What [`run()`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FitOutcome {
+    /// A guardrail, at the request's `out`.
+    Guardrail {
+        /// The guardrail as written.
+        file: Box<GuardrailFile>,
+        /// The statistics written beside it; `None` when fitted from earlier statistics.
+        stats: Option<StatsFiles>,
+    },
+    /// One shard's statistics, to be merged ([`super::super::stats_files::merge_shards`]).
+    Shard {
+        /// Which shard.
+        shard: Shard,
+        /// Where its statistics are.
+        stats: StatsFiles,
+    },
+}
+
+fn describe(files: &[PathBuf], split: Split) -> String {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    format!("{} (MCQ split: {split:?})", names.join(", "))
+}
+
+/// `dsg fit`: checks the request ([`FitRequest::validate`]), then statistics (or earlier ones),
+/// selection and calibration, and writes the guardrail and its statistics. With a shard, only the
+/// shard's statistics are written. The guardrail names its SAE relative to its own folder.
+pub fn run(
+    lm: &LoadedModel,
+    req: &FitRequest,
+    observer: Option<&mut dyn FitObserver>,
+) -> Result<FitOutcome> {
+    req.validate()?;
+    let mut silent = Silent;
+    let observer: &mut dyn FitObserver = match observer {
+        Some(o) => o,
+        None => &mut silent,
+    };
+    let sae = load_sae(&req.sae, req.hook)?;
+    let config = fit_config(lm, req, &sae)?;
+    let (forget, retain, written) = match req.input_stats() {
+        Some(files) => {
+            let (forget, retain) = files.load()?;
+            (forget, retain, None)
+        }
+        None => {
+            let [f_rows, r_rows] = corpus_rows(lm, req)?;
+            observer.note(&format!(
+                "{} rows of {} tokens per corpus",
+                f_rows.len(),
+                req.ctx
+            ));
+            let shard = req.shard.unwrap_or(Shard::ALL);
+            let (forget, retain) = collect_pair(
+                &lm.model,
+                &sae,
+                &f_rows,
+                &r_rows,
+                &config,
+                shard,
+                &mut |stage, d, t| observer.progress(stage, d, t),
+            )?;
+            let files = StatsFiles::beside(&req.out);
+            files.save(&forget, &retain)?;
+            let [f, r, a] = files.paths();
+            observer.note(&format!(
+                "statistics: {} {} {}",
+                f.display(),
+                r.display(),
+                a.display()
+            ));
+            if req.shard.is_some() {
+                return Ok(FitOutcome::Shard {
+                    shard,
+                    stats: files,
+                });
+            }
+            (forget, retain, Some(files))
+        }
+    };
+    let mut config = config;
+    if written.is_none() {
+        config.corpora = (
+            forget.features.provenance.corpus.clone(),
+            retain.features.provenance.corpus.clone(),
+        );
+    }
+    let file = if req.calibrate_mcq.is_empty() {
+        fit_from_stats(&forget, &retain, &config, None)?
+    } else {
+        let prompts = calibration_prompts(lm, req)?;
+        observer.note(&format!("calibrating on {} prompts", prompts.len()));
+        let hook = config.hook;
+        let mut activity = |ids: &[u32]| {
+            let set: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+            let mut per_set = prompt_activity(
+                &lm.model,
+                &sae,
+                hook,
+                &[set],
+                &prompts,
+                PROMPT_BATCH,
+                &mut |d, t| observer.progress("prompts", d, t),
+            )?;
+            Ok(per_set.remove(0))
+        };
+        let calibration = PromptCalibration {
+            name: format!(
+                "{} as chat MCQ prompts ({} prompts)",
+                describe(&req.calibrate_mcq, req.split),
+                prompts.len()
+            ),
+            activity: &mut activity,
+        };
+        fit_from_stats(&forget, &retain, &config, Some(calibration))?
+    };
+    if let Some(dir) = req.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    file.save(&req.out)?;
+    observer.note(&format!("guardrail: {}", req.out.display()));
+    Ok(FitOutcome::Guardrail {
+        file: Box::new(file),
+        stats: written,
+    })
+}
+
+/// The fit's configuration: identities (the SAE by its path relative to the guardrail's folder),
+/// the request's parameters, and the tokenizer's special tokens.
+fn fit_config(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<FitConfig> {
+    // The digest identifies the model; its folder is this machine's business, not the file's.
+    let model_name = lm.path.file_name().map_or_else(
+        || lm.path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let model = ArtifactIdentity::of(&lm.path, model_name)?;
+    let folder = req.out.parent().unwrap_or(Path::new(""));
+    let sae_name = relative_path(&req.sae, folder).display().to_string();
+    let hook = sae
+        .hook()
+        .ok_or_else(|| Error::missing(&req.sae, "hook point (the SAE names none; pass --hook)"))?;
+    let mut config = FitConfig::paper(model, ArtifactIdentity::of(&req.sae, sae_name)?, hook);
+    config.rule = SelectionRule::Percentile(PercentileRule::official(req.p_ratio));
+    config.n_features = req.n_features;
+    config.p_dyn = req.p_dyn;
+    config.gate = req.gate;
+    config.clamp = req.clamp_spec();
+    config.batch_size = req.batch;
+    let tok = &lm.tokenizer;
+    config.special_ids = [tok.bos_id(), tok.eos_id(), tok.pad_id()]
+        .into_iter()
+        .flatten()
+        .collect();
+    config.starts_with_bos = tok.bos_id().is_some();
+    config.corpora = (
+        describe(&req.forget, req.split),
+        describe(&req.retain, req.split),
+    );
+    config.seed = req.seed;
+    config.data_fraction = req.fraction;
+    Ok(config)
+}
+
+/// Token rows of the forget and retain corpora, equalised (§1.2).
+fn corpus_rows(lm: &LoadedModel, req: &FitRequest) -> Result<[Vec<Vec<u32>>; 2]> {
+    let docs = |files: &[PathBuf]| -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        for f in files {
+            all.extend(read_documents(f, req.split)?);
+        }
+        Ok(all)
+    };
+    let opts = |max_docs| RowOptions {
+        ctx: req.ctx,
+        seed: req.seed,
+        max_docs,
+    };
+    let mut forget = build_rows(
+        &lm.tokenizer,
+        &docs(&req.forget)?,
+        &opts(Some(DEFAULT_MAX_DOCS)),
+    )?;
+    let mut retain = build_rows(&lm.tokenizer, &docs(&req.retain)?, &opts(None))?;
+    equalize(&mut forget, &mut retain, req.rows, req.fraction)?;
+    Ok([forget, retain])
+}
+
+/// The chat-formatted MCQ prompts of `calibrate_mcq` (each question under its own subject, or
+/// "general knowledge"), sampled down to `calibrate_limit`.
+fn calibration_prompts(lm: &LoadedModel, req: &FitRequest) -> Result<Vec<Vec<u32>>> {
+    let mut items = Vec::new();
+    for f in &req.calibrate_mcq {
+        items.extend(read_mcq(f, req.split)?);
+    }
+    if let Some(k) = req.calibrate_limit {
+        SplitMix64::new(req.seed).sample(&mut items, k);
+    }
+    if items.is_empty() {
+        return Err(Error::Invalid(format!(
+            "no calibration questions in the {:?} split of the --calibrate-mcq files",
+            req.split
+        )));
+    }
+    mcq_prompts(&lm.tokenizer, &items, None)
+}
