@@ -25,6 +25,7 @@ pub mod formats;
 mod meta;
 pub mod metrics;
 mod norm;
+pub mod run;
 mod subset;
 pub mod train;
 
