@@ -118,7 +118,11 @@ impl fmt::Display for TextEval {
             r.clean_ce, r.predicted
         )?;
         writeln!(f, "spliced CE   {:.4} nats", r.spliced_ce)?;
-        write!(f, "delta CE     {:.4} nats  ({:.1}s)", r.delta_ce, self.secs)
+        write!(
+            f,
+            "delta CE     {:.4} nats  ({:.1}s)",
+            r.delta_ce, self.secs
+        )
     }
 }
 
@@ -131,9 +135,13 @@ pub fn evaluate_on_text(
     text: &EvalText,
 ) -> Result<TextEval> {
     text.validate()?;
-    let origin = sae.origin().map_or("the SAE".into(), |p| p.display().to_string());
+    let origin = sae
+        .origin()
+        .map_or("the SAE".into(), |p| p.display().to_string());
     let hook = hook.or(sae.hook()).ok_or_else(|| {
-        Error::Invalid(format!("{origin}: the SAE records no hook point; pass --hook"))
+        Error::Invalid(format!(
+            "{origin}: the SAE records no hook point; pass --hook"
+        ))
     })?;
     let c = lm.model.config();
     sae.check_model(c.d_model, c.n_layers)?;
@@ -230,7 +238,9 @@ impl TrainOnText {
             aux_coef: 1.0 / 32.0,
             dead_tokens: self.dead_tokens,
             batch_size: self.batch_size,
-            lr: self.lr.unwrap_or_else(|| TrainConfig::default_lr(self.d_sae)),
+            lr: self
+                .lr
+                .unwrap_or_else(|| TrainConfig::default_lr(self.d_sae)),
             warmup_steps: (self.tokens / self.batch_size.max(1) as u64 / 10).min(100) as usize,
             decay_fraction: 0.2,
             total_tokens: self.tokens,
@@ -369,9 +379,10 @@ pub fn train_on_text(
             job.ctx,
             files.join(", ")
         )),
-        notes: Some(serde_json::to_string(trainer.config()).map_err(|e| {
-            Error::Invalid(format!("the training configuration as JSON: {e}"))
-        })?),
+        notes: Some(
+            serde_json::to_string(trainer.config())
+                .map_err(|e| Error::Invalid(format!("the training configuration as JSON: {e}")))?,
+        ),
         ..Default::default()
     };
     let mut sae = trainer.to_sae(meta)?;
@@ -380,7 +391,11 @@ pub fn train_on_text(
             let r = evaluate_on_text(lm, &sae, Some(job.hook), text)?;
             let meta = sae.metadata_mut();
             meta.metrics = r.eval.to_metrics();
-            let note = format!("; metrics on {} (rows of {})", text.file.display(), text.ctx);
+            let note = format!(
+                "; metrics on {} (rows of {})",
+                text.file.display(),
+                text.ctx
+            );
             meta.notes.get_or_insert_with(String::new).push_str(&note);
             Some(r)
         }
@@ -405,7 +420,10 @@ mod tests {
     #[test]
     fn options_out_of_range_name_themselves() {
         let e = storage_dtype("bf16").unwrap_err();
-        assert!(e.to_string().contains("dtype") && e.to_string().contains("bf16"), "{e}");
+        assert!(
+            e.to_string().contains("dtype") && e.to_string().contains("bf16"),
+            "{e}"
+        );
         let text = EvalText {
             file: "x.txt".into(),
             tokens: 0,
@@ -413,7 +431,13 @@ mod tests {
         };
         let e = text.validate().unwrap_err();
         assert!(e.to_string().contains("eval tokens"), "{e}");
-        let e = EvalText { tokens: 10, ctx: 1, ..text }.validate().unwrap_err();
+        let e = EvalText {
+            tokens: 10,
+            ctx: 1,
+            ..text
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.to_string().contains("ctx: 1"), "{e}");
         let e = check_hook_layer(HookPoint::resid_post(30), 30).unwrap_err();
         assert!(e.to_string().contains("blocks.30"), "{e}");

@@ -87,11 +87,11 @@ impl TrainConfig {
                 "a finite number ≥ 0",
             ));
         }
-        if self.aux_coef > 0.0 && (self.k_aux == 0 || self.k_aux > self.d_sae) {
+        if self.aux_coef > 0.0 && self.k_aux == 0 {
             return Err(Error::out_of_range(
                 "k_aux",
-                self.k_aux,
-                format!("1..={} (d_sae) when aux_coef > 0", self.d_sae),
+                0,
+                "at least 1 when aux_coef > 0",
             ));
         }
         if self.dead_tokens == 0 {
@@ -385,7 +385,12 @@ impl Trainer {
         let state: CheckpointState = serde_json::from_str(&text)
             .map_err(|e| Error::format(&json, "checkpoint", "trainer state", e.to_string()))?;
         state.config.validate().map_err(|e| {
-            Error::format(&json, "config", "a valid training configuration", e.to_string())
+            Error::format(
+                &json,
+                "config",
+                "a valid training configuration",
+                e.to_string(),
+            )
         })?;
         let st = dir.join("trainer.safetensors");
         let mut t = candle_core::safetensors::load(&st, device)?;
@@ -551,25 +556,96 @@ mod tests {
     #[test]
     fn every_out_of_range_option_is_named() {
         assert!(config().validate().is_ok());
-        refused(TrainConfig { d_sae: 0, ..config() }, "d_sae", "0");
+        refused(
+            TrainConfig {
+                d_sae: 0,
+                ..config()
+            },
+            "d_sae",
+            "0",
+        );
         refused(TrainConfig { k: 0, ..config() }, "k", "0");
         refused(TrainConfig { k: 65, ..config() }, "k", "65");
-        refused(TrainConfig { batch_size: 0, ..config() }, "batch_size", "0");
-        refused(TrainConfig { total_tokens: 0, ..config() }, "total_tokens", "0");
-        refused(TrainConfig { lr: 0.0, ..config() }, "lr", "0");
-        refused(TrainConfig { lr: f64::NAN, ..config() }, "lr", "NaN");
-        refused(TrainConfig { aux_coef: -1.0, ..config() }, "aux_coef", "-1");
-        refused(TrainConfig { k_aux: 0, ..config() }, "k_aux", "0");
-        refused(TrainConfig { dead_tokens: 0, ..config() }, "dead_tokens", "0");
-        refused(TrainConfig { decay_fraction: 1.5, ..config() }, "decay_fraction", "1.5");
+        refused(
+            TrainConfig {
+                batch_size: 0,
+                ..config()
+            },
+            "batch_size",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                total_tokens: 0,
+                ..config()
+            },
+            "total_tokens",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                lr: 0.0,
+                ..config()
+            },
+            "lr",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                lr: f64::NAN,
+                ..config()
+            },
+            "lr",
+            "NaN",
+        );
+        refused(
+            TrainConfig {
+                aux_coef: -1.0,
+                ..config()
+            },
+            "aux_coef",
+            "-1",
+        );
+        refused(
+            TrainConfig {
+                k_aux: 0,
+                ..config()
+            },
+            "k_aux",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                dead_tokens: 0,
+                ..config()
+            },
+            "dead_tokens",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                decay_fraction: 1.5,
+                ..config()
+            },
+            "decay_fraction",
+            "1.5",
+        );
         // No AuxK loss: k_aux is unused and may be anything.
-        assert!(TrainConfig { aux_coef: 0.0, k_aux: 0, ..config() }.validate().is_ok());
+        assert!(TrainConfig {
+            aux_coef: 0.0,
+            k_aux: 0,
+            ..config()
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]
     fn a_fresh_trainer_checks_its_config_first() {
         let x = Tensor::ones((8, 4), DType::F32, &Device::Cpu).unwrap();
-        let e = Trainer::new(TrainConfig { k: 0, ..config() }, &x).err().unwrap();
+        let e = Trainer::new(TrainConfig { k: 0, ..config() }, &x)
+            .err()
+            .unwrap();
         assert!(e.to_string().starts_with("k: 0"), "{e}");
     }
 }
