@@ -5,10 +5,12 @@
 //! * [`detection`]: gate quality (AUROC, TPR/FPR, bypass rates) from per-prompt token activity.
 //! * [`metrics`]: AUROC with bootstrap intervals, rates with Wilson intervals.
 //! * [`plot`]: SVG histograms.
+//! * [`gate_report`]: the `dsg eval gate` report over a suite, and its files.
 //! * [`layers`]: which layer to put an SAE at (short SAEs compared).
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
 
 pub mod detection;
+pub mod gate_report;
 pub mod layers;
 pub mod metrics;
 pub mod perplexity;

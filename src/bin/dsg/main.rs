@@ -473,7 +473,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Demo(args) => demo::demo(&args)?,
-        Command::Eval { model, command } => eval_cmd::run(&load_model(&model)?, &command)?,
+        Command::Eval { model, command } => eval_cmd::run(&model, &command)?,
         Command::Bench {
             model,
             text,
