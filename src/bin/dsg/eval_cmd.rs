@@ -12,7 +12,6 @@ use dsg::eval::gate_report::{evaluate_gates, GateReportConfig};
 use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
 use dsg::eval::suite::SuiteConfig;
 use dsg::guard::Gate;
-use dsg::output::Overwrite;
 use dsg::stats::corpus::McqSplit;
 
 /// `dsg eval …` subcommands.
@@ -113,11 +112,7 @@ impl GateArgs {
             sae: self.guard.sae.clone(),
             from_activity: self.from_activity.clone(),
             out: self.out.clone(),
-            overwrite: if self.force {
-                Overwrite::Force
-            } else {
-                Overwrite::Refuse
-            },
+            overwrite: crate::overwrite(self.force),
         })
     }
 }

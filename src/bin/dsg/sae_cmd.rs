@@ -11,7 +11,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use dsg::eval::layers::{compare_layers, LayerComparisonConfig, MARKDOWN_HEADER};
 use dsg::model::HookPoint;
-use dsg::output::Overwrite;
 use dsg::sae::run::{
     evaluate_on_text, storage_dtype, train_on_text, EvalText, TrainOnText, TrainProgress,
 };
@@ -229,11 +228,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
                     tokens: eval_tokens,
                     ctx,
                 }),
-                overwrite: if force {
-                    Overwrite::Force
-                } else {
-                    Overwrite::Refuse
-                },
+                overwrite: crate::overwrite(force),
             };
             let lm = load_model(&model)?;
             let mut bar = StepBar {
