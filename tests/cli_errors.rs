@@ -83,7 +83,9 @@ fn sae_train_options_out_of_range_are_named() {
     assert_mentions(&fails(&with(&["--lr=-1"])), &["lr: -1"]);
     assert_mentions(&fails(&with(&["--ctx", "1"])), &["ctx: 1"]);
     assert_mentions(&fails(&with(&["--dtype", "bf16"])), &["--dtype", "bf16"]);
-    let e = fails(&with(&["--hook", "blocks.9.hook_resid_post"]));
+    let mut bad_hook = with(&[]);
+    bad_hook[5] = "blocks.9.hook_resid_post";
+    let e = fails(&bad_hook);
     assert_mentions(&e, &["hook", "blocks.9", "below 2"]);
     assert!(!out.exists(), "nothing may be written on a refused run");
 }
