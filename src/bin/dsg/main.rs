@@ -12,9 +12,9 @@ mod sae_cmd;
 use dsg::eval::bench::{self, ThroughputConfig};
 use dsg::eval::explain::{check_html_output, explain, record_text, write_html};
 use dsg::eval::perplexity::TextPerplexity;
-use dsg::generate::{generate, GenerateOptions};
+use dsg::generate::{generate, prompt_ids, GenerateOptions};
 use dsg::guard::GuardrailFile;
-use dsg::model::{self, fetch, HookList, LoadedModel, Message, NoHooks};
+use dsg::model::{self, fetch, HookList, LoadedModel, ModelSummary, NoHooks};
 use dsg::output::Overwrite;
 
 mod demo;
@@ -185,23 +185,6 @@ enum StatsCommand {
     },
 }
 
-fn prompt_ids(
-    lm: &LoadedModel,
-    prompt: &str,
-    system: Option<String>,
-    raw: bool,
-) -> Result<Vec<u32>> {
-    if raw {
-        return Ok(lm.tokenizer.encode(prompt, lm.tokenizer.adds_bos())?);
-    }
-    let mut msgs = Vec::new();
-    if let Some(s) = system {
-        msgs.push(Message::new("system", &s));
-    }
-    msgs.push(Message::new("user", prompt));
-    Ok(lm.tokenizer.encode_chat(&msgs, true)?)
-}
-
 /// The model file or folder `--model` names, or the default model (fetched on first use).
 fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     match &args.model {
@@ -226,50 +209,6 @@ fn load_model_at(path: &Path) -> Result<LoadedModel> {
     Ok(loaded)
 }
 
-fn info(lm: &LoadedModel) {
-    let c = lm.model.config();
-    println!("model        {}", lm.path.display());
-    println!("architecture {:?}", c.arch);
-    println!("layers       {}", c.n_layers);
-    println!("d_model      {}", c.d_model);
-    println!(
-        "heads        {} query, {} key/value, head_dim {}",
-        c.n_heads, c.n_kv_heads, c.head_dim
-    );
-    println!("d_ff         {}", c.d_ff);
-    println!(
-        "vocab        {} (tokenizer: {})",
-        c.vocab_size,
-        lm.tokenizer.vocab_size()
-    );
-    println!("max position {}", c.max_positions);
-    println!("quantised    {}", lm.model.has_quantized());
-    let tok = |id: Option<u32>| {
-        id.map(|i| format!("{i} {:?}", lm.tokenizer.token_str(i)))
-            .unwrap_or("-".into())
-    };
-    println!(
-        "bos/eos/pad  {} / {} / {}",
-        tok(lm.tokenizer.bos_id()),
-        tok(lm.tokenizer.eos_id()),
-        tok(lm.tokenizer.pad_id())
-    );
-    println!(
-        "chat template {}",
-        if lm.tokenizer.chat_template().is_some() {
-            "yes"
-        } else {
-            "no"
-        }
-    );
-    println!(
-        "hook points  blocks.{{0..{}}}.hook_{{resid_pre,attn_out,resid_mid,mlp_out,resid_post}} ({} in all); \
-         `model.layers.L` = blocks.L.hook_resid_post",
-        c.n_layers - 1,
-        lm.model.hook_points().len()
-    );
-}
-
 /// `--force` as the library's overwrite policy.
 fn overwrite(force: bool) -> Overwrite {
     if force {
@@ -284,7 +223,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),
-        Command::Info { model } => info(&load_model(&model)?),
+        Command::Info { model } => println!("{}", ModelSummary(&load_model(&model)?)),
         Command::Generate {
             model,
             prompt,
@@ -298,7 +237,7 @@ fn main() -> Result<()> {
             guard,
         } => {
             let lm = load_model(&model)?;
-            let ids = prompt_ids(&lm, &prompt, system, raw)?;
+            let ids = prompt_ids(&lm.tokenizer, &prompt, system.as_deref(), raw)?;
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
             let mut hooks = HookList::new();
             for g in guards.iter_mut() {
@@ -365,7 +304,7 @@ fn main() -> Result<()> {
                 check_html_output(out, &inputs, overwrite(force))?;
             }
             let lm = load_model_at(&model_path)?;
-            let ids = prompt_ids(&lm, &prompt, None, raw)?;
+            let ids = prompt_ids(&lm.tokenizer, &prompt, None, raw)?;
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
             let e = explain(&lm, &mut guards, &ids)?;
             for ((g, r), p) in guards.iter().zip(&e.records).zip(&guard.guards) {
