@@ -1,4 +1,4 @@
-//! The `dsg bench` tables, built from the [`speed`](super::speed) measurements: prefill and
+//! The `dsg bench` tables, built from the [`speed`](mod@super::speed) measurements: prefill and
 //! decode throughput, and a guardrail's cost on a forward pass.
 
 use std::path::Path;

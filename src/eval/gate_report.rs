@@ -1,4 +1,4 @@
-//! The `dsg eval gate` report: each guardrail's token activity on a [`suite`](super::suite) (or
+//! The `dsg eval gate` report: each guardrail's token activity on a [`suite`](mod@super::suite) (or
 //! the activity saved by an earlier run), its own gate and the compared gates evaluated on it,
 //! and the report files (`report.md`, `report.json`, `rho-<guard>.svg`, `activity-<guard>.json`).
 

@@ -1,6 +1,6 @@
 //! Evaluation harnesses driven through the library.
 //!
-//! * [`perplexity`] and [`speed`]: the model itself; [`bench`]: the `dsg bench` tables.
+//! * [`perplexity`] and [`speed`]: the model itself; [`bench`](mod@bench): the `dsg bench` tables.
 //! * [`prompts`]: chat-formatted MCQ prompts and their bypass variants.
 //! * [`detection`]: gate quality (AUROC, TPR/FPR, bypass rates) from per-prompt token activity.
 //! * [`metrics`]: AUROC with bootstrap intervals, rates with Wilson intervals.
