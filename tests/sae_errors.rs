@@ -236,3 +236,16 @@ fn malformed_json_names_the_file() {
     // The directory is still recognised as dsg's (sae.json exists), and the parse error names it.
     assert_mentions(&load_err(&dir).1, &["sae.json", "JSON"]);
 }
+
+#[test]
+fn topk_k_outside_one_to_d_sae_names_the_file_and_k() {
+    for (name, k) in [("k0/layers.2", 0), ("kbig/layers.2", 49)] {
+        let dir =
+            common::edited_sae_fixture("sparsify/topk_bf16/layers.2", "sae_errors", name, |c| {
+                c["k"] = k.into()
+            });
+        let (err, msg) = load_err(&dir);
+        assert!(matches!(err, Error::OutOfRange { .. }), "{err:?}");
+        assert_mentions(&msg, &[name, &format!("k: {k}"), "1..=48"]);
+    }
+}

@@ -1,7 +1,9 @@
 //! Perplexity of a token stream, in non-overlapping windows (llama.cpp's `perplexity` with one window
 //! when the stream fits, transformers' strided evaluation with stride = window).
 
-use crate::model::{Batch, Hooks, Model};
+use std::path::PathBuf;
+
+use crate::model::{Batch, Hooks, Model, Tokenizer};
 use crate::{Error, Result};
 
 /// Result of a perplexity run.
@@ -27,9 +29,10 @@ pub fn perplexity(
     window: usize,
     hooks: &mut dyn Hooks,
 ) -> Result<Perplexity> {
-    if tokens.len() < 2 || window < 2 {
+    check_window(window)?;
+    if tokens.len() < 2 {
         return Err(Error::Invalid(format!(
-            "perplexity needs at least 2 tokens and a window of at least 2 (got {} tokens, window {window})",
+            "perplexity needs at least 2 tokens (got {})",
             tokens.len()
         )));
     }
@@ -49,4 +52,77 @@ pub fn perplexity(
         n_windows,
         nll,
     })
+}
+
+/// A window must hold a token and the one it predicts.
+fn check_window(window: usize) -> Result<()> {
+    if window < 2 {
+        return Err(Error::out_of_range("window", window, "at least 2 tokens"));
+    }
+    Ok(())
+}
+
+/// `dsg perplexity`: which text to score and how.
+#[derive(Debug, Clone)]
+pub struct TextPerplexity {
+    /// The text file (read as UTF-8, unchanged).
+    pub file: PathBuf,
+    /// Score only the first this many tokens.
+    pub max_tokens: Option<usize>,
+    /// Tokens scored per forward pass.
+    pub window: usize,
+    /// Prepend BOS to the text.
+    pub bos: bool,
+}
+
+impl TextPerplexity {
+    /// Checks the ranges: `window ≥ 2`, `max_tokens ≥ 2`.
+    pub fn validate(&self) -> Result<()> {
+        check_window(self.window)?;
+        match self.max_tokens {
+            Some(n) if n < 2 => Err(Error::out_of_range("max_tokens", n, "at least 2")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads, tokenises and scores the text with `model` and `tok`.
+    pub fn run(&self, model: &Model, tok: &Tokenizer, hooks: &mut dyn Hooks) -> Result<Perplexity> {
+        self.validate()?;
+        let text = std::fs::read_to_string(&self.file).map_err(|e| Error::io(&self.file, e))?;
+        let mut ids = tok.encode(&text, self.bos)?;
+        if let Some(m) = self.max_tokens {
+            ids.truncate(m);
+        }
+        perplexity(model, &ids, self.window, hooks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_windows_and_token_limits_are_refused_by_name() {
+        let cfg = TextPerplexity {
+            file: "wiki.txt".into(),
+            max_tokens: None,
+            window: 4096,
+            bos: false,
+        };
+        assert!(cfg.validate().is_ok());
+        let e = TextPerplexity {
+            window: 0,
+            ..cfg.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("window: 0"), "{e}");
+        let e = TextPerplexity {
+            max_tokens: Some(1),
+            ..cfg
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("max_tokens: 1"), "{e}");
+    }
 }

@@ -1,6 +1,10 @@
 //! Text generation with a KV cache: greedy or temperature/top-p sampling, stop tokens, hooks active on
 //! the prompt pass and on every decoding step.
 
+mod prompt;
+
+pub use prompt::prompt_ids;
+
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 

@@ -16,6 +16,7 @@ pub mod matvec;
 pub mod q4_1;
 pub mod q8_0;
 pub mod softmax;
+mod summary;
 pub mod team;
 pub mod tokenizer;
 pub mod vexp;
@@ -30,6 +31,7 @@ pub use decoder::{Batch, ForwardOptions, ForwardOutput, Logits, Model};
 pub use hooks::{Capture, FnHook, HookContext, HookList, HookPoint, Hooks, NoHooks, Site};
 pub use kv::KvCache;
 pub use layers::Kernels;
+pub use summary::ModelSummary;
 pub use tokenizer::{Message, Tokenizer};
 pub use weights::WeightSource;
 

@@ -21,6 +21,12 @@ impl Sae {
             [a, b] => (a, b),
             ref d => return Err(Error::Invalid(format!("W_enc must be 2-D, got {d:?}"))),
         };
+        if d_in == 0 {
+            return Err(Error::out_of_range("d_in", d_in, "at least 1"));
+        }
+        if d_sae == 0 {
+            return Err(Error::out_of_range("d_sae", d_sae, "at least 1"));
+        }
         let expect = |name: &str, t: &Tensor, want: &[usize]| -> Result<Tensor> {
             if t.dims() != want {
                 return Err(Error::Invalid(format!(
@@ -37,6 +43,13 @@ impl Sae {
             Activation::JumpRelu { threshold } => Activation::JumpRelu {
                 threshold: expect("threshold", &threshold, &[d_sae])?,
             },
+            Activation::TopK { k } if k == 0 || k > d_sae => {
+                return Err(Error::out_of_range(
+                    "k",
+                    k,
+                    format!("1..={d_sae} (d_sae) for a topk SAE"),
+                ))
+            }
             Activation::GroupMax { groups } if groups == 0 || d_sae % groups != 0 => {
                 return Err(Error::Invalid(format!(
                     "groupmax: {groups} groups do not divide d_sae {d_sae}"
@@ -259,4 +272,40 @@ pub(crate) fn matmul_last(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut out = dims[..dims.len() - 1].to_vec();
     out.push(w.dim(1)?);
     Ok(y.reshape(out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::{Normalization, SaeMeta};
+
+    fn parts(d_in: usize, d_sae: usize, activation: Activation) -> SaeParts {
+        let z = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        SaeParts {
+            w_enc: z(&[d_in, d_sae]),
+            b_enc: z(&[d_sae]),
+            w_dec: z(&[d_sae, d_in]),
+            b_dec: z(&[d_in]),
+            activation,
+            apply_b_dec_to_input: false,
+            normalization: Normalization::None,
+            hook: None,
+            meta: SaeMeta::default(),
+        }
+    }
+
+    fn refusal(p: SaeParts) -> String {
+        let e = Sae::from_parts(p).unwrap_err();
+        assert!(matches!(e, Error::OutOfRange { .. }), "{e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn empty_widths_and_topk_k_out_of_range_are_refused() {
+        assert!(Sae::from_parts(parts(4, 8, Activation::TopK { k: 8 })).is_ok());
+        assert!(refusal(parts(4, 8, Activation::TopK { k: 0 })).starts_with("k: 0"));
+        assert!(refusal(parts(4, 8, Activation::TopK { k: 9 })).contains("1..=8"));
+        assert!(refusal(parts(4, 0, Activation::Relu)).starts_with("d_sae: 0"));
+        assert!(refusal(parts(0, 8, Activation::Relu)).starts_with("d_in: 0"));
+    }
 }

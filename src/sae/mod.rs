@@ -24,6 +24,7 @@ pub mod formats;
 mod meta;
 pub mod metrics;
 mod norm;
+pub mod run;
 mod subset;
 pub mod train;
 
@@ -39,18 +40,10 @@ pub use subset::SaeSubset;
 
 use crate::model::HookPoint;
 
-/// The default SAE shipped with dsg (for SmolLM2-135M-Instruct), relative to the repository root;
-/// see its model card `README.md` beside the weights.
-pub const DEFAULT_SAE_DIR: &str = "assets/sae/smollm2-135m-instruct-L3";
-
-/// Absolute path of [`DEFAULT_SAE_DIR`] in this source tree (`CARGO_MANIFEST_DIR`).
-pub fn default_sae_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_SAE_DIR)
-}
-
-/// Loads the default SAE (dsg format, f16 storage) onto `device`.
+/// Loads the default SAE built into dsg (SmolLM2-135M-Instruct, dsg format, f16 storage; see
+/// [`crate::assets::default_sae_dir`]) onto `device`.
 pub fn default_sae(device: &candle_core::Device) -> crate::Result<Sae> {
-    Sae::load(&default_sae_path(), device)
+    Sae::load(&crate::assets::default_sae_dir()?, device)
 }
 
 /// A sparse autoencoder with f32 weights on one device.

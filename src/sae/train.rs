@@ -54,6 +54,59 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks every field against its allowed range (each error names the field, the value and
+    /// what is allowed); [`Trainer::new`] and [`Trainer::load_checkpoint`] call it before any work.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_sae == 0 {
+            return Err(Error::out_of_range("d_sae", self.d_sae, "at least 1"));
+        }
+        if self.k == 0 || self.k > self.d_sae {
+            return Err(Error::out_of_range(
+                "k",
+                self.k,
+                format!("1..={} (d_sae)", self.d_sae),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::out_of_range("batch_size", 0, "at least 1"));
+        }
+        if self.total_tokens < self.batch_size as u64 {
+            return Err(Error::out_of_range(
+                "total_tokens",
+                self.total_tokens,
+                format!("at least one batch ({} tokens)", self.batch_size),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::out_of_range("lr", self.lr, "a finite number > 0"));
+        }
+        if !(self.aux_coef.is_finite() && self.aux_coef >= 0.0) {
+            return Err(Error::out_of_range(
+                "aux_coef",
+                self.aux_coef,
+                "a finite number ≥ 0",
+            ));
+        }
+        if self.aux_coef > 0.0 && self.k_aux == 0 {
+            return Err(Error::out_of_range(
+                "k_aux",
+                0,
+                "at least 1 when aux_coef > 0",
+            ));
+        }
+        if self.dead_tokens == 0 {
+            return Err(Error::out_of_range("dead_tokens", 0, "at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.decay_fraction) {
+            return Err(Error::out_of_range(
+                "decay_fraction",
+                self.decay_fraction,
+                "0..=1",
+            ));
+        }
+        Ok(())
+    }
+
     /// The sparsify default learning rate, `2e-4 / √(d_sae / 2¹⁴)`.
     pub fn default_lr(d_sae: usize) -> f64 {
         2e-4 / (d_sae as f64 / 16384.0).sqrt()
@@ -150,14 +203,9 @@ impl Trainer {
     /// A fresh trainer for `d_in`-wide activations. `first` (a sample of activations, e.g. the
     /// first chunk) sets the input scale and `b_dec`'s initial value.
     pub fn new(cfg: TrainConfig, first: &Tensor) -> Result<Self> {
+        cfg.validate()?;
         let (_, d_in) = first.dims2()?;
         let dev = first.device();
-        if cfg.k == 0 || cfg.k > cfg.d_sae || cfg.batch_size == 0 {
-            return Err(Error::Invalid(format!(
-                "need 0 < k ≤ d_sae and a batch size > 0 (k {}, d_sae {}, batch {})",
-                cfg.k, cfg.d_sae, cfg.batch_size
-            )));
-        }
         let norms = first
             .sqr()?
             .sum(1)?
@@ -336,6 +384,14 @@ impl Trainer {
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;
         let state: CheckpointState = serde_json::from_str(&text)
             .map_err(|e| Error::format(&json, "checkpoint", "trainer state", e.to_string()))?;
+        state.config.validate().map_err(|e| {
+            Error::format(
+                &json,
+                "config",
+                "a valid training configuration",
+                e.to_string(),
+            )
+        })?;
         let st = dir.join("trainer.safetensors");
         let mut t = candle_core::safetensors::load(&st, device)?;
         let mut take = |name: String| t.remove(&name).ok_or_else(|| Error::missing(&st, name));
@@ -467,4 +523,129 @@ fn normalized_sq_err(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_scalar::<f32>()? as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TrainConfig {
+        TrainConfig {
+            hook: HookPoint::resid_post(0),
+            d_sae: 64,
+            k: 4,
+            k_aux: 8,
+            aux_coef: 1.0 / 32.0,
+            dead_tokens: 2048,
+            batch_size: 256,
+            lr: 1e-3,
+            warmup_steps: 10,
+            decay_fraction: 0.2,
+            total_tokens: 1024,
+            seed: 0,
+        }
+    }
+
+    fn refused(c: TrainConfig, field: &str, value: &str) {
+        let e = c.validate().unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::OutOfRange { .. }), "{e:?}");
+        assert!(msg.starts_with(&format!("{field}: {value} ")), "{msg}");
+    }
+
+    #[test]
+    fn every_out_of_range_option_is_named() {
+        assert!(config().validate().is_ok());
+        refused(
+            TrainConfig {
+                d_sae: 0,
+                ..config()
+            },
+            "d_sae",
+            "0",
+        );
+        refused(TrainConfig { k: 0, ..config() }, "k", "0");
+        refused(TrainConfig { k: 65, ..config() }, "k", "65");
+        refused(
+            TrainConfig {
+                batch_size: 0,
+                ..config()
+            },
+            "batch_size",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                total_tokens: 0,
+                ..config()
+            },
+            "total_tokens",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                lr: 0.0,
+                ..config()
+            },
+            "lr",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                lr: f64::NAN,
+                ..config()
+            },
+            "lr",
+            "NaN",
+        );
+        refused(
+            TrainConfig {
+                aux_coef: -1.0,
+                ..config()
+            },
+            "aux_coef",
+            "-1",
+        );
+        refused(
+            TrainConfig {
+                k_aux: 0,
+                ..config()
+            },
+            "k_aux",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                dead_tokens: 0,
+                ..config()
+            },
+            "dead_tokens",
+            "0",
+        );
+        refused(
+            TrainConfig {
+                decay_fraction: 1.5,
+                ..config()
+            },
+            "decay_fraction",
+            "1.5",
+        );
+        // No AuxK loss: k_aux is unused and may be anything.
+        assert!(TrainConfig {
+            aux_coef: 0.0,
+            k_aux: 0,
+            ..config()
+        }
+        .validate()
+        .is_ok());
+    }
+
+    #[test]
+    fn a_fresh_trainer_checks_its_config_first() {
+        let x = Tensor::ones((8, 4), DType::F32, &Device::Cpu).unwrap();
+        let e = Trainer::new(TrainConfig { k: 0, ..config() }, &x)
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("k: 0"), "{e}");
+    }
 }

@@ -48,15 +48,6 @@ pub struct DemoArgs {
     pub max_tokens: usize,
 }
 
-/// The shared data folder: `explicit`, else `$DSG_SHARED_DATA`, else `../shared/data`.
-pub fn data_dir(explicit: Option<&PathBuf>) -> PathBuf {
-    explicit.cloned().unwrap_or_else(|| {
-        std::env::var_os("DSG_SHARED_DATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-    })
-}
-
 fn answer(lm: &LoadedModel, ids: &[u32], max: usize, hooks: &mut dyn Hooks) -> Result<String> {
     let opts = GenerateOptions {
         max_new_tokens: max,
@@ -99,7 +90,8 @@ fn show(
 pub fn demo(args: &DemoArgs) -> Result<()> {
     let model_path = fetch::ensure_default_model().context("fetching the default model")?;
     let lm = model::load(&model_path, &Device::Cpu)?;
-    let data = data_dir(args.data.as_ref());
+    // A missing data folder is an error only for a refit; the questions have built-in copies.
+    let data = dsg::runtime::shared_data_dir(args.data.as_deref());
     let (guard_path, sae) = if args.sae.is_none() && !args.refit {
         let shipped = dsg::assets::default_guard_file()?;
         eprintln!("using the shipped guardrail {}", shipped.display());
@@ -121,7 +113,8 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         ));
         if args.refit || !path.exists() {
             eprintln!("fitting the WMDP-bio guardrail (forget: WMDP-bio selection-split questions, standing in for the gated forget corpus; retain: WikiText-2 and selection-split MMLU)");
-            let mut request = wmdp_bio(&data, sae.clone(), path.clone());
+            let data = data.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut request = wmdp_bio(data, sae.clone(), path.clone());
             request.hook = args.hook;
             request.rows = args.rows;
             request.ctx = args.ctx;
@@ -134,6 +127,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     };
     let mut guard = Guardrail::load(&guard_path, &lm, sae.as_deref())
         .with_context(|| format!("loading guardrail {}", guard_path.display()))?;
+    let data = data.unwrap_or_default();
     for q in demo_questions(&data)? {
         show(
             &lm,

@@ -9,9 +9,13 @@ use clap::{Args, Parser, Subcommand};
 
 mod sae_cmd;
 
-use dsg::generate::{generate, GenerateOptions};
+use dsg::eval::bench::{self, ThroughputConfig};
+use dsg::eval::explain::{check_html_output, explain, record_text, write_html};
+use dsg::eval::perplexity::TextPerplexity;
+use dsg::generate::{generate, prompt_ids, GenerateOptions};
 use dsg::guard::GuardrailFile;
-use dsg::model::{self, fetch, HookList, LoadedModel, Message, NoHooks};
+use dsg::model::{self, fetch, HookList, LoadedModel, ModelSummary, NoHooks};
+use dsg::output::Overwrite;
 
 mod demo;
 mod eval_cmd;
@@ -106,6 +110,9 @@ enum Command {
         /// Also write an HTML page with the tokens highlighted.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Replace an existing --html page.
+        #[arg(long)]
+        force: bool,
     },
     /// Fit (or reuse) a WMDP-bio guardrail on the default model and show it at work.
     Demo(demo::DemoArgs),
@@ -181,30 +188,21 @@ enum StatsCommand {
     },
 }
 
-fn prompt_ids(
-    lm: &LoadedModel,
-    prompt: &str,
-    system: Option<String>,
-    raw: bool,
-) -> Result<Vec<u32>> {
-    if raw {
-        return Ok(lm.tokenizer.encode(prompt, lm.tokenizer.adds_bos())?);
+/// The model file or folder `--model` names, or the default model (fetched on first use).
+fn model_path(args: &ModelArgs) -> Result<PathBuf> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
+        None => fetch::ensure_default_model().context("fetching the default model"),
     }
-    let mut msgs = Vec::new();
-    if let Some(s) = system {
-        msgs.push(Message::new("system", &s));
-    }
-    msgs.push(Message::new("user", prompt));
-    Ok(lm.tokenizer.encode_chat(&msgs, true)?)
 }
 
 fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
-    let path = match &args.model {
-        Some(p) => p.clone(),
-        None => fetch::ensure_default_model().context("fetching the default model")?,
-    };
+    load_model_at(&model_path(args)?)
+}
+
+fn load_model_at(path: &Path) -> Result<LoadedModel> {
     let t = std::time::Instant::now();
-    let loaded = model::load(&path, &Device::Cpu)
+    let loaded = model::load(path, &Device::Cpu)
         .with_context(|| format!("loading model {}", path.display()))?;
     eprintln!(
         "loaded {} in {:.2}s",
@@ -214,172 +212,13 @@ fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
     Ok(loaded)
 }
 
-fn info(lm: &LoadedModel) {
-    let c = lm.model.config();
-    println!("model        {}", lm.path.display());
-    println!("architecture {:?}", c.arch);
-    println!("layers       {}", c.n_layers);
-    println!("d_model      {}", c.d_model);
-    println!(
-        "heads        {} query, {} key/value, head_dim {}",
-        c.n_heads, c.n_kv_heads, c.head_dim
-    );
-    println!("d_ff         {}", c.d_ff);
-    println!(
-        "vocab        {} (tokenizer: {})",
-        c.vocab_size,
-        lm.tokenizer.vocab_size()
-    );
-    println!("max position {}", c.max_positions);
-    println!("quantised    {}", lm.model.has_quantized());
-    let tok = |id: Option<u32>| {
-        id.map(|i| format!("{i} {:?}", lm.tokenizer.token_str(i)))
-            .unwrap_or("-".into())
-    };
-    println!(
-        "bos/eos/pad  {} / {} / {}",
-        tok(lm.tokenizer.bos_id()),
-        tok(lm.tokenizer.eos_id()),
-        tok(lm.tokenizer.pad_id())
-    );
-    println!(
-        "chat template {}",
-        if lm.tokenizer.chat_template().is_some() {
-            "yes"
-        } else {
-            "no"
-        }
-    );
-    println!(
-        "hook points  blocks.{{0..{}}}.hook_{{resid_pre,attn_out,resid_mid,mlp_out,resid_post}} ({} in all); \
-         `model.layers.L` = blocks.L.hook_resid_post",
-        c.n_layers - 1,
-        lm.model.hook_points().len()
-    );
-}
-
-fn bench(
-    lm: &LoadedModel,
-    text: Option<PathBuf>,
-    prefill: &[usize],
-    decode_tokens: usize,
-    reps: usize,
-    json: bool,
-) -> Result<()> {
-    use dsg::eval::speed;
-    use dsg::model::{FnHook, HookPoint};
-    let tokens = bench_tokens(lm, text)?;
-    // A pass-through hook at block 3 keeps the hook machinery in the measured path.
-    let mut hook = FnHook::new(HookPoint::resid_post(3), |_, _| Ok(None));
-    let mut rows = Vec::new();
-    for &n in prefill {
-        rows.push(speed::prefill(&lm.model, &tokens, n, reps, &mut hook)?);
+/// `--force` as the library's overwrite policy.
+fn overwrite(force: bool) -> Overwrite {
+    if force {
+        Overwrite::Force
+    } else {
+        Overwrite::Refuse
     }
-    let prompt = &tokens[..32.min(tokens.len())];
-    rows.push(speed::decode(
-        &lm.model,
-        prompt,
-        decode_tokens,
-        false,
-        reps,
-        &mut hook,
-    )?);
-    if lm.model.has_quantized() {
-        rows.push(speed::decode(
-            &lm.model,
-            prompt,
-            decode_tokens,
-            true,
-            reps,
-            &mut hook,
-        )?);
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!("threads: {}", candle_core::utils::get_num_threads());
-    println!(
-        "{:<20} {:>8} {:>12} {:>10}",
-        "phase", "tokens", "median s", "tok/s"
-    );
-    for r in rows {
-        println!(
-            "{:<20} {:>8} {:>12.4} {:>10.1}",
-            r.phase, r.tokens, r.median_secs, r.tokens_per_sec
-        );
-    }
-    Ok(())
-}
-
-fn bench_tokens(lm: &LoadedModel, text: Option<PathBuf>) -> Result<Vec<u32>> {
-    let default_text = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/wikitext/wikitext-2-raw-v1.test.raw");
-    let text = match text {
-        Some(p) => read_text(&p)?,
-        None if default_text.exists() => read_text(&default_text)?,
-        None => "The quick brown fox jumps over the lazy dog. ".repeat(400),
-    };
-    Ok(lm.tokenizer.encode(&text, false)?)
-}
-
-/// `dsg bench --guard`: a full forward pass with each guardrail against none, with its gate as
-/// fitted and forced open (τ = −1: every active token clamped), interleaved runs.
-fn guard_overhead(
-    lm: &LoadedModel,
-    text: Option<PathBuf>,
-    guard: &guard_cmd::GuardArgs,
-    lengths: &[usize],
-    reps: usize,
-) -> Result<()> {
-    use dsg::eval::speed::hook_overhead;
-    let tokens = bench_tokens(lm, text)?;
-    println!("threads: {}", candle_core::utils::get_num_threads());
-    println!(
-        "{:<34} {:>7} {:>11} {:>11} {:>9} {:>10} {:>8} {:>8}",
-        "guardrail",
-        "tokens",
-        "plain s",
-        "guarded s",
-        "overhead",
-        "in hook s",
-        "in hook",
-        "clamped"
-    );
-    for (g, path) in guard_cmd::load_guardrails(lm, guard)?
-        .into_iter()
-        .zip(&guard.guards)
-    {
-        let forced = g.with_gate(g.file().gate.with_threshold(-1.0))?;
-        for (name, mut g) in [("as fitted", g), ("forced open (τ = −1)", forced)] {
-            for &n in lengths {
-                let o = hook_overhead(&lm.model, &tokens, n, reps, &mut NoHooks, &mut g)?;
-                let clamped = g
-                    .take_records()
-                    .last()
-                    .map_or(0, |r| r.rows[0].clamped.iter().filter(|&&c| c).count());
-                println!(
-                    "{:<34} {:>7} {:>11.4} {:>11.4} {:>8.1}% {:>10.4} {:>7.1}% {:>8}",
-                    format!(
-                        "{} {name}",
-                        path.file_stem().unwrap_or_default().to_string_lossy()
-                    ),
-                    n,
-                    o.plain_secs,
-                    o.hooked_secs,
-                    o.overhead_pct,
-                    o.in_hook_secs,
-                    o.in_hook_pct,
-                    clamped
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn main() -> Result<()> {
@@ -387,7 +226,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),
-        Command::Info { model } => info(&load_model(&model)?),
+        Command::Info { model } => println!("{}", ModelSummary(&load_model(&model)?)),
         Command::Generate {
             model,
             prompt,
@@ -401,7 +240,7 @@ fn main() -> Result<()> {
             guard,
         } => {
             let lm = load_model(&model)?;
-            let ids = prompt_ids(&lm, &prompt, system, raw)?;
+            let ids = prompt_ids(&lm.tokenizer, &prompt, system.as_deref(), raw)?;
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
             let mut hooks = HookList::new();
             for g in guards.iter_mut() {
@@ -457,28 +296,37 @@ fn main() -> Result<()> {
             prompt,
             raw,
             html,
+            force,
         } => {
-            let lm = load_model(&model)?;
-            let ids = prompt_ids(&lm, &prompt, None, raw)?;
-            let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
-            if guards.is_empty() {
+            if guard.guards.is_empty() {
                 anyhow::bail!("explain needs at least one --guard");
             }
-            let (records, plain, guarded) = explain::run(&lm, &mut guards, &ids)?;
-            for ((g, r), p) in guards.iter().zip(&records).zip(&guard.guards) {
-                explain::print_record(&lm, g, &p.display().to_string(), r, usize::MAX);
+            let model_path = model_path(&model)?;
+            if let Some(out) = &html {
+                let mut inputs: Vec<&Path> = guard.guards.iter().map(PathBuf::as_path).collect();
+                inputs.push(&model_path);
+                inputs.extend(guard.sae.as_deref());
+                check_html_output(out, &inputs, overwrite(force))?;
+            }
+            let lm = load_model_at(&model_path)?;
+            let ids = prompt_ids(&lm.tokenizer, &prompt, None, raw)?;
+            let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
+            let e = explain(&lm, &mut guards, &ids)?;
+            for ((g, r), p) in guards.iter().zip(&e.records).zip(&guard.guards) {
+                let name = p.display().to_string();
+                print!("{}", record_text(&lm.tokenizer, g, &name, r, usize::MAX));
             }
             println!(
                 "next token without guards: {:?} (p {:.3}); with: {:?} (p {:.3})",
-                plain.0, plain.1, guarded.0, guarded.1
+                e.plain.0, e.plain.1, e.guarded.0, e.guarded.1
             );
             if let Some(out) = html {
-                explain::write_html(&lm, &guard.guards, &records, &out)?;
+                write_html(&lm.tokenizer, &guard.guards, &e.records, &out)?;
                 eprintln!("wrote {}", out.display());
             }
         }
         Command::Demo(args) => demo::demo(&args)?,
-        Command::Eval { model, command } => eval_cmd::run(&load_model(&model)?, &command)?,
+        Command::Eval { model, command } => eval_cmd::run(&model, &command)?,
         Command::Bench {
             model,
             text,
@@ -489,11 +337,42 @@ fn main() -> Result<()> {
             guard,
             overhead,
         } => {
+            let cfg = ThroughputConfig {
+                prefill,
+                decode_tokens,
+                reps,
+            };
+            cfg.validate()?;
             let lm = load_model(&model)?;
+            let tokens = bench::bench_tokens(&lm.tokenizer, text.as_deref())?;
+            let threads = candle_core::utils::get_num_threads();
             if guard.guards.is_empty() {
-                bench(&lm, text, &prefill, decode_tokens, reps, json)?
+                let rows = bench::throughput(&lm.model, &tokens, &cfg)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    println!("threads: {threads}");
+                    println!("{}", bench::throughput_header());
+                    for r in rows {
+                        println!("{}", r.table_row());
+                    }
+                }
             } else {
-                guard_overhead(&lm, text, &guard, &overhead, reps)?
+                let named = guard_cmd::load_guardrails(&lm, &guard)?
+                    .into_iter()
+                    .zip(&guard.guards)
+                    .map(|(g, p)| {
+                        (
+                            p.file_stem().unwrap_or_default().to_string_lossy().into(),
+                            g,
+                        )
+                    })
+                    .collect();
+                println!("threads: {threads}");
+                println!("{}", bench::guard_overhead_header());
+                bench::guard_overhead(&lm.model, &tokens, named, &overhead, reps, &mut |r| {
+                    println!("{}", r.table_row())
+                })?;
             }
         }
         Command::Sae { command } => sae_cmd::run(command)?,
@@ -504,14 +383,16 @@ fn main() -> Result<()> {
             window,
             bos,
         } => {
+            let cfg = TextPerplexity {
+                file,
+                max_tokens,
+                window,
+                bos,
+            };
+            cfg.validate()?;
             let lm = load_model(&model)?;
-            let text = read_text(&file)?;
-            let mut ids = lm.tokenizer.encode(&text, bos)?;
-            if let Some(m) = max_tokens {
-                ids.truncate(m);
-            }
             let t = std::time::Instant::now();
-            let p = dsg::eval::perplexity::perplexity(&lm.model, &ids, window, &mut NoHooks)?;
+            let p = cfg.run(&lm.model, &lm.tokenizer, &mut NoHooks)?;
             println!(
                 "perplexity {:.4} (mean NLL {:.4} nats) over {} predicted tokens in {} window(s) of <= {window}; {:.1}s",
                 p.perplexity,

@@ -119,15 +119,33 @@ pub(crate) fn load_as(path: &Path, format: SaeFormat, device: &Device) -> Result
     load_resolved(&path, format, device)
 }
 
+/// A range error from building the SAE, with the file it was read from in the field name (the
+/// format readers' own errors already name their file).
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::OutOfRange {
+            field,
+            value,
+            allowed,
+        } => Error::OutOfRange {
+            field: format!("{}: {field}", path.display()),
+            value,
+            allowed,
+        },
+        other => other,
+    }
+}
+
 fn load_resolved(path: &Path, format: SaeFormat, device: &Device) -> Result<Sae> {
     let sae = match format {
         SaeFormat::GemmaScopeNpz | SaeFormat::GemmaScopeSafetensors => {
-            gemma_scope::load(path, format)?
+            gemma_scope::load(path, format)
         }
-        SaeFormat::SaeLens => saelens::load(path)?,
-        SaeFormat::Sparsify => sparsify::load(path)?,
-        SaeFormat::Dsg => dsg::load(path)?,
-    };
+        SaeFormat::SaeLens => saelens::load(path),
+        SaeFormat::Sparsify => sparsify::load(path),
+        SaeFormat::Dsg => dsg::load(path),
+    }
+    .map_err(|e| in_file(path, e))?;
     let sae = sae.with_origin(path.to_path_buf());
     if device.is_cpu() {
         Ok(sae)
