@@ -168,11 +168,9 @@ fn outputs_that_are_inputs_or_exist_are_refused() {
 
 #[test]
 fn bad_fit_arguments_fail_in_under_2_s() {
-    let wikitext = common::shared_data("wikitext/wikitext-2-raw-v1.test.raw");
-    if !wikitext.is_file() {
-        eprintln!("skipped: no shared data at {}", wikitext.display());
+    let Some(wikitext) = common::shared_data_or_skip("wikitext/wikitext-2-raw-v1.test.raw") else {
         return;
-    }
+    };
     let lm = dsg::model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap();
     let dir = common::scratch("guard_errors", "fast");
     let mut req = request(&dir);
@@ -308,11 +306,10 @@ fn a_guardrail_whose_hook_differs_from_its_saes_is_refused() {
 
 #[test]
 fn the_shipped_recipe_is_valid_and_the_built_in_questions_equal_the_data() {
-    let data = common::shared_data("");
-    if !data.join("wmdp").is_dir() {
-        eprintln!("skipped: no shared data at {}", data.display());
+    let Some(data) = common::shared_data_or_skip("wmdp") else {
         return;
-    }
+    };
+    let data = data.parent().unwrap().to_path_buf();
     let dir = common::scratch("guard_errors", "recipe");
     let req = wmdp_bio(
         &data,
