@@ -28,7 +28,7 @@ const SCORE_BUDGET: usize = 32 * 1024;
 const MAX_QUERIES: usize = 8 * MR;
 
 /// Where each row's queries and keys sit, for [`attend`].
-pub(super) struct Positions<'a> {
+pub(crate) struct Positions<'a> {
     /// Per row, the position of each new query.
     pub query: &'a [Vec<usize>],
     /// Per row, the position of each cached column (the new tokens included), `None` for padding.
@@ -41,7 +41,7 @@ pub(super) struct Positions<'a> {
 /// `kv`, each query seeing the columns `pos` allows, with scores soft-capped at `softcap` if given.
 /// Returns `(batch, l, n_heads, dim)`; a query that sees no key gets zeros. Needs
 /// [`gemm::available`].
-pub(super) fn attend(
+pub(crate) fn attend(
     kv: &LayerKv,
     q: &[f32],
     n_heads: usize,
