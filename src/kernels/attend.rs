@@ -10,7 +10,7 @@
 //! that one of them sees, so the causally masked half of the scores is skipped. Units go to the
 //! [`Team`], longest first.
 //!
-//! Visibility is the same rule as the tensor path's mask: a real key, not after the query, within
+//! Visibility is the same rule as the tensor pass's mask: a real key, not after the query, within
 //! the window. Within a row, keys are cached in position order (padding in between), so each query
 //! sees one contiguous range of columns, minus padding.
 //!

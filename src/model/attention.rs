@@ -25,7 +25,7 @@ pub struct RopeTables {
     same: bool,
     seq: usize,
     /// The same tables as tensors of this shape, made on first use by [`RopeTables::apply`] (the
-    /// tensor path).
+    /// tensor pass).
     shape: Vec<usize>,
     tensors: OnceLock<(Tensor, Tensor)>,
     device: Device,
@@ -303,7 +303,7 @@ impl Attention {
             let visible = step_visibility(pos.query, pos.key, pos.window);
             cache.attend_one(&q, h, self.scale as f32, softcap, &visible)
         } else {
-            // Scaled before the product, as the tensor path does.
+            // Scaled before the product, as the tensor pass does.
             let scale = self.scale as f32;
             q.iter_mut().for_each(|v| *v *= scale);
             attend(cache, &q, h, softcap, pos)

@@ -1,5 +1,5 @@
-//! The KV cache of generation: per layer, the keys and values of earlier tokens (a
-//! [`LayerKv`] buffer of the kernels), plus where each cached column sits in its row.
+//! The KV cache of generation: per layer, the keys and values of earlier tokens (a key/value
+//! buffer of the kernels), plus where each cached column sits in its row.
 
 use crate::kernels::kv::LayerKv;
 
