@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod guard;
+mod kernels;
 pub mod model;
 pub mod output;
 pub mod runtime;

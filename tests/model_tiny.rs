@@ -10,7 +10,7 @@ mod common;
 use candle_core::{Device, IndexOp, Tensor};
 use common::{fixture, ids, load_st, max_abs_diff};
 use dsg::model::{
-    Batch, Capture, FnHook, ForwardOptions, HookPoint, Kernels, KvCache, Logits, Model,
+    Batch, Capture, Execution, FnHook, ForwardOptions, HookPoint, KvCache, Logits, Model,
     ModelConfig, NoHooks, Site, WeightSource,
 };
 
@@ -65,17 +65,16 @@ fn all_logits(model: &Model, batch: &Batch) -> Tensor {
 
 /// The three ways a pass can run: the CPU's vector pass (the default here), candle's tensor ops with
 /// fused kernels (GPUs, CPUs without AVX2), and the differentiable ops (training).
-const PATHS: [(&str, bool, Kernels); 3] = [
-    ("vector pass", false, Kernels::Fused),
-    ("tensor path", true, Kernels::Fused),
-    ("differentiable ops", true, Kernels::Differentiable),
+const PATHS: [(&str, Execution); 3] = [
+    ("vector pass", Execution::VectorPass),
+    ("tensor path", Execution::TensorOps),
+    ("differentiable ops", Execution::Autograd),
 ];
 
 /// `name` loaded to run its passes as `path` (one of [`PATHS`]) says.
-fn load_on(name: &str, config_file: &str, path: (&str, bool, Kernels)) -> Model {
+fn load_on(name: &str, config_file: &str, path: (&str, Execution)) -> Model {
     let mut model = load(name, config_file);
-    model.set_tensor_path(path.1);
-    model.set_kernels(path.2);
+    model.set_execution(path.1);
     model
 }
 

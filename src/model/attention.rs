@@ -6,12 +6,13 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::attend::{attend, Positions};
+use super::block::Execution;
 use super::config::{ModelConfig, RopeStyle};
-use super::kv::LayerKv;
-use super::layers::{conv1d, Kernels, Linear};
-use super::softmax::masked_softmax;
+use super::layers::{conv1d, Linear};
 use super::weights::WeightSource;
+use crate::kernels::attend::{attend, Positions};
+use crate::kernels::kv::LayerKv;
+use crate::kernels::softmax::masked_softmax_cpu;
 use crate::Result;
 
 /// Rotary embedding tables for a batch: cos and sin of shape (batch, seq, head_dim/2), or (seq, head_dim/2)
@@ -24,7 +25,7 @@ pub struct RopeTables {
     same: bool,
     seq: usize,
     /// The same tables as tensors of this shape, made on first use by [`RopeTables::apply`] (the
-    /// tensor path).
+    /// tensor pass).
     shape: Vec<usize>,
     tensors: OnceLock<(Tensor, Tensor)>,
     device: Device,
@@ -114,15 +115,15 @@ impl RopeTables {
     }
 
     /// Rotates `x` of shape (batch, heads, seq, head_dim).
-    pub fn apply(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    pub fn apply(&self, x: &Tensor, exec: Execution) -> Result<Tensor> {
         use candle_nn::rotary_emb as re;
         let x = x.contiguous()?;
         let (cos, sin) = self.tensors()?;
-        Ok(match (self.style, kernels) {
-            (RopeStyle::HalfSplit, Kernels::Fused) => re::rope(&x, cos, sin)?,
-            (RopeStyle::Interleaved, Kernels::Fused) => re::rope_i(&x, cos, sin)?,
-            (RopeStyle::HalfSplit, Kernels::Differentiable) => re::rope_slow(&x, cos, sin)?,
-            (RopeStyle::Interleaved, Kernels::Differentiable) => re::rope_i_slow(&x, cos, sin)?,
+        Ok(match (self.style, exec == Execution::Autograd) {
+            (RopeStyle::HalfSplit, false) => re::rope(&x, cos, sin)?,
+            (RopeStyle::Interleaved, false) => re::rope_i(&x, cos, sin)?,
+            (RopeStyle::HalfSplit, true) => re::rope_slow(&x, cos, sin)?,
+            (RopeStyle::Interleaved, true) => re::rope_i_slow(&x, cos, sin)?,
         })
     }
 }
@@ -188,7 +189,7 @@ impl Attention {
         &self,
         x: &Tensor,
         rope: Option<&RopeTables>,
-        kernels: Kernels,
+        exec: Execution,
         quantized: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, l, _) = x.dims3()?;
@@ -206,7 +207,7 @@ impl Attention {
         let k = split(all.narrow(2, qd, kvd)?, self.n_kv_heads)?;
         let v = split(all.narrow(2, qd + kvd, kvd)?, self.n_kv_heads)?;
         match rope {
-            Some(r) => Ok((r.apply(&q, kernels)?, r.apply(&k, kernels)?, v)),
+            Some(r) => Ok((r.apply(&q, exec)?, r.apply(&k, exec)?, v)),
             None => Ok((q, k, v)),
         }
     }
@@ -219,7 +220,7 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         mask: &Tensor,
-        kernels: Kernels,
+        exec: Execution,
         quantized: bool,
     ) -> Result<Tensor> {
         let (b, h, l, hd) = q.dims4()?;
@@ -242,7 +243,7 @@ impl Attention {
             let vc = v.narrow(2, 0, visible)?;
             let scores = qc.matmul(&kc.t()?)?; // (b, kvh, g*n, visible)
             let m = mask.narrow(1, start, n)?.narrow(2, 0, visible)?;
-            let probs = masked_softmax(&scores, &m, self.softcap, kernels)?;
+            let probs = probabilities(&scores, &m, self.softcap, exec)?;
             let o = probs.matmul(&vc.contiguous()?)?; // (b, kvh, g*n, hd)
             outs.push(o.reshape((b, self.n_kv_heads, g, n, hd))?);
         }
@@ -262,7 +263,7 @@ impl Attention {
     /// tokens per row of `b` rows (row-major, b·l × d). Their keys and values are appended to
     /// `cache`, their queries attend over all its columns as `pos` allows, and the output projection
     /// is applied: b·l × d. One token per row (a decoding step) attends with dot products straight
-    /// from the cache; more go through [`attend`](super::attend::attend).
+    /// from the cache; more go through the many-query kernel, [`attend`].
     pub(super) fn forward_rows(
         &self,
         x: &[f32],
@@ -302,13 +303,46 @@ impl Attention {
             let visible = step_visibility(pos.query, pos.key, pos.window);
             cache.attend_one(&q, h, self.scale as f32, softcap, &visible)
         } else {
-            // Scaled before the product, as the tensor path does.
+            // Scaled before the product, as the tensor pass does.
             let scale = self.scale as f32;
             q.iter_mut().for_each(|v| *v *= scale);
             attend(cache, &q, h, softcap, pos)
         };
         self.o.forward_rows(&out, b * l, quantized)
     }
+}
+
+/// `softmax(softcap(scores) + mask)` over the last dimension: `scores` (batch, kv_heads, group·n,
+/// keys), `mask` (batch, n, keys), shared by all heads. dsg's one-pass kernel on the CPU (f32),
+/// candle's ops elsewhere and, differentiably, under [`Execution::Autograd`].
+fn probabilities(
+    scores: &Tensor,
+    mask: &Tensor,
+    softcap: Option<f64>,
+    exec: Execution,
+) -> Result<Tensor> {
+    let autograd = exec == Execution::Autograd;
+    if !autograd {
+        if let Some(p) = masked_softmax_cpu(scores, mask, softcap)? {
+            return Ok(p);
+        }
+    }
+    let (b, kvh, gn, keys) = scores.dims4()?;
+    let n = mask.dim(1)?;
+    let mut s = scores.clone();
+    if let Some(cap) = softcap {
+        s = ((s / cap)?.tanh()? * cap)?;
+    }
+    let g = gn / n;
+    let s = s
+        .reshape((b, kvh, g, n, keys))?
+        .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(1)?)?
+        .reshape((b, kvh, gn, keys))?;
+    Ok(if autograd {
+        candle_nn::ops::softmax(&s, candle_core::D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&s)?
+    })
 }
 
 /// Builds the additive attention mask (batch, seq, keys): 0 where query `i` of row `b` may see key `j`,

@@ -6,13 +6,14 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::attention::{attention_mask, Attention, RopeTables};
+use super::attention::{Attention, RopeTables};
+use super::block::{Block, Execution};
 use super::config::{ModelConfig, Positions};
-use super::gemm;
 use super::hooks::{HookContext, HookPoint, Hooks, Site};
 use super::kv::KvCache;
-use super::layers::{Kernels, Linear, Mlp, Norm};
+use super::layers::{Linear, Mlp, Norm};
 use super::weights::WeightSource;
+use crate::kernels::gemm;
 use crate::{Error, Result};
 
 /// A batch of token rows, right-padded into one `(batch, seq)` tensor.
@@ -70,6 +71,11 @@ impl Batch {
     pub fn seq_len(&self) -> usize {
         self.ids.dim(1).unwrap_or(0)
     }
+
+    /// The padded token ids, (batch, seq).
+    pub(super) fn ids(&self) -> &Tensor {
+        &self.ids
+    }
 }
 
 /// Which logits to compute.
@@ -103,14 +109,18 @@ pub struct ForwardOutput {
     pub residual: Tensor,
 }
 
-pub(super) struct Block {
-    pub(super) attn_norm: Norm,
-    pub(super) attn: Attention,
-    pub(super) post_attn_norm: Option<Norm>,
-    pub(super) mlp_norm: Norm,
-    pub(super) mlp: Mlp,
-    pub(super) post_mlp_norm: Option<Norm>,
-    pub(super) window: Option<usize>,
+/// What one pass's executions share: the batch, the options, the hook context, the positions of
+/// queries and keys, and the rotary tables.
+pub(super) struct PassInputs<'a> {
+    pub(super) batch: &'a Batch,
+    pub(super) opts: &'a ForwardOptions,
+    pub(super) ctx: &'a HookContext<'a>,
+    /// Per row, the position of each new token.
+    pub(super) query_pos: &'a [Vec<usize>],
+    /// Per row, the position of each key column (cached ones first, then the new tokens), `None`
+    /// for padding.
+    pub(super) key_pos: &'a [Vec<Option<usize>>],
+    pub(super) rope: Option<&'a RopeTables>,
 }
 
 /// A decoder-only transformer with hook points. `Send + Sync`: many threads may run it at once, each
@@ -123,8 +133,7 @@ pub struct Model {
     pub(super) final_norm: Norm,
     pub(super) lm_head: Linear,
     device: Device,
-    kernels: Kernels,
-    tensor_path: bool,
+    execution: Execution,
 }
 
 impl Model {
@@ -212,8 +221,7 @@ impl Model {
             final_norm,
             lm_head,
             device: device.clone(),
-            kernels: Kernels::Fused,
-            tensor_path: false,
+            execution: Execution::default(),
         })
     }
 
@@ -227,15 +235,15 @@ impl Model {
         &self.device
     }
 
-    /// Chooses fused (default) or differentiable kernels.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.kernels = kernels;
+    /// Chooses how passes run (default [`Execution::VectorPass`], which falls back to
+    /// [`Execution::TensorOps`] where it cannot run; see [`Execution`]).
+    pub fn set_execution(&mut self, execution: Execution) {
+        self.execution = execution;
     }
 
-    /// Runs every pass through candle's tensor ops, as on GPUs, instead of the CPU's vector pass
-    /// (`cpu_pass`); the two agree to float rounding, and this checks one against the other.
-    pub fn set_tensor_path(&mut self, on: bool) {
-        self.tensor_path = on;
+    /// How passes run, as set.
+    pub fn execution(&self) -> Execution {
+        self.execution
     }
 
     /// Whether the weights have quantised copies usable with [`ForwardOptions::quantized`].
@@ -312,110 +320,32 @@ impl Model {
             start_positions: &starts,
             tokens: &batch.rows,
         };
-        // On the CPU with fused f32 kernels, the pass runs on plain vectors with dsg's kernels (for
-        // more than one token per row, those need AVX2).
-        let cpu_pass = self.kernels == Kernels::Fused
-            && !self.tensor_path
-            && self.device.is_cpu()
-            && self.embed.dtype() == DType::F32
-            && (l == 1 || gemm::available());
-        if cpu_pass {
-            let out = self.cpu_pass(
-                batch,
-                opts,
-                hooks,
-                &ctx,
-                cache.as_deref_mut(),
-                &query_pos,
-                &key_pos,
-                rope.as_ref(),
-            )?;
-            if let Some(c) = cache {
-                c.key_pos = key_pos;
-            }
-            return Ok(out);
-        }
-        let mut windows: Vec<Option<usize>> = vec![None];
-        for w in self.blocks.iter().map(|blk| blk.window) {
-            if !windows.contains(&w) {
-                windows.push(w);
-            }
-        }
-        let masks = windows
-            .iter()
-            .map(|&w| attention_mask(&query_pos, &key_pos, w, &self.device))
-            .collect::<Result<Vec<_>>>()?;
-
-        let mut x = self
-            .embed
-            .embedding(&batch.ids.flatten_all()?)?
-            .reshape((b, l, ()))?;
-        if let Some(s) = self.cfg.embed_scale {
-            x = (x * s as f64)?;
-        }
-        if let Some(pe) = &self.pos_embed {
-            let pos: Vec<u32> = query_pos.iter().flatten().map(|&p| p as u32).collect();
-            let pos = Tensor::from_vec(pos, b * l, &self.device)?;
-            x = (x + pe.embedding(&pos)?.reshape((b, l, ()))?)?;
-        }
-        let last_block = opts.stop_after.unwrap_or(self.cfg.n_layers - 1);
-        let q = opts.quantized;
-        let k = self.kernels;
-        for (layer, blk) in self.blocks.iter().enumerate().take(last_block + 1) {
-            let mut visit = |site: Site, t: Tensor| visit_site(hooks, &ctx, layer, site, t);
-            x = visit(Site::ResidPre, x)?;
-            let h = blk.attn_norm.forward(&x, k)?;
-            let wi = windows
-                .iter()
-                .position(|w| *w == blk.window)
-                .expect("listed");
-            let mut a = match cache.as_deref_mut() {
-                Some(c) => {
-                    let (qh, kh, vh) = blk.attn.qkv(&h, rope.as_ref(), k, q)?;
-                    let lkv = &mut c.layers[layer];
-                    let earlier = lkv.len() > 0;
-                    lkv.append_tensors(&kh, &vh)?;
-                    let (kh, vh) = if earlier {
-                        lkv.tensors(&self.device)?
-                    } else {
-                        (kh, vh)
-                    };
-                    blk.attn.attend(&qh, &kh, &vh, &masks[wi], k, q)?
-                }
-                None => {
-                    let (qh, kh, vh) = blk.attn.qkv(&h, rope.as_ref(), k, q)?;
-                    blk.attn.attend(&qh, &kh, &vh, &masks[wi], k, q)?
-                }
-            };
-            if let Some(n) = &blk.post_attn_norm {
-                a = n.forward(&a, k)?;
-            }
-            let a = visit(Site::AttnOut, a)?;
-            x = visit(Site::ResidMid, (x + a)?)?;
-            let mut m = blk.mlp.forward(&blk.mlp_norm.forward(&x, k)?, k, q)?;
-            if let Some(n) = &blk.post_mlp_norm {
-                m = n.forward(&m, k)?;
-            }
-            let m = visit(Site::MlpOut, m)?;
-            x = visit(Site::ResidPost, (x + m)?)?;
-        }
+        let inputs = PassInputs {
+            batch,
+            opts,
+            ctx: &ctx,
+            query_pos: &query_pos,
+            key_pos: &key_pos,
+            rope: rope.as_ref(),
+        };
+        let out = if self.runs_vector_pass(l) {
+            self.vector_pass(&inputs, hooks, cache.as_deref_mut())?
+        } else {
+            self.tensor_pass(&inputs, hooks, cache.as_deref_mut())?
+        };
         if let Some(c) = cache {
             c.key_pos = key_pos;
         }
-        let logits = match (opts.logits, opts.stop_after) {
-            (Logits::None, _) | (_, Some(_)) => None,
-            (Logits::All, None) => Some(self.logits_of(&x, q)?),
-            (Logits::Last, None) => {
-                let rows = (0..b)
-                    .map(|r| x.i((r, batch.lengths[r] - 1)))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Some(self.logits_of(&Tensor::stack(&rows, 0)?, q)?)
-            }
-        };
-        Ok(ForwardOutput {
-            logits,
-            residual: x,
-        })
+        Ok(out)
+    }
+
+    /// Whether a pass of `l` tokens per row runs as the vector pass: asked for, on the CPU, with f32
+    /// weights, and for more than one token per row only where dsg's tile kernels run (AVX2).
+    fn runs_vector_pass(&self, l: usize) -> bool {
+        self.execution == Execution::VectorPass
+            && self.device.is_cpu()
+            && self.embed.dtype() == DType::F32
+            && (l == 1 || gemm::available())
     }
 
     /// The residual stream after block `layer` (`blocks.{layer}.hook_resid_post`), running only blocks
@@ -436,7 +366,7 @@ impl Model {
 
     /// Final norm, output head and soft-cap applied to a residual stream (..., d_model).
     pub fn logits_of(&self, residual: &Tensor, quantized: bool) -> Result<Tensor> {
-        let h = self.final_norm.forward(residual, self.kernels)?;
+        let h = self.final_norm.forward(residual, self.execution)?;
         let logits = self.lm_head.forward(&h, quantized)?;
         Ok(match self.cfg.final_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,

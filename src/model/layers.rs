@@ -1,30 +1,25 @@
 //! The sublayers of the decoder: linear maps, norms, MLP (attention is in [`super::attention`]).
 //!
-//! Each has a `load` from a [`WeightSource`] and a `forward`. Kernels come in two flavours: fused
-//! (fast, no gradient) for inference, and differentiable (plain tensor ops) for training through
-//! candle's autograd; [`Kernels`] picks one.
+//! Each has a `load` from a [`WeightSource`], a `forward` on tensors (fused ops, or plain ones candle
+//! can differentiate under [`Execution::Autograd`]) and a `forward_rows` on plain vectors for the
+//! CPU vector pass, which calls dsg's kernels.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::block::Execution;
 use super::config::{MlpActivation, ModelConfig, NormKind};
-use super::gemm;
-use super::matvec::{matmul_f32, with_f32_slice};
-use super::q4_1::Q41Matrix;
-use super::q8_0::Q80Matrix;
-use super::vexp::silu_mul;
 use super::weights::WeightSource;
+use crate::kernels::gemm;
+use crate::kernels::matvec::{matmul_f32, with_f32_slice};
+use crate::kernels::quant::{QuantMatrix, Q4_1, Q8_0};
+use crate::kernels::vexp::silu_mul;
 use crate::Result;
 
-/// Which kernel flavour the forward pass uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Kernels {
-    /// Fused CPU/GPU kernels (no backward pass).
-    #[default]
-    Fused,
-    /// Plain tensor ops that candle can differentiate.
-    Differentiable,
-}
+/// A Q4_1 weight matrix with dsg's kernel.
+type Q41Matrix = QuantMatrix<Q4_1>;
+/// A Q8_0 weight matrix with dsg's kernel.
+type Q80Matrix = QuantMatrix<Q8_0>;
 
 /// A quantised copy of a weight matrix.
 enum QuantWeight {
@@ -259,21 +254,20 @@ impl Norm {
     }
 
     /// Normalises over the last dimension.
-    pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, exec: Execution) -> Result<Tensor> {
         use candle_nn::ops;
-        let y = match (&self.bias, kernels) {
-            (Some(b), Kernels::Fused) => ops::layer_norm(x, &self.scale, b, self.eps)?,
-            (Some(b), Kernels::Differentiable) => {
-                ops::layer_norm_slow(x, &self.scale, b, self.eps)?
-            }
-            (None, Kernels::Fused) => ops::rms_norm(x, &self.scale, self.eps)?,
-            (None, Kernels::Differentiable) => ops::rms_norm_slow(x, &self.scale, self.eps)?,
+        let autograd = exec == Execution::Autograd;
+        let y = match (&self.bias, autograd) {
+            (Some(b), false) => ops::layer_norm(x, &self.scale, b, self.eps)?,
+            (Some(b), true) => ops::layer_norm_slow(x, &self.scale, b, self.eps)?,
+            (None, false) => ops::rms_norm(x, &self.scale, self.eps)?,
+            (None, true) => ops::rms_norm_slow(x, &self.scale, self.eps)?,
         };
         debug_assert!(self.kind == NormKind::Layer || self.bias.is_none());
         Ok(y)
     }
 
-    /// [`Norm::forward`] (fused kernels) on rows held in a slice, each `scale.len()` long.
+    /// [`Norm::forward`] (fused) on rows held in a slice, each `scale.len()` long.
     pub(super) fn forward_rows(&self, x: &[f32]) -> Vec<f32> {
         let d = self.scale_raw.len();
         let mut out = Vec::with_capacity(x.len());
@@ -336,7 +330,7 @@ impl Mlp {
     }
 
     /// Applies the MLP.
-    pub fn forward(&self, x: &Tensor, kernels: Kernels, quantized: bool) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, exec: Execution, quantized: bool) -> Result<Tensor> {
         let act = |t: &Tensor| -> Result<Tensor> {
             Ok(match self.activation {
                 MlpActivation::Silu => candle_nn::ops::silu(t)?,
@@ -346,7 +340,7 @@ impl Mlp {
         let h = self.up.forward(x, quantized)?;
         let fused_silu = self.gated
             && self.activation == MlpActivation::Silu
-            && kernels == Kernels::Fused
+            && exec != Execution::Autograd
             && h.device().is_cpu()
             && h.dtype() == DType::F32;
         let h = if fused_silu {

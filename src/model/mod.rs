@@ -1,36 +1,29 @@
 //! The hookable decoder: configuration, weights, forward pass, tokenizer, and loading from local files.
 
-pub mod attend;
 pub mod attention;
+mod block;
 pub mod config;
-mod cpu;
-pub mod cpu_pass;
 pub mod decoder;
 pub mod fetch;
-pub mod gemm;
 pub mod gguf;
 pub mod hooks;
 pub mod kv;
 pub mod layers;
-pub mod matvec;
-pub mod q4_1;
-pub mod q8_0;
-pub mod softmax;
 mod summary;
-pub mod team;
+mod tensor_pass;
 pub mod tokenizer;
-pub mod vexp;
+mod vector_pass;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+pub use block::Execution;
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Batch, ForwardOptions, ForwardOutput, Logits, Model};
 pub use hooks::{Capture, FnHook, HookContext, HookList, HookPoint, Hooks, NoHooks, Site};
 pub use kv::KvCache;
-pub use layers::Kernels;
 pub use summary::ModelSummary;
 pub use tokenizer::{Message, Tokenizer};
 pub use weights::WeightSource;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::{Activation, NormState, Sae, SaeParts};
-use crate::model::{gemm, HookPoint};
+use crate::kernels::gemm;
+use crate::model::HookPoint;
 use crate::{Error, Result};
 
 impl Sae {

@@ -3,7 +3,7 @@
 //!
 //! Exactness. The result should equal the full encode's columns bit for bit, so that a latent never
 //! fires in one path and not in the other. On CPUs with AVX2 both products run on dsg's kernel
-//! (`model::gemm`), which sums each output column in an order fixed by `d_in` alone, so the
+//! (`kernels::gemm`), which sums each output column in an order fixed by `d_in` alone, so the
 //! columns agree whatever else is in the product. Elsewhere candle's `gemm` chooses its reduction
 //! blocking from the shape (a matrix-vector path for one column, another blocking when both
 //! `m ≤ 64` and `n ≤ 64`), so the selected columns are padded with zero columns to at least

@@ -44,7 +44,7 @@ struct Shared {
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
-/// A team of `size()` threads: the caller plus `size() - 1` workers.
+/// A team of `size` threads: the caller plus `size - 1` workers.
 pub struct Team {
     shared: Arc<Shared>,
     /// Held while a job runs.
@@ -97,12 +97,7 @@ impl Team {
         })
     }
 
-    /// Number of threads a job runs on, the caller included.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
-    /// Runs `job(i)` for every `i` in `0..size()`, at once, one per thread (`i = 0` on the caller),
+    /// Runs `job(i)` for every `i` in `0..size`, at once, one per thread (`i = 0` on the caller),
     /// and returns when all have finished. If another thread is running a job, runs every part here,
     /// in order. A panic in a part is raised again here.
     pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
@@ -219,9 +214,26 @@ fn spin_or_yield(spins: &mut u32) {
     }
 }
 
+/// Weight rows per chunk of work handed to a team thread by [`for_row_chunks`].
+const ROWS_PER_CHUNK: usize = 32;
+
+/// Runs `work(r0, r1)` over `0..rows` in chunks of at most `ROWS_PER_CHUNK` rows, on the
+/// global [`Team`], each chunk once: the split every matrix product of the decoding step uses.
+pub(crate) fn for_row_chunks(rows: usize, work: impl Fn(usize, usize) + Sync) {
+    let chunks = rows.div_ceil(ROWS_PER_CHUNK);
+    Team::global().share(
+        chunks,
+        || (),
+        |_, c| {
+            let r0 = c * ROWS_PER_CHUNK;
+            work(r0, (r0 + ROWS_PER_CHUNK).min(rows));
+        },
+    );
+}
+
 /// A raw pointer to an output buffer that team threads write disjoint parts of.
 #[derive(Clone, Copy)]
-pub(super) struct SharedOut(pub *mut f32);
+pub(crate) struct SharedOut(pub *mut f32);
 
 impl SharedOut {
     /// The pointer `i` elements on.

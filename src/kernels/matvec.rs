@@ -6,13 +6,12 @@
 
 use candle_core::{Storage, Tensor};
 
-use super::q4_1::for_row_chunks;
-use super::team::SharedOut;
+use super::team::{for_row_chunks, SharedOut};
 use crate::{Error, Result};
 
 /// `x · Wᵀ` for `m` rows `x` (m × k, row-major) and a contiguous f32 CPU tensor `weight` (rows × k);
 /// returns `m × rows`.
-pub(super) fn matmul_f32(weight: &Tensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
+pub(crate) fn matmul_f32(weight: &Tensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
     let (rows, k) = weight.dims2()?;
     debug_assert_eq!(x.len(), m * k);
     with_f32_slice(weight, |w| {
@@ -44,7 +43,7 @@ pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Resu
 }
 
 /// Rows `ids` of a contiguous f32 CPU matrix `table` (an embedding), concatenated.
-pub(super) fn gather_rows(table: &Tensor, ids: impl Iterator<Item = usize>) -> Result<Vec<f32>> {
+pub(crate) fn gather_rows(table: &Tensor, ids: impl Iterator<Item = usize>) -> Result<Vec<f32>> {
     let (_, d) = table.dims2()?;
     with_f32_slice(table, |t| {
         let mut out = Vec::new();
@@ -56,7 +55,7 @@ pub(super) fn gather_rows(table: &Tensor, ids: impl Iterator<Item = usize>) -> R
 }
 
 /// [`dot`], with AVX2 when the CPU has it.
-pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     if super::cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { dot_avx2(a, b) }

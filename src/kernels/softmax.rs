@@ -2,12 +2,12 @@
 //!
 //! On the CPU a custom kernel reads each score once (the unfused ops make four full passes over a
 //! `(heads, queries, keys)` tensor, which dominated long prefills); elsewhere, and when gradients are
-//! needed, the same maths runs as ordinary tensor ops.
+//! needed, the model runs the same maths as ordinary tensor ops. The CPU vector pass calls the
+//! row kernel, [`softmax_in_place`], directly.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::layers::Kernels;
 use super::vexp::exp_in_place;
 use crate::Result;
 
@@ -59,7 +59,7 @@ fn softmax_row(dst: &mut [f32], src: &[f32], mask: &[f32], cap: Option<f32>) {
 }
 
 /// `row = softmax(softcap(row) + mask)`; a row with no finite value becomes zeros.
-pub(super) fn softmax_in_place(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
+pub(crate) fn softmax_in_place(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
     if super::cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
         unsafe { softmax_avx2(row, mask, cap) }
@@ -125,40 +125,29 @@ fn softmax_plain(row: &mut [f32], mask: &[f32], cap: Option<f32>) {
     row.iter_mut().for_each(|d| *d *= inv);
 }
 
-/// `softmax(softcap(scores) + mask)` over the last dimension.
+/// `softmax(softcap(scores) + mask)` over the last dimension in one pass per row, for f32 scores
+/// on the CPU (no backward pass); `None` elsewhere, where the caller runs the same maths as tensor
+/// ops.
 ///
 /// `scores` is `(batch, kv_heads, group * n, keys)`, `mask` is `(batch, n, keys)` (additive, shared by
 /// all heads).
-pub fn masked_softmax(
+pub(crate) fn masked_softmax_cpu(
     scores: &Tensor,
     mask: &Tensor,
     softcap: Option<f64>,
-    kernels: Kernels,
-) -> Result<Tensor> {
-    let (b, kvh, gn, keys) = scores.dims4()?;
-    let n = mask.dim(1)?;
-    let fused = kernels == Kernels::Fused && scores.device().is_cpu();
-    if fused && scores.dtype() == candle_core::DType::F32 {
-        let op = MaskedSoftmax {
-            softcap: softcap.map(|c| c as f32),
-            rows_per_batch: kvh * gn,
-            n,
-        };
-        return Ok(scores
+) -> Result<Option<Tensor>> {
+    if !scores.device().is_cpu() || scores.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (_, kvh, gn, _) = scores.dims4()?;
+    let op = MaskedSoftmax {
+        softcap: softcap.map(|c| c as f32),
+        rows_per_batch: kvh * gn,
+        n: mask.dim(1)?,
+    };
+    Ok(Some(
+        scores
             .contiguous()?
-            .apply_op2_no_bwd(&mask.contiguous()?, &op)?);
-    }
-    let mut s = scores.clone();
-    if let Some(cap) = softcap {
-        s = ((s / cap)?.tanh()? * cap)?;
-    }
-    let g = gn / n;
-    let s = s
-        .reshape((b, kvh, g, n, keys))?
-        .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(1)?)?
-        .reshape((b, kvh, gn, keys))?;
-    Ok(match kernels {
-        Kernels::Fused => candle_nn::ops::softmax_last_dim(&s)?,
-        Kernels::Differentiable => candle_nn::ops::softmax(&s, D::Minus1)?,
-    })
+            .apply_op2_no_bwd(&mask.contiguous()?, &op)?,
+    ))
 }

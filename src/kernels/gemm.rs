@@ -19,9 +19,9 @@ use super::team::{SharedOut, Team};
 use crate::Result;
 
 /// Rows of a micro-tile (broadcast operands: tokens, or queries in attention).
-pub(super) const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Columns of a micro-tile (two vectors of 8: weight rows, keys or value dimensions).
-pub(super) const NT: usize = 16;
+pub(crate) const NT: usize = 16;
 /// Largest block along `k`: a chunk's packed block (96 × KC) stays in L2 while the tokens stream.
 const KC: usize = 256;
 /// Weight rows per chunk of work.
@@ -258,7 +258,7 @@ unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
 
 /// Where a micro-tile's sums go: `rows` × `cols` of them, element `(r, t)` at `c[r·ldc + t]`;
 /// added to what is there when `accumulate`.
-pub(super) struct TileOut {
+pub(crate) struct TileOut {
     pub c: *mut f32,
     pub ldc: usize,
     pub rows: usize,
@@ -278,7 +278,7 @@ pub(super) struct TileOut {
 /// `1 ≤ rows ≤ 6` and `cols ≤ 16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile(
+pub(crate) unsafe fn tile(
     depth: usize,
     a: *const f32,
     lda: usize,
@@ -331,13 +331,13 @@ pub(super) unsafe fn tile(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn tile(_: usize, _: *const f32, _: usize, _: &[*const f32; MR], _: &TileOut) {
+pub(crate) unsafe fn tile(_: usize, _: *const f32, _: usize, _: &[*const f32; MR], _: &TileOut) {
     unreachable!("the f32 tile kernel needs AVX2 (`available` is false here)")
 }
 
 /// Deterministic test values in [−1, 1), for the kernel tests here and in `attend`.
 #[cfg(test)]
-pub(super) fn values(len: usize, seed: u32) -> Vec<f32> {
+pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
     let hash = |i: usize| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000;
     (0..len).map(|i| hash(i) as f32 / 500.0 - 1.0).collect()
 }

@@ -10,7 +10,7 @@
 //! that one of them sees, so the causally masked half of the scores is skipped. Units go to the
 //! [`Team`], longest first.
 //!
-//! Visibility is the same rule as the tensor path's mask: a real key, not after the query, within
+//! Visibility is the same rule as the tensor pass's mask: a real key, not after the query, within
 //! the window. Within a row, keys are cached in position order (padding in between), so each query
 //! sees one contiguous range of columns, minus padding.
 //!
@@ -28,7 +28,7 @@ const SCORE_BUDGET: usize = 32 * 1024;
 const MAX_QUERIES: usize = 8 * MR;
 
 /// Where each row's queries and keys sit, for [`attend`].
-pub(super) struct Positions<'a> {
+pub(crate) struct Positions<'a> {
     /// Per row, the position of each new query.
     pub query: &'a [Vec<usize>],
     /// Per row, the position of each cached column (the new tokens included), `None` for padding.
@@ -41,7 +41,7 @@ pub(super) struct Positions<'a> {
 /// `kv`, each query seeing the columns `pos` allows, with scores soft-capped at `softcap` if given.
 /// Returns `(batch, l, n_heads, dim)`; a query that sees no key gets zeros. Needs
 /// [`gemm::available`].
-pub(super) fn attend(
+pub(crate) fn attend(
     kv: &LayerKv,
     q: &[f32],
     n_heads: usize,

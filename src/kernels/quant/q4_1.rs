@@ -1,0 +1,107 @@
+//! Q4_1, the default SmolLM2 file's format: per block of 32 an f16 scale `d`, an f16 minimum `m`
+//! and 16 bytes of nibbles, `w = d·q + m`. A block's dot product with an activation block is
+//! `d_w·d_x·Σ q_w q_x + m_w·s_x`. Repacked per row as all `d`s, all `m`s, then all nibbles.
+
+use candle_core::quantized::GgmlDType;
+
+#[cfg(target_arch = "x86_64")]
+use super::f16_avx;
+use super::{f16_at, BlockFormat, QuantizedRow, BLOCK};
+
+/// The Q4_1 block format.
+pub(crate) struct Q4_1;
+
+/// Bytes of nibbles per block.
+const QUANT_BYTES: usize = BLOCK / 2;
+
+impl BlockFormat for Q4_1 {
+    const DTYPE: GgmlDType = GgmlDType::Q4_1;
+    const BLOCK_BYTES: usize = 20;
+    const SCALE_BYTES: usize = 4;
+    const HAS_MIN: bool = true;
+
+    fn repack_row(row: &[u8], out: &mut Vec<u8>) {
+        let blks = || row.chunks(Self::BLOCK_BYTES);
+        blks().for_each(|b| out.extend_from_slice(&b[0..2]));
+        blks().for_each(|b| out.extend_from_slice(&b[2..4]));
+        blks().for_each(|b| out.extend_from_slice(&b[4..]));
+    }
+
+    fn dot_block(w: &[u8], nb: usize, b: usize, x: &QuantizedRow) -> f32 {
+        let (scales, quants) = w.split_at(4 * nb);
+        let qs = &quants[b * QUANT_BYTES..(b + 1) * QUANT_BYTES];
+        let xq = &x.q[b * BLOCK..(b + 1) * BLOCK];
+        let mut dot = 0i32;
+        for (j, &byte) in qs.iter().enumerate() {
+            dot += (byte & 0x0F) as i32 * xq[j] as i32 + (byte >> 4) as i32 * xq[j + 16] as i32;
+        }
+        f16_at(scales, b) * x.d[b] * dot as f32 + f16_at(scales, nb + b) * x.s[b]
+    }
+
+    #[cfg(test)]
+    fn dequantize_block(w: &[u8], nb: usize, b: usize, out: &mut [f32]) {
+        let (scales, quants) = w.split_at(4 * nb);
+        let (d, m) = (f16_at(scales, b), f16_at(scales, nb + b));
+        let qs = &quants[b * QUANT_BYTES..(b + 1) * QUANT_BYTES];
+        for (j, &byte) in qs.iter().enumerate() {
+            out[j] = (byte & 0x0F) as f32 * d + m;
+            out[j + 16] = (byte >> 4) as f32 * d + m;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scales_avx2(
+        w: *const u8,
+        x: &QuantizedRow,
+        nb: usize,
+        dd: *mut f32,
+    ) -> (std::arch::x86_64::__m256, f32) {
+        use std::arch::x86_64::*;
+        let (dp, mp) = (w, w.add(2 * nb));
+        let mut macc = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 8 <= nb {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(2 * b) as *const __m128i));
+            let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
+            _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
+            let mw = _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b) as *const __m128i));
+            macc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x.s.as_ptr().add(b)), macc);
+            b += 8;
+        }
+        let mut mtail = 0f32;
+        while b < nb {
+            *dd.add(b) = f16_avx(dp.add(2 * b)) * *x.d.get_unchecked(b);
+            mtail += f16_avx(mp.add(2 * b)) * *x.s.get_unchecked(b);
+            b += 1;
+        }
+        (macc, mtail)
+    }
+
+    /// One nibble unpack (low nibbles against the block's first 16 values, high against the last
+    /// 16), then `maddubs`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn block_sums_avx2(
+        quants: *const u8,
+        b: usize,
+        xv: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let t = _mm_loadu_si128(quants.add(b * QUANT_BYTES) as *const __m128i);
+        let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+        let wq = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(sums)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn matches_dequantised_product_and_portable_kernel() {
+        super::super::tests::check_format::<super::Q4_1>();
+    }
+}
