@@ -77,11 +77,11 @@ fn sae_train_options_out_of_range_are_named() {
     let with = |extra: &[&'static str]| -> Vec<&str> {
         base.iter().copied().chain(extra.iter().copied()).collect()
     };
-    assert_mentions(&fails(&with(&["--k", "0"])), &["k: 0", "1..=32"]);
-    assert_mentions(&fails(&with(&["--k", "33"])), &["k: 33"]);
-    assert_mentions(&fails(&with(&["--lr", "NaN"])), &["lr: NaN"]);
-    assert_mentions(&fails(&with(&["--lr=-1"])), &["lr: -1"]);
-    assert_mentions(&fails(&with(&["--ctx", "1"])), &["ctx: 1"]);
+    assert_mentions(&fails(&with(&["--k", "0"])), &["k (--k): 0", "1..=32"]);
+    assert_mentions(&fails(&with(&["--k", "33"])), &["k (--k): 33"]);
+    assert_mentions(&fails(&with(&["--lr", "NaN"])), &["lr (--lr): NaN"]);
+    assert_mentions(&fails(&with(&["--lr=-1"])), &["lr (--lr): -1"]);
+    assert_mentions(&fails(&with(&["--ctx", "1"])), &["ctx (--ctx): 1"]);
     assert_mentions(&fails(&with(&["--dtype", "bf16"])), &["--dtype", "bf16"]);
     let mut bad_hook = with(&[]);
     bad_hook[5] = "blocks.9.hook_resid_post";
@@ -147,7 +147,7 @@ fn sae_eval_refuses_zero_tokens_and_a_bad_sae_file() {
         "--tokens",
         "0",
     ]);
-    assert_mentions(&e, &["eval tokens: 0"]);
+    assert_mentions(&e, &["tokens (--tokens, --eval-tokens): 0"]);
     let broken = common::edited_sae_fixture(
         "sparsify/topk_bf16/layers.2",
         "cli_errors",
@@ -181,15 +181,15 @@ fn zero_windows_repetitions_and_lengths_are_named() {
         "--window",
         "0",
     ]);
-    assert_mentions(&e, &["window: 0"]);
+    assert_mentions(&e, &["window (--window): 0"]);
     assert_mentions(
         &fails(&["bench", "--model", m, "--reps", "0"]),
-        &["reps: 0"],
+        &["reps (--reps): 0"],
     );
     let e = fails(&["bench", "--model", m, "--prefill", "128,0"]);
-    assert_mentions(&e, &["prefill: 0"]);
+    assert_mentions(&e, &["prefill (--prefill): 0"]);
     let e = fails(&["bench", "--model", m, "--decode-tokens", "0"]);
-    assert_mentions(&e, &["decode_tokens: 0"]);
+    assert_mentions(&e, &["decode_tokens (--decode-tokens): 0"]);
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn eval_gate_keeps_earlier_reports_and_checks_options() {
     assert_mentions(&with(&["--out", s(&out)]), &["report.md", "--force"]);
     assert_mentions(&with(&["--out", s(&guard)]), &["--out", "input"]);
     let fresh = dir.join("fresh");
-    assert_mentions(&with(&["--out", s(&fresh), "--batch", "0"]), &["batch: 0"]);
+    assert_mentions(&with(&["--out", s(&fresh), "--batch", "0"]), &["batch (--batch): 0"]);
     let missing = dir.join("no-data");
     let e = fails(&[
         "eval",

@@ -43,7 +43,7 @@ fn check_lengths(option: &str, lengths: &[usize]) -> Result<()> {
 
 fn check_reps(reps: usize) -> Result<()> {
     if reps == 0 {
-        return Err(Error::out_of_range("reps", 0, "at least 1"));
+        return Err(Error::out_of_range("reps (--reps)", 0, "at least 1"));
     }
     Ok(())
 }
@@ -62,9 +62,13 @@ pub struct ThroughputConfig {
 impl ThroughputConfig {
     /// Checks the ranges: lengths, decode tokens and repetitions all at least 1.
     pub fn validate(&self) -> Result<()> {
-        check_lengths("prefill", &self.prefill)?;
+        check_lengths("prefill (--prefill)", &self.prefill)?;
         if self.decode_tokens == 0 {
-            return Err(Error::out_of_range("decode_tokens", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "decode_tokens (--decode-tokens)",
+                0,
+                "at least 1",
+            ));
         }
         check_reps(self.reps)
     }
@@ -179,7 +183,7 @@ pub fn guard_overhead(
     reps: usize,
     on_row: &mut dyn FnMut(&GuardOverhead),
 ) -> Result<Vec<GuardOverhead>> {
-    check_lengths("overhead", lengths)?;
+    check_lengths("overhead (--overhead)", lengths)?;
     check_reps(reps)?;
     let mut out = Vec::new();
     for (name, g) in guards {
@@ -222,21 +226,25 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().starts_with("reps: 0"), "{e}");
+        assert!(e.to_string().starts_with("reps (--reps): 0"), "{e}");
         let e = ThroughputConfig {
             prefill: vec![128, 0],
             ..ok.clone()
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().starts_with("prefill: 0"), "{e}");
+        assert!(e.to_string().starts_with("prefill (--prefill): 0"), "{e}");
         let e = ThroughputConfig {
             decode_tokens: 0,
             ..ok
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().starts_with("decode_tokens: 0"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("decode_tokens (--decode-tokens): 0"),
+            "{e}"
+        );
         assert!(check_lengths("overhead", &[]).is_err());
     }
 }

@@ -56,19 +56,31 @@ impl GateReportConfig {
     /// Checks the ranges: `p_dyn` in 0..=100, `bootstrap ≥ 1`, `batch ≥ 1`, limits ≥ 1.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=100.0).contains(&self.p_dyn) {
-            return Err(Error::out_of_range("p_dyn", self.p_dyn, "0..=100"));
+            return Err(Error::out_of_range(
+                "p_dyn (--p-dyn)",
+                self.p_dyn,
+                "0..=100",
+            ));
         }
         if self.bootstrap == 0 {
-            return Err(Error::out_of_range("bootstrap", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "bootstrap (--bootstrap)",
+                0,
+                "at least 1",
+            ));
         }
         if self.batch == 0 {
-            return Err(Error::out_of_range("batch", 0, "at least 1"));
+            return Err(Error::out_of_range("batch (--batch)", 0, "at least 1"));
         }
         if self.suite.limit == Some(0) {
-            return Err(Error::out_of_range("limit", 0, "at least 1"));
+            return Err(Error::out_of_range("limit (--limit)", 0, "at least 1"));
         }
         if self.suite.calibration_limit == Some(0) {
-            return Err(Error::out_of_range("calibration_limit", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "calibration_limit (--calibration-limit)",
+                0,
+                "at least 1",
+            ));
         }
         Ok(())
     }
@@ -373,7 +385,7 @@ mod tests {
         .check(&guards)
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("batch: 0"), "{e}");
+        assert!(e.starts_with("batch (--batch): 0"), "{e}");
         let e = GateReportConfig {
             p_dyn: 101.0,
             ..config(d.join("out"))
@@ -381,6 +393,6 @@ mod tests {
         .check(&guards)
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("p_dyn: 101"), "{e}");
+        assert!(e.starts_with("p_dyn (--p-dyn): 101"), "{e}");
     }
 }

@@ -73,27 +73,31 @@ impl LayerComparisonConfig {
     pub fn validate(&self, n_layers: usize) -> Result<()> {
         if self.layers.is_empty() {
             return Err(Error::out_of_range(
-                "layers",
+                "layers (--layers)",
                 "(none)",
                 "at least one layer",
             ));
         }
         if let Some(&l) = self.layers.iter().find(|&&l| l >= n_layers) {
             return Err(Error::out_of_range(
-                "layers",
+                "layers (--layers)",
                 l,
                 format!("layers below {n_layers} (the model's layers)"),
             ));
         }
         if self.docs < 2 {
             return Err(Error::out_of_range(
-                "docs",
+                "docs (--docs)",
                 self.docs,
                 "at least 2 (half choose latents, half score them)",
             ));
         }
         if self.eval_tokens == 0 {
-            return Err(Error::out_of_range("eval_tokens", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "eval_tokens (--eval-tokens)",
+                0,
+                "at least 1",
+            ));
         }
         self.train_config(self.layers[0]).validate()
     }
@@ -265,7 +269,7 @@ mod tests {
     fn layers_docs_and_trainer_options_are_checked() {
         assert!(config().validate(30).is_ok());
         let e = config().validate(5).unwrap_err().to_string();
-        assert!(e.starts_with("layers: 6"), "{e}");
+        assert!(e.starts_with("layers (--layers): 6"), "{e}");
         let e = LayerComparisonConfig {
             layers: vec![],
             ..config()
@@ -281,11 +285,11 @@ mod tests {
         .validate(30)
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("docs: 1"), "{e}");
+        assert!(e.starts_with("docs (--docs): 1"), "{e}");
         let e = LayerComparisonConfig { k: 0, ..config() }
             .validate(30)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("k: 0"), "{e}");
+        assert!(e.starts_with("k (--k): 0"), "{e}");
     }
 }

@@ -57,7 +57,11 @@ pub fn perplexity(
 /// A window must hold a token and the one it predicts.
 fn check_window(window: usize) -> Result<()> {
     if window < 2 {
-        return Err(Error::out_of_range("window", window, "at least 2 tokens"));
+        return Err(Error::out_of_range(
+            "window (--window)",
+            window,
+            "at least 2 tokens",
+        ));
     }
     Ok(())
 }
@@ -80,7 +84,11 @@ impl TextPerplexity {
     pub fn validate(&self) -> Result<()> {
         check_window(self.window)?;
         match self.max_tokens {
-            Some(n) if n < 2 => Err(Error::out_of_range("max_tokens", n, "at least 2")),
+            Some(n) if n < 2 => Err(Error::out_of_range(
+                "max_tokens (--max-tokens)",
+                n,
+                "at least 2",
+            )),
             _ => Ok(()),
         }
     }
@@ -92,6 +100,14 @@ impl TextPerplexity {
         let mut ids = tok.encode(&text, self.bos)?;
         if let Some(m) = self.max_tokens {
             ids.truncate(m);
+        }
+        let context = model.config().max_positions;
+        if self.window.min(ids.len()) > context {
+            return Err(Error::out_of_range(
+                "window (--window)",
+                self.window,
+                format!("at most the model's context of {context} tokens"),
+            ));
         }
         perplexity(model, &ids, self.window, hooks)
     }
@@ -116,13 +132,16 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().starts_with("window: 0"), "{e}");
+        assert!(e.to_string().starts_with("window (--window): 0"), "{e}");
         let e = TextPerplexity {
             max_tokens: Some(1),
             ..cfg
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().starts_with("max_tokens: 1"), "{e}");
+        assert!(
+            e.to_string().starts_with("max_tokens (--max-tokens): 1"),
+            "{e}"
+        );
     }
 }

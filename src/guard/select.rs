@@ -132,10 +132,16 @@ impl Ranking {
     /// The selected set of `n` features: the first `n` candidates.
     pub fn top(&self, n: usize) -> Result<&[u32]> {
         if n == 0 || n > self.order.len() {
-            return Err(Error::Invalid(format!(
-                "cannot select {n} features from {} candidates",
-                self.order.len()
-            )));
+            return Err(Error::out_of_range(
+                "n_features (--n-features)",
+                n,
+                format!(
+                    "1..={}: only {} features pass the selection rule (lower --n-features, or \
+                     --p-ratio to admit more candidates)",
+                    self.order.len(),
+                    self.order.len()
+                ),
+            ));
         }
         Ok(&self.order[..n])
     }

@@ -45,7 +45,7 @@ pub fn rows_from_files(
 /// `ctx` must leave at least one trained position after position 0.
 fn check_ctx(ctx: usize) -> Result<()> {
     if ctx < 2 {
-        return Err(Error::out_of_range("ctx", ctx, "at least 2"));
+        return Err(Error::out_of_range("ctx (--ctx)", ctx, "at least 2"));
     }
     Ok(())
 }
@@ -65,7 +65,11 @@ impl EvalText {
     /// Checks the ranges: `tokens ≥ 1`, `ctx ≥ 2`.
     pub fn validate(&self) -> Result<()> {
         if self.tokens == 0 {
-            return Err(Error::out_of_range("eval tokens", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "tokens (--tokens, --eval-tokens)",
+                0,
+                "at least 1",
+            ));
         }
         check_ctx(self.ctx)
     }
@@ -169,7 +173,7 @@ pub fn evaluate_on_text(
 fn check_hook_layer(hook: HookPoint, n_layers: usize) -> Result<()> {
     if hook.layer >= n_layers {
         return Err(Error::out_of_range(
-            "hook",
+            "hook (--hook)",
             hook,
             format!("a layer below {n_layers} (the model's layers)"),
         ));
@@ -182,7 +186,7 @@ pub fn storage_dtype(name: &str) -> Result<DType> {
     match name {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
-        other => Err(Error::out_of_range("dtype", other, "f32 or f16")),
+        other => Err(Error::out_of_range("dtype (--dtype)", other, "f32 or f16")),
     }
 }
 
@@ -261,10 +265,18 @@ impl TrainOnText {
         check_hook_layer(self.hook, c.n_layers)?;
         check_ctx(self.ctx)?;
         if self.chunk_rows == 0 {
-            return Err(Error::out_of_range("chunk_rows", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "chunk_rows (--chunk-rows)",
+                0,
+                "at least 1",
+            ));
         }
         if self.checkpoint_every == 0 {
-            return Err(Error::out_of_range("checkpoint_every", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "checkpoint_every (--checkpoint-every)",
+                0,
+                "at least 1",
+            ));
         }
         self.train_config(c.d_model).validate()?;
         if let Some(e) = &self.eval {
@@ -431,7 +443,7 @@ mod tests {
             ctx: 128,
         };
         let e = text.validate().unwrap_err();
-        assert!(e.to_string().contains("eval tokens"), "{e}");
+        assert!(e.to_string().contains("--tokens"), "{e}");
         let e = EvalText {
             tokens: 10,
             ctx: 1,
@@ -439,7 +451,7 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().contains("ctx: 1"), "{e}");
+        assert!(e.to_string().contains("ctx (--ctx): 1"), "{e}");
         let e = check_hook_layer(HookPoint::resid_post(30), 30).unwrap_err();
         assert!(e.to_string().contains("blocks.30"), "{e}");
     }

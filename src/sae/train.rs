@@ -58,27 +58,39 @@ impl TrainConfig {
     /// what is allowed); [`Trainer::new`] and [`Trainer::load_checkpoint`] call it before any work.
     pub fn validate(&self) -> Result<()> {
         if self.d_sae == 0 {
-            return Err(Error::out_of_range("d_sae", self.d_sae, "at least 1"));
+            return Err(Error::out_of_range(
+                "d_sae (--d-sae)",
+                self.d_sae,
+                "at least 1",
+            ));
         }
         if self.k == 0 || self.k > self.d_sae {
             return Err(Error::out_of_range(
-                "k",
+                "k (--k)",
                 self.k,
                 format!("1..={} (d_sae)", self.d_sae),
             ));
         }
         if self.batch_size == 0 {
-            return Err(Error::out_of_range("batch_size", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "batch_size (--batch-size)",
+                0,
+                "at least 1",
+            ));
         }
         if self.total_tokens < self.batch_size as u64 {
             return Err(Error::out_of_range(
-                "total_tokens",
+                "total_tokens (--tokens)",
                 self.total_tokens,
                 format!("at least one batch ({} tokens)", self.batch_size),
             ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::out_of_range("lr", self.lr, "a finite number > 0"));
+            return Err(Error::out_of_range(
+                "lr (--lr)",
+                self.lr,
+                "a finite number > 0",
+            ));
         }
         if !(self.aux_coef.is_finite() && self.aux_coef >= 0.0) {
             return Err(Error::out_of_range(
@@ -95,7 +107,11 @@ impl TrainConfig {
             ));
         }
         if self.dead_tokens == 0 {
-            return Err(Error::out_of_range("dead_tokens", 0, "at least 1"));
+            return Err(Error::out_of_range(
+                "dead_tokens (--dead-tokens)",
+                0,
+                "at least 1",
+            ));
         }
         if !(0.0..=1.0).contains(&self.decay_fraction) {
             return Err(Error::out_of_range(
@@ -550,7 +566,8 @@ mod tests {
         let e = c.validate().unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, Error::OutOfRange { .. }), "{e:?}");
-        assert!(msg.starts_with(&format!("{field}: {value} ")), "{msg}");
+        assert!(msg.starts_with(field), "{msg}");
+        assert!(msg.contains(&format!(": {value} is not allowed")), "{msg}");
     }
 
     #[test]
@@ -646,6 +663,6 @@ mod tests {
         let e = Trainer::new(TrainConfig { k: 0, ..config() }, &x)
             .err()
             .unwrap();
-        assert!(e.to_string().starts_with("k: 0"), "{e}");
+        assert!(e.to_string().starts_with("k (--k): 0"), "{e}");
     }
 }

@@ -35,16 +35,16 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// At most this many rows of --ctx tokens per corpus for the fit.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub rows: usize,
     /// Tokens per row.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
     pub ctx: usize,
     /// Fit anew (into the cache) instead of using the shipped or a cached guardrail.
     #[arg(long)]
     pub refit: bool,
     /// New tokens per answer.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, allow_negative_numbers = true)]
     pub max_tokens: usize,
 }
 

@@ -63,16 +63,16 @@ enum Command {
         #[arg(long)]
         raw: bool,
         /// Maximum new tokens.
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
         max_tokens: usize,
         /// Sampling temperature (0 = greedy).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
         temperature: f64,
         /// Nucleus sampling mass.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         top_p: f64,
         /// Sampler seed.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         seed: u64,
         /// Decode with f32 weights even when quantised ones are available.
         #[arg(long)]
@@ -131,13 +131,18 @@ enum Command {
         #[arg(long)]
         text: Option<PathBuf>,
         /// Prefill lengths.
-        #[arg(long, value_delimiter = ',', default_value = "128,512,1024")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "128,512,1024",
+            allow_negative_numbers = true
+        )]
         prefill: Vec<usize>,
         /// Tokens to generate in the decode measurement.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
         decode_tokens: usize,
         /// Repetitions (median reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
         reps: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -146,7 +151,12 @@ enum Command {
         #[command(flatten)]
         guard: guard_cmd::GuardArgs,
         /// Prompt lengths of the guard-overhead measurement.
-        #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "256,512,1024",
+            allow_negative_numbers = true
+        )]
         overhead: Vec<usize>,
     },
     /// Train and evaluate sparse autoencoders.
@@ -162,10 +172,10 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
         /// Score only the first N tokens.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         max_tokens: Option<usize>,
         /// Window length (tokens scored per forward pass).
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
         window: usize,
         /// Prepend BOS to the text.
         #[arg(long)]

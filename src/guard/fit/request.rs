@@ -72,6 +72,8 @@ fn at_least(option: &str, value: usize, min: usize, what: &str) -> Result<()> {
 fn existing_file(option: &str, path: &Path) -> Result<()> {
     if path.is_file() {
         Ok(())
+    } else if path.is_dir() {
+        Err(Error::format(path, option, "a file", "a folder"))
     } else {
         Err(Error::missing(path, format!("{option} file")))
     }

@@ -78,6 +78,7 @@ pub fn run(
         None => &mut silent,
     };
     let sae = load_sae(&req.sae, req.hook)?;
+    check_against_model(lm, req, &sae)?;
     let config = fit_config(lm, req, &sae)?;
     let (forget, retain, written) = match req.input_stats() {
         Some(files) => {
@@ -168,6 +169,46 @@ pub fn run(
 
 /// The fit's configuration: identities (the SAE by its path relative to the guardrail's folder),
 /// the request's parameters, and the tokenizer's special tokens.
+/// What can be checked against the model and the SAE before the statistics pass: the SAE reads
+/// this model's residual width at a layer it has, `--n-features` fits in the SAE, and `--ctx`
+/// fits in the model's context.
+fn check_against_model(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<()> {
+    let cfg = lm.model.config();
+    if sae.d_in() != cfg.d_model {
+        return Err(Error::Mismatch(format!(
+            "{}: the SAE reads {} dimensions but the model's residual stream has {}",
+            req.sae.display(),
+            sae.d_in(),
+            cfg.d_model
+        )));
+    }
+    if let Some(h) = sae.hook().filter(|h| h.layer >= cfg.n_layers) {
+        return Err(Error::out_of_range(
+            "hook (--hook or the SAE's)",
+            h,
+            format!("a layer below {} (the model's layers)", cfg.n_layers),
+        ));
+    }
+    if req.n_features > sae.d_sae() {
+        return Err(Error::out_of_range(
+            "n_features (--n-features)",
+            req.n_features,
+            format!("at most the SAE's {} features", sae.d_sae()),
+        ));
+    }
+    if req.from_stats.is_none() && req.ctx > cfg.max_positions {
+        return Err(Error::out_of_range(
+            "ctx (--ctx)",
+            req.ctx,
+            format!(
+                "at most the model's context of {} tokens",
+                cfg.max_positions
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn fit_config(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<FitConfig> {
     // The digest identifies the model; its folder is this machine's business, not the file's.
     let model_name = lm.path.file_name().map_or_else(

@@ -153,6 +153,14 @@ pub(crate) fn load(path: &Path) -> Result<Sae> {
             header.format_version.to_string(),
         ));
     }
+    if !["f32", "f16", "bf16"].contains(&header.dtype.as_str()) {
+        return Err(Error::format(
+            &json_path,
+            "dtype",
+            "f32, f16 or bf16",
+            &header.dtype,
+        ));
+    }
     let (d_in, d_sae) = (header.d_in, header.d_sae);
     let mut file = TensorFile::read_safetensors(&weights_path)?;
     let need_k = || {
