@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 echo "== fmt"; cargo fmt --check
 echo "== clippy"; cargo clippy --all-targets -- -D warnings
+echo "== doc"; RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q
 echo "== default model"; cargo run -q --bin dsg -- fetch
 echo "== tests"; cargo test --all-targets 2>&1

@@ -6,6 +6,9 @@
 //! (per-feature statistics over corpora) → [`guard`] (selection, gate, clamp, guardrail files) →
 //! [`eval`] / [`generate`].
 
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod assets;
 pub mod data;
 pub mod error;

@@ -133,7 +133,7 @@ pub fn throughput(
 pub struct GuardOverhead {
     /// The guardrail's name and gate setting (`as fitted` or forced open).
     pub label: String,
-    /// The timings.
+    /// Plain and guarded medians of the pass and the time spent in the guardrail's hooks.
     pub overhead: Overhead,
     /// Tokens clamped in the last guarded pass.
     pub clamped: usize,

@@ -54,7 +54,7 @@ pub struct EvalActivity<'a> {
 /// A bypass variant's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct BypassResult {
-    /// The variant.
+    /// The variant's name, as given in [`EvalActivity::variants`].
     pub variant: String,
     /// Fraction of all positives detected in this variant.
     pub detected: Rate,

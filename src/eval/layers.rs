@@ -40,7 +40,7 @@ pub struct LayerComparisonConfig {
     pub docs: usize,
     /// Training tokens per layer.
     pub tokens: u64,
-    /// Latents.
+    /// Latents of each layer's SAE (its width).
     pub d_sae: usize,
     /// Active latents per token.
     pub k: usize,
@@ -106,7 +106,7 @@ impl LayerComparisonConfig {
 /// One layer's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerResult {
-    /// The layer.
+    /// Decoder layer (0-based) whose residual stream the SAE was trained on.
     pub layer: usize,
     /// Fraction of variance unexplained on the held-out text.
     pub fvu: f64,

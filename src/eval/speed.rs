@@ -19,7 +19,7 @@ pub struct Throughput {
     pub median_secs: f64,
     /// Tokens per second at the median.
     pub tokens_per_sec: f64,
-    /// Repetitions.
+    /// Timed runs the median is taken over.
     pub reps: usize,
 }
 

@@ -48,7 +48,7 @@ pub struct Bootstrap {
 pub struct CalibrationSummary {
     /// The percentile the threshold was taken at.
     pub percentile: f64,
-    /// The threshold.
+    /// The gate threshold `τ`: that percentile of the retain rows' scores.
     pub threshold: f64,
     /// Number of retain rows.
     pub n_rows: usize,

@@ -104,7 +104,7 @@ pub struct GuardrailFile {
     pub features: Vec<SelectedFeature>,
     /// The rule that selected them.
     pub selection: SelectionRule,
-    /// The clamp.
+    /// What the selected features are set to at clamped tokens.
     pub clamp: ClampSpec,
     /// The gate, with its threshold.
     pub gate: Gate,

@@ -201,10 +201,16 @@ unsafe fn pack_w_avx2(
 ) {
     let steps = depth / 8 * 8;
     for r in (0..rows).step_by(8) {
-        let src = w.as_ptr().add(r * k + k0);
-        let dst = packed.as_mut_ptr().add(r / NT * NT * depth + r % NT);
-        for l in (0..steps).step_by(8) {
-            transpose8(src.add(l), k, dst.add(l * NT), NT);
+        // SAFETY: AVX2 is available (the caller's contract). Rows `r..r + 8 ≤ rows` of `w` hold
+        // `k ≥ k0 + depth` values, so the 8 × 8 source blocks at steps `l + 8 ≤ depth` are in
+        // bounds; their destination (8 steps of 16, from lane `r % NT ≤ 8` of panel `r / NT`) lies
+        // inside the panels `packed` holds.
+        unsafe {
+            let src = w.as_ptr().add(r * k + k0);
+            let dst = packed.as_mut_ptr().add(r / NT * NT * depth + r % NT);
+            for l in (0..steps).step_by(8) {
+                transpose8(src.add(l), k, dst.add(l * NT), NT);
+            }
         }
     }
     pack_rows(w, k, k0, depth, 0..rows, steps..depth, packed);
@@ -224,7 +230,9 @@ unsafe fn pack_w_avx2(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: &mut
 #[inline]
 unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
     use std::arch::x86_64::*;
-    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    // SAFETY: the caller guarantees the eight rows of eight values at `src`, `lds` apart, are
+    // readable.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * lds)) });
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -252,7 +260,9 @@ unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
         _mm256_permute2f128_ps::<0x31>(u3, u7),
     ];
     for (i, v) in out.iter().enumerate() {
-        _mm256_storeu_ps(dst.add(i * ldd), *v);
+        // SAFETY: the caller guarantees the eight rows of eight values at `dst`, `ldd` apart, are
+        // writable.
+        unsafe { _mm256_storeu_ps(dst.add(i * ldd), *v) };
     }
 }
 
@@ -288,11 +298,13 @@ pub(crate) unsafe fn tile(
     use std::arch::x86_64::*;
     debug_assert!((1..=MR).contains(&out.rows) && out.cols <= NT);
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    // SAFETY (every block of `step`): `l < depth`, and the caller guarantees that `a` points at
+    // `depth` rows of 16 readable values, `lda` apart, and each `b[r]` at `depth` values.
     let mut step = |l: usize| {
-        let x0 = _mm256_loadu_ps(a.add(l * lda));
-        let x1 = _mm256_loadu_ps(a.add(l * lda + 8));
+        let x0 = unsafe { _mm256_loadu_ps(a.add(l * lda)) };
+        let x1 = unsafe { _mm256_loadu_ps(a.add(l * lda + 8)) };
         for r in 0..MR {
-            let br = _mm256_broadcast_ss(&*b[r].add(l));
+            let br = _mm256_broadcast_ss(unsafe { &*b[r].add(l) });
             acc[2 * r] = _mm256_fmadd_ps(br, x0, acc[2 * r]);
             acc[2 * r + 1] = _mm256_fmadd_ps(br, x1, acc[2 * r + 1]);
         }
@@ -306,26 +318,37 @@ pub(crate) unsafe fn tile(
     (l..depth).for_each(&mut step);
     if out.cols == NT {
         for r in 0..out.rows {
-            let c = out.c.add(r * out.ldc);
-            let (mut lo, mut hi) = (acc[2 * r], acc[2 * r + 1]);
-            if out.accumulate {
-                lo = _mm256_add_ps(_mm256_loadu_ps(c), lo);
-                hi = _mm256_add_ps(_mm256_loadu_ps(c.add(8)), hi);
+            // SAFETY: `r < out.rows` and the tile is 16 wide: the caller guarantees these 16
+            // values `ldc` apart are in bounds and touched by no other thread during the call.
+            unsafe {
+                let c = out.c.add(r * out.ldc);
+                let (mut lo, mut hi) = (acc[2 * r], acc[2 * r + 1]);
+                if out.accumulate {
+                    lo = _mm256_add_ps(_mm256_loadu_ps(c), lo);
+                    hi = _mm256_add_ps(_mm256_loadu_ps(c.add(8)), hi);
+                }
+                _mm256_storeu_ps(c, lo);
+                _mm256_storeu_ps(c.add(8), hi);
             }
-            _mm256_storeu_ps(c, lo);
-            _mm256_storeu_ps(c.add(8), hi);
         }
         return;
     }
     let mut sums = [[0f32; NT]; MR];
     for (r, row) in sums.iter_mut().enumerate() {
-        _mm256_storeu_ps(row.as_mut_ptr(), acc[2 * r]);
-        _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[2 * r + 1]);
+        // SAFETY: `row` holds 16 values, two vectors.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), acc[2 * r]);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[2 * r + 1]);
+        }
     }
     for (r, row) in sums.iter().enumerate().take(out.rows) {
         for (t, &v) in row.iter().enumerate().take(out.cols) {
-            let o = out.c.add(r * out.ldc + t);
-            *o = if out.accumulate { *o + v } else { v };
+            // SAFETY: `r < out.rows` and `t < out.cols`: inside the tile the caller gives this call
+            // alone.
+            unsafe {
+                let o = out.c.add(r * out.ldc + t);
+                *o = if out.accumulate { *o + v } else { v };
+            }
         }
     }
 }

@@ -241,7 +241,8 @@ impl SharedOut {
     /// # Safety
     /// `i` is in bounds.
     pub unsafe fn at(&self, i: usize) -> *mut f32 {
-        self.0.add(i)
+        // SAFETY: the caller guarantees `i` is in bounds of the buffer.
+        unsafe { self.0.add(i) }
     }
 
     /// The `len` elements from offset `at`, to write.
@@ -250,7 +251,9 @@ impl SharedOut {
     /// The range is in bounds and no other thread touches it during the job.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
+        // SAFETY: the caller guarantees the range is in bounds and not touched by any other thread
+        // while the returned slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
     }
 
     /// Writes `v` at offset `i`.
@@ -258,7 +261,8 @@ impl SharedOut {
     /// # Safety
     /// `i` is in bounds and no other thread writes or reads offset `i` during the job.
     pub unsafe fn write(&self, i: usize, v: f32) {
-        *self.0.add(i) = v;
+        // SAFETY: the caller guarantees `i` is in bounds and that no other thread accesses it.
+        unsafe { *self.0.add(i) = v };
     }
 }
 

@@ -33,15 +33,21 @@ unsafe fn exp_avx2(v: &mut [f32]) {
     use std::arch::x86_64::*;
     let mut chunks = v.chunks_exact_mut(8);
     for c in &mut chunks {
-        let x = _mm256_loadu_ps(c.as_ptr());
-        _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
+        // SAFETY: `c` is eight values, one vector; AVX2 and FMA are enabled here.
+        unsafe {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
+        }
     }
     let rest = chunks.into_remainder();
     if !rest.is_empty() {
         let mut buf = [0f32; 8];
         buf[..rest.len()].copy_from_slice(rest);
-        let y = exp8(_mm256_loadu_ps(buf.as_ptr()));
-        _mm256_storeu_ps(buf.as_mut_ptr(), y);
+        // SAFETY: `buf` is eight values, one vector; AVX2 and FMA are enabled here.
+        unsafe {
+            let y = exp8(_mm256_loadu_ps(buf.as_ptr()));
+            _mm256_storeu_ps(buf.as_mut_ptr(), y);
+        }
         let n = rest.len();
         rest.copy_from_slice(&buf[..n]);
     }

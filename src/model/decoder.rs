@@ -225,7 +225,7 @@ impl Model {
         })
     }
 
-    /// The configuration.
+    /// The architecture and sizes the model was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }

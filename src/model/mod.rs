@@ -32,7 +32,7 @@ use crate::{Error, Result};
 
 /// A model with its tokenizer and where it came from.
 pub struct LoadedModel {
-    /// The decoder.
+    /// The hookable decoder with its weights.
     pub model: Model,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,

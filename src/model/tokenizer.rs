@@ -13,7 +13,7 @@ use crate::{Error, Result};
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
-    /// The text.
+    /// The message's text, as the chat template receives it.
     pub content: String,
 }
 

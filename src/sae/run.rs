@@ -88,7 +88,7 @@ pub struct TextEval {
     pub hook: HookPoint,
     /// The SAE's latents.
     pub d_sae: usize,
-    /// The measurements.
+    /// Reconstruction quality: FVU, sparsity and the cross-entropy cost of splicing the SAE in.
     pub eval: SaeEval,
     /// Seconds the measurement took.
     pub secs: f64,
@@ -197,7 +197,7 @@ pub struct TrainOnText {
     pub hook: HookPoint,
     /// Training text files.
     pub text: Vec<PathBuf>,
-    /// Latents.
+    /// Latents of the SAE to train (its width).
     pub d_sae: usize,
     /// Active latents per token.
     pub k: usize,

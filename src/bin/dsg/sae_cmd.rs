@@ -128,7 +128,7 @@ pub enum SaeCommand {
         /// Training tokens per layer.
         #[arg(long, default_value_t = 65536, allow_negative_numbers = true)]
         tokens: u64,
-        /// Latents.
+        /// Latents of each layer's SAE (its width).
         #[arg(long, default_value_t = 2048, allow_negative_numbers = true)]
         d_sae: usize,
         /// Active latents per token.

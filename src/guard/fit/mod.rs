@@ -40,7 +40,7 @@ pub struct FitConfig {
     pub gate: Gate,
     /// Calibration percentile `p_dyn`.
     pub p_dyn: f64,
-    /// The clamp.
+    /// What the selected features are set to at clamped tokens.
     pub clamp: ClampSpec,
     /// Rows per forward pass.
     pub batch_size: usize,

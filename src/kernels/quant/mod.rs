@@ -278,27 +278,34 @@ unsafe fn rows_avx2<F: BlockFormat>(w: &[u8], nb: usize, x: &QuantizedRow, out: 
     let dd = scratch.as_mut_ptr() as *mut f32;
     let xp = x.q.as_ptr();
     for (r, o) in out.iter_mut().enumerate() {
-        let row = w.as_ptr().add(r * row_bytes);
-        let (m, t) = F::scales_avx2(row, x, nb, dd);
-        let qp = row.add(F::SCALE_BYTES * nb);
-        let (mut a0, mut a1) = (m, _mm256_setzero_ps());
-        let mut b = 0;
-        while b + 2 <= nb {
-            let x0 = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-            let x1 = _mm256_loadu_si256(xp.add((b + 1) * BLOCK) as *const __m256i);
-            let s0 = F::block_sums_avx2(qp, b, x0);
-            let s1 = F::block_sums_avx2(qp, b + 1, x1);
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), s0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b + 1)), s1, a1);
-            b += 2;
+        // SAFETY: AVX2, FMA and F16C are enabled here. The caller guarantees `w` holds
+        // `out.len()` repacked rows of `nb` blocks (`F::SCALE_BYTES · nb` of scales, then the
+        // quants) and `x` `nb` blocks, so `row`, `qp` and every block `b < nb` read below are in
+        // bounds, as `F::scales_avx2` and `F::block_sums_avx2` require; `dd` has room for
+        // `nb ≤ MAX_AVX2_BLOCKS` values, each written by the scale phase before it is read.
+        unsafe {
+            let row = w.as_ptr().add(r * row_bytes);
+            let (m, t) = F::scales_avx2(row, x, nb, dd);
+            let qp = row.add(F::SCALE_BYTES * nb);
+            let (mut a0, mut a1) = (m, _mm256_setzero_ps());
+            let mut b = 0;
+            while b + 2 <= nb {
+                let x0 = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+                let x1 = _mm256_loadu_si256(xp.add((b + 1) * BLOCK) as *const __m256i);
+                let s0 = F::block_sums_avx2(qp, b, x0);
+                let s1 = F::block_sums_avx2(qp, b + 1, x1);
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), s0, a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b + 1)), s1, a1);
+                b += 2;
+            }
+            if b < nb {
+                let x0 = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
+                let s0 = F::block_sums_avx2(qp, b, x0);
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), s0, a0);
+            }
+            let sum = hsum(_mm256_add_ps(a0, a1));
+            *o = if F::HAS_MIN { sum + t } else { sum };
         }
-        if b < nb {
-            let x0 = _mm256_loadu_si256(xp.add(b * BLOCK) as *const __m256i);
-            let s0 = F::block_sums_avx2(qp, b, x0);
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(*dd.add(b)), s0, a0);
-        }
-        let sum = hsum(_mm256_add_ps(a0, a1));
-        *o = if F::HAS_MIN { sum + t } else { sum };
     }
 }
 
@@ -319,7 +326,8 @@ fn f16_at(bytes: &[u8], i: usize) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_avx(p: *const u8) -> f32 {
     use std::arch::x86_64::*;
-    let bits = (p as *const u16).read_unaligned();
+    // SAFETY: the caller guarantees two readable bytes at `p`.
+    let bits = unsafe { (p as *const u16).read_unaligned() };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 

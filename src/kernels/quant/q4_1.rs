@@ -59,24 +59,29 @@ impl BlockFormat for Q4_1 {
         dd: *mut f32,
     ) -> (std::arch::x86_64::__m256, f32) {
         use std::arch::x86_64::*;
-        let (dp, mp) = (w, w.add(2 * nb));
-        let mut macc = _mm256_setzero_ps();
-        let mut b = 0;
-        while b + 8 <= nb {
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(2 * b) as *const __m128i));
-            let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
-            _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
-            let mw = _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b) as *const __m128i));
-            macc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x.s.as_ptr().add(b)), macc);
-            b += 8;
+        // SAFETY: the trait's contract: F16C is available, `w` starts with `nb` f16 scales then
+        // `nb` f16 minimums, `x` has `nb` blocks (`x.d`, `x.s`) and `dd` room for `nb` values;
+        // every access below is at a block `b < nb` (eight at a time only while `b + 8 ≤ nb`).
+        unsafe {
+            let (dp, mp) = (w, w.add(2 * nb));
+            let mut macc = _mm256_setzero_ps();
+            let mut b = 0;
+            while b + 8 <= nb {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(2 * b) as *const __m128i));
+                let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
+                _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
+                let mw = _mm256_cvtph_ps(_mm_loadu_si128(mp.add(2 * b) as *const __m128i));
+                macc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x.s.as_ptr().add(b)), macc);
+                b += 8;
+            }
+            let mut mtail = 0f32;
+            while b < nb {
+                *dd.add(b) = f16_avx(dp.add(2 * b)) * *x.d.get_unchecked(b);
+                mtail += f16_avx(mp.add(2 * b)) * *x.s.get_unchecked(b);
+                b += 1;
+            }
+            (macc, mtail)
         }
-        let mut mtail = 0f32;
-        while b < nb {
-            *dd.add(b) = f16_avx(dp.add(2 * b)) * *x.d.get_unchecked(b);
-            mtail += f16_avx(mp.add(2 * b)) * *x.s.get_unchecked(b);
-            b += 1;
-        }
-        (macc, mtail)
     }
 
     /// One nibble unpack (low nibbles against the block's first 16 values, high against the last
@@ -90,7 +95,8 @@ impl BlockFormat for Q4_1 {
         xv: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
-        let t = _mm_loadu_si128(quants.add(b * QUANT_BYTES) as *const __m128i);
+        // SAFETY: the caller guarantees `quants` holds at least `b + 1` blocks of 16 bytes.
+        let t = unsafe { _mm_loadu_si128(quants.add(b * QUANT_BYTES) as *const __m128i) };
         let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
         let wq = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
         let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), _mm256_set1_epi16(1));
