@@ -245,7 +245,10 @@ fn eval_gate_keeps_earlier_reports_and_checks_options() {
     assert_mentions(&with(&["--out", s(&out)]), &["report.md", "--force"]);
     assert_mentions(&with(&["--out", s(&guard)]), &["--out", "input"]);
     let fresh = dir.join("fresh");
-    assert_mentions(&with(&["--out", s(&fresh), "--batch", "0"]), &["batch (--batch): 0"]);
+    assert_mentions(
+        &with(&["--out", s(&fresh), "--batch", "0"]),
+        &["batch (--batch): 0"],
+    );
     let missing = dir.join("no-data");
     let e = fails(&[
         "eval",
