@@ -129,7 +129,7 @@ fn pack_w(w: &[f32], k: usize, k0: usize, depth: usize, packed: &mut Vec<f32>) {
     assert!(k0 + depth <= k);
     // Every value is overwritten below but the lanes past the last row, which stay zero.
     packed.resize(rows.div_ceil(NT) * NT * depth, 0.0);
-    if rows % NT != 0 {
+    if !rows.is_multiple_of(NT) {
         let last = &mut packed[rows / NT * NT * depth..];
         last.chunks_exact_mut(NT)
             .for_each(|step| step[rows % NT..].fill(0.0));

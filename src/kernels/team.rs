@@ -179,7 +179,7 @@ fn worker(s: &Shared, w: usize) {
             if e != seen {
                 break e;
             }
-            if (spins % 64 == 0 || spins > 2000) && start.elapsed() > SPIN {
+            if (spins.is_multiple_of(64) || spins > 2000) && start.elapsed() > SPIN {
                 s.parked[w].store(true, Ordering::SeqCst);
                 // Re-check after announcing, so a job published meanwhile is not missed.
                 if s.epoch.load(Ordering::SeqCst) == seen {

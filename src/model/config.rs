@@ -414,7 +414,7 @@ impl ModelConfig {
             }
         };
         check(
-            self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0,
+            self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads),
             "num_key_value_heads",
             "a positive divisor of num_attention_heads",
             format!("{} kv heads for {} heads", self.n_kv_heads, self.n_heads),
@@ -444,7 +444,7 @@ impl ModelConfig {
             self.layer_windows.len().to_string(),
         )?;
         check(
-            self.head_dim % 2 == 0 || self.positions == Positions::Learned,
+            self.head_dim.is_multiple_of(2) || self.positions == Positions::Learned,
             "head_dim",
             "even (rotary embeddings rotate pairs)",
             self.head_dim.to_string(),
@@ -461,7 +461,7 @@ pub(super) fn implied_head_dim(
     heads_key: &str,
     heads: usize,
 ) -> Result<usize> {
-    if heads == 0 || width % heads != 0 {
+    if heads == 0 || !width.is_multiple_of(heads) {
         return Err(Error::format(
             path,
             heads_key,

@@ -155,7 +155,7 @@ impl RowActivity {
     /// Records one row given as a row-major `(len, d_sae)` slice.
     pub fn push_row(&mut self, acts: &[f32], starts_with_bos: bool) -> Result<()> {
         let d = self.d_sae;
-        if d == 0 || acts.len() % d != 0 {
+        if d == 0 || !acts.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(
                 "row of {} values is not a whole number of {d}-feature tokens",
                 acts.len()
