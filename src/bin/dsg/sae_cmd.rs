@@ -165,7 +165,7 @@ impl TrainProgress for StepBar {
 
     fn step(&mut self, s: &StepStats) {
         self.bar.inc(1);
-        if self.bar.is_hidden() && s.step % 50 == 0 {
+        if self.bar.is_hidden() && s.step.is_multiple_of(50) {
             eprintln!(
                 "step {} fvu {:.3} aux {:.3} dead {:.1}% lr {:.1e} {:.0}s",
                 s.step,
@@ -176,7 +176,7 @@ impl TrainProgress for StepBar {
                 self.t0.elapsed().as_secs_f64()
             );
         }
-        if s.step % 10 == 0 {
+        if s.step.is_multiple_of(10) {
             self.bar.set_message(format!(
                 "fvu {:.3} aux {:.3} dead {:.1}% lr {:.1e}",
                 s.fvu,
