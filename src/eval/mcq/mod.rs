@@ -74,13 +74,23 @@ pub fn read_question_list(path: &Path) -> Result<HashSet<String>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
-                Error::format(path, format!("line {}", i + 1), "a JSON object", e.to_string())
+                Error::format(
+                    path,
+                    format!("line {}", i + 1),
+                    "a JSON object",
+                    e.to_string(),
+                )
             })?;
             v.get("id")
                 .and_then(|x| x.as_str())
                 .map(String::from)
                 .ok_or_else(|| {
-                    Error::format(path, format!("line {}: id", i + 1), "a string", l.to_string())
+                    Error::format(
+                        path,
+                        format!("line {}: id", i + 1),
+                        "a string",
+                        l.to_string(),
+                    )
                 })
         })
         .collect()
@@ -317,12 +327,19 @@ impl McqConfig {
 
     /// The selected questions of every file.
     pub fn questions(&self) -> Result<Vec<Question>> {
-        let list = self.questions.as_deref().map(read_question_list).transpose()?;
+        let list = self
+            .questions
+            .as_deref()
+            .map(read_question_list)
+            .transpose()?;
         let mut all = Vec::new();
         for f in &self.files {
             let selected = read_questions(f, self.split)?.into_iter().filter(|q| {
                 (self.subjects.is_empty()
-                    || q.item.subject.as_ref().is_some_and(|s| self.subjects.contains(s)))
+                    || q.item
+                        .subject
+                        .as_ref()
+                        .is_some_and(|s| self.subjects.contains(s)))
                     && list.as_ref().is_none_or(|l| l.contains(&q.id))
             });
             all.extend(selected.take(self.limit.unwrap_or(usize::MAX)));

@@ -138,7 +138,10 @@ pub fn request(
         let candidates = (0..item.choices.len())
             .map(|i| {
                 let l = letter(i).to_string();
-                Ok(vec![single_token(tok, &l)?, single_token(tok, &format!(" {l}"))?])
+                Ok(vec![
+                    single_token(tok, &l)?,
+                    single_token(tok, &format!(" {l}"))?,
+                ])
             })
             .collect::<Result<_>>()?;
         return Ok(Request::Next {

@@ -174,7 +174,14 @@ impl McqReport {
 
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
-        let pct = |r: &Rate| format!("{:.1} [{:.1}, {:.1}]", 100.0 * r.rate, 100.0 * r.lo, 100.0 * r.hi);
+        let pct = |r: &Rate| {
+            format!(
+                "{:.1} [{:.1}, {:.1}]",
+                100.0 * r.rate,
+                100.0 * r.lo,
+                100.0 * r.hi
+            )
+        };
         let mut md = format!(
             "# MCQ evaluation: {} protocol, {}\n\nFiles: {} (split {}); {} questions selected",
             self.protocol,
@@ -195,7 +202,11 @@ impl McqReport {
             if self.overall.acc_norm.is_some() { "---|" } else { "" },
         );
         for a in std::iter::once(&self.overall).chain(&self.per_subject) {
-            let norm = a.acc_norm.as_ref().map(|r| format!(" {} |", pct(r))).unwrap_or_default();
+            let norm = a
+                .acc_norm
+                .as_ref()
+                .map(|r| format!(" {} |", pct(r)))
+                .unwrap_or_default();
             let _ = writeln!(
                 md,
                 "| {} | {} | {} |{norm} {:.1} |",

@@ -124,7 +124,10 @@ pub fn score(
         }
         for (g, d) in guards.iter_mut().zip(decisions.iter_mut()) {
             let records = g.take_records();
-            let pass = records.last().map(|p| p.rows.as_slice()).unwrap_or_default();
+            let pass = records
+                .last()
+                .map(|p| p.rows.as_slice())
+                .unwrap_or_default();
             d.extend(pass.iter().map(|r| r.decision));
         }
         progress(chunk.last().map_or(0, |(q, _)| q + 1));
