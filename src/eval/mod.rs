@@ -9,12 +9,14 @@
 //! * [`gate_report`]: the `dsg eval gate` report over a suite, and its files.
 //! * [`layers`]: which layer to put an SAE at (short SAEs compared).
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
+//! * [`mcq`]: MCQ accuracy (paper, lm-eval and cloze protocols), the option-order filters.
 
 pub mod bench;
 pub mod detection;
 pub mod explain;
 pub mod gate_report;
 pub mod layers;
+pub mod mcq;
 pub mod metrics;
 pub mod perplexity;
 pub mod plot;

@@ -11,13 +11,18 @@ use crate::Result;
 /// answers) about {subject}." + question + lettered choices as the user message, rendered with the
 /// model's chat template (generation prompt on), followed by `Answer: (`. No extra BOS is added.
 pub fn mcq_prompt(tokenizer: &Tokenizer, subject: &str, item: &McqItem) -> Result<Vec<u32>> {
+    tokenizer.encode(&mcq_prompt_text(tokenizer, subject, item)?, false)
+}
+
+/// The text [`mcq_prompt`] encodes: the rendered chat followed by `Answer: (`.
+pub fn mcq_prompt_text(tokenizer: &Tokenizer, subject: &str, item: &McqItem) -> Result<String> {
     let user = format!(
         "The following are multiple choice questions (with answers) about {}.\n{}",
         subject.replace('_', " "),
         item.body()
     );
     let text = tokenizer.apply_chat_template(&[Message::new("user", &user)], true)?;
-    tokenizer.encode(&(text + "Answer: ("), false)
+    Ok(text + "Answer: (")
 }
 
 /// [`mcq_prompt`] for each item, about `subject` when given, else about the item's own subject

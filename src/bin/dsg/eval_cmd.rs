@@ -1,5 +1,6 @@
 //! `dsg eval gate`: how well guardrails' gates separate held-out forget questions from benign
 //! prompts, and whether padding or multi-turn splitting bypasses them (see `dsg::eval::suite`).
+//! `dsg eval mcq`: multiple-choice accuracy with guardrails active (see `dsg::eval::mcq`).
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use crate::guard_cmd::{self, parse_gate, progress_bar, GuardArgs};
 use crate::{load_model, ModelArgs};
 use dsg::data::Split;
 use dsg::eval::gate_report::{evaluate_gates, GateReportConfig};
+use dsg::eval::mcq::{self, McqConfig, Orders, Protocol};
 use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
 use dsg::eval::suite::SuiteConfig;
 use dsg::guard::Gate;
@@ -19,6 +21,94 @@ use dsg::guard::Gate;
 pub enum EvalCommand {
     /// Gate quality: AUROC, TPR/FPR at the threshold, bypass rates, ρ histograms.
     Gate(GateArgs),
+    /// Multiple-choice accuracy (paper, lm-eval or cloze protocol), optionally option-order filtered.
+    Mcq(McqArgs),
+}
+
+/// Options of `dsg eval mcq`.
+#[derive(Args, Clone)]
+pub struct McqArgs {
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    /// MCQ files: WMDP JSON, MMLU CSV, MMLU-Redux JSONL, ARC JSONL (repeatable).
+    #[arg(long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Which split of each file.
+    #[arg(long, default_value = "heldout", value_parser = guard_cmd::parse_split)]
+    pub split: Split,
+    /// Keep only these subjects (repeatable).
+    #[arg(long = "subject")]
+    pub subjects: Vec<String>,
+    /// Keep only the questions listed in this JSONL file (`kept.jsonl` of an earlier run).
+    #[arg(long)]
+    pub questions: Option<PathBuf>,
+    /// At most this many questions per file (in file order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// paper (spec §5.1), lm-eval or cloze.
+    #[arg(long, default_value = "paper", value_parser = parse_protocol)]
+    pub protocol: Protocol,
+    /// Keep only questions the base model answers under all-orders (the paper's 24) or cyclic
+    /// orders of their options.
+    #[arg(long, value_parser = parse_orders)]
+    pub filter: Option<Orders>,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Folder for report.json, report.md, questions.jsonl, kept.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace report files already in --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
+    s.parse().map_err(|e: dsg::Error| e.to_string())
+}
+
+fn parse_orders(s: &str) -> std::result::Result<Orders, String> {
+    s.parse().map_err(|e: dsg::Error| e.to_string())
+}
+
+impl McqArgs {
+    /// The library's configuration of these options.
+    pub fn config(&self) -> McqConfig {
+        McqConfig {
+            files: self.files.clone(),
+            split: self.split,
+            subjects: self.subjects.clone(),
+            questions: self.questions.clone(),
+            limit: self.limit,
+            protocol: self.protocol,
+            filter: self.filter,
+            batch: self.batch,
+            out: self.out.clone(),
+            overwrite: crate::overwrite(self.force),
+        }
+    }
+}
+
+/// Runs `dsg eval mcq`.
+fn run_mcq(model: &ModelArgs, args: &McqArgs) -> Result<()> {
+    let cfg = args.config();
+    cfg.check(&args.guard.guards)?;
+    let lm = load_model(model)?;
+    let mut guards = guard_cmd::load_guardrails(&lm, &args.guard)?;
+    let names: Vec<String> = args
+        .guard
+        .guards
+        .iter()
+        .map(|g| g.display().to_string())
+        .collect();
+    let mut bar = progress_bar();
+    let report = mcq::run(&lm, &mut guards, &names, &cfg, &mut |s, d, t| bar(s, d, t))?;
+    print!("{}", report.markdown());
+    eprintln!(
+        "wrote {}/report.md, report.json, questions.jsonl",
+        args.out.display()
+    );
+    Ok(())
 }
 
 /// Options of `dsg eval gate`.
@@ -119,7 +209,10 @@ impl GateArgs {
 
 /// Runs `dsg eval gate`.
 pub fn run(model: &ModelArgs, cmd: &EvalCommand) -> Result<()> {
-    let EvalCommand::Gate(args) = cmd;
+    let args = match cmd {
+        EvalCommand::Gate(args) => args,
+        EvalCommand::Mcq(args) => return run_mcq(model, args),
+    };
     let cfg = args.config()?;
     cfg.check(&args.guard.guards)?;
     let lm = load_model(model)?;

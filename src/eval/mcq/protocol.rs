@@ -1,0 +1,174 @@
+//! How a question is put to the model and what is read back: the three protocols' prompts and the
+//! token rows they score.
+//!
+//! * [`Protocol::Paper`] (spec §5.1): the chat prompt of [`crate::stats::prompts::mcq_prompt`]
+//!   ending in `Answer: (`; one row, read at its last position.
+//! * [`Protocol::LmEval`]: lm-eval-harness's zero-shot MMLU/WMDP prompt (`description` +
+//!   `doc_to_text`), no chat template, no BOS; the continuations `" A"`, `" B"`, ….
+//! * [`Protocol::Cloze`]: `Question: {q}\nAnswer:` and the continuations `" {choice}"`.
+//!
+//! Continuations are tokenised as lm-eval does: the ids of `context + continuation` past the length
+//! of the ids of `context` (lm-eval's `_encode_pair`), appended to the context's own ids.
+
+use std::str::FromStr;
+
+use crate::data::{letter, McqItem};
+use crate::model::Tokenizer;
+use crate::stats::prompts::mcq_prompt_text;
+use crate::{Error, Result};
+
+/// The scoring protocol of an MCQ evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The paper's chat prompt; the letter with the larger next-token probability.
+    Paper,
+    /// lm-eval-harness's MMLU prompt; the letter continuation with the larger log-likelihood.
+    LmEval,
+    /// The answer texts as continuations of `Question: …\nAnswer:` (`acc` and `acc_norm`).
+    Cloze,
+}
+
+impl Protocol {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Paper => "paper",
+            Protocol::LmEval => "lm-eval",
+            Protocol::Cloze => "cloze",
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+
+    /// Parses `paper`, `lm-eval` or `cloze`.
+    fn from_str(s: &str) -> Result<Protocol> {
+        match s {
+            "paper" => Ok(Protocol::Paper),
+            "lm-eval" => Ok(Protocol::LmEval),
+            "cloze" => Ok(Protocol::Cloze),
+            _ => Err(Error::out_of_range(
+                "--protocol",
+                s,
+                "paper, lm-eval or cloze",
+            )),
+        }
+    }
+}
+
+/// What is scored for one question.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// One row; per option, the ids whose next-token probabilities are compared (the paper's
+    /// letter and space-letter, or a one-token continuation).
+    Next {
+        /// The prompt ids.
+        context: Vec<u32>,
+        /// Per option, the candidate next tokens (their probabilities' maximum is the option's).
+        candidates: Vec<Vec<u32>>,
+    },
+    /// One row per option: the prompt followed by the option's continuation.
+    Continuations {
+        /// The prompt ids.
+        context: Vec<u32>,
+        /// Per option, the continuation's ids.
+        continuations: Vec<Vec<u32>>,
+    },
+}
+
+/// The prompt text of `item` under `protocol`, about `subject` (underscores read as spaces).
+pub fn prompt_text(
+    tok: &Tokenizer,
+    protocol: Protocol,
+    subject: &str,
+    item: &McqItem,
+) -> Result<String> {
+    Ok(match protocol {
+        Protocol::Paper => mcq_prompt_text(tok, subject, item)?,
+        Protocol::LmEval => {
+            let mut text = format!(
+                "The following are multiple choice questions (with answers) about {}.\n\n{}",
+                subject.replace('_', " "),
+                item.question.trim()
+            );
+            for (i, c) in item.choices.iter().enumerate() {
+                text.push_str(&format!("\n{}. {c}", letter(i)));
+            }
+            text + "\nAnswer:"
+        }
+        Protocol::Cloze => format!("Question: {}\nAnswer:", item.question),
+    })
+}
+
+/// The continuation texts of `item` under a log-likelihood protocol (none for the paper's).
+pub fn continuation_texts(protocol: Protocol, item: &McqItem) -> Vec<String> {
+    match protocol {
+        Protocol::Paper => Vec::new(),
+        Protocol::LmEval => (0..item.choices.len())
+            .map(|i| format!(" {}", letter(i)))
+            .collect(),
+        Protocol::Cloze => item.choices.iter().map(|c| format!(" {c}")).collect(),
+    }
+}
+
+/// The one token `text` encodes to, or an error naming it.
+fn single_token(tok: &Tokenizer, text: &str) -> Result<u32> {
+    match tok.encode(text, false)?.as_slice() {
+        [id] => Ok(*id),
+        ids => Err(Error::Unsupported(format!(
+            "the paper protocol needs {text:?} to be one token; this tokenizer gives {} tokens",
+            ids.len()
+        ))),
+    }
+}
+
+/// The token rows of `item` under `protocol`. A log-likelihood protocol whose continuations are
+/// all one token is read from the prompt's last position too (the same numbers as one row per
+/// option, since the model is causal, at a quarter of the cost).
+pub fn request(
+    tok: &Tokenizer,
+    protocol: Protocol,
+    subject: &str,
+    item: &McqItem,
+) -> Result<Request> {
+    let text = prompt_text(tok, protocol, subject, item)?;
+    let context = tok.encode(&text, false)?;
+    if protocol == Protocol::Paper {
+        let candidates = (0..item.choices.len())
+            .map(|i| {
+                let l = letter(i).to_string();
+                Ok(vec![
+                    single_token(tok, &l)?,
+                    single_token(tok, &format!(" {l}"))?,
+                ])
+            })
+            .collect::<Result<_>>()?;
+        return Ok(Request::Next {
+            context,
+            candidates,
+        });
+    }
+    let mut continuations = Vec::with_capacity(item.choices.len());
+    for cont in continuation_texts(protocol, item) {
+        let whole = tok.encode(&format!("{text}{cont}"), false)?;
+        let ids = whole.get(context.len()..).unwrap_or_default().to_vec();
+        if ids.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the continuation {cont:?} encodes to no tokens"
+            )));
+        }
+        continuations.push(ids);
+    }
+    if continuations.iter().all(|c| c.len() == 1) {
+        let candidates = continuations.into_iter().collect();
+        return Ok(Request::Next {
+            context,
+            candidates,
+        });
+    }
+    Ok(Request::Continuations {
+        context,
+        continuations,
+    })
+}
