@@ -22,7 +22,14 @@ fn questions() -> Vec<Question> {
         item: McqItem {
             index: i,
             id: None,
-            subject: Some(if i % 2 == 0 { "alpha" } else { "beta_gamma" }.into()),
+            subject: Some(
+                if i.is_multiple_of(2) {
+                    "alpha"
+                } else {
+                    "beta_gamma"
+                }
+                .into(),
+            ),
             question: question.into(),
             choices: choices.iter().map(|c| c.to_string()).collect(),
             answer,
