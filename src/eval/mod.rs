@@ -10,6 +10,8 @@
 //! * [`layers`]: which layer to put an SAE at (short SAEs compared).
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
 //! * [`mcq`]: MCQ accuracy (paper, lm-eval and cloze protocols), the option-order filters.
+//! * [`quality`]: output quality under a guardrail: the gibberish rate of free generations, next-token
+//!   KL to the unguarded model.
 
 pub mod bench;
 pub mod detection;
@@ -21,5 +23,6 @@ pub mod metrics;
 pub mod perplexity;
 pub mod plot;
 pub mod prompts;
+pub mod quality;
 pub mod speed;
 pub mod suite;

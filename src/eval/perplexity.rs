@@ -38,7 +38,7 @@ pub fn perplexity(
     }
     let mut nll = Vec::with_capacity(tokens.len());
     let mut n_windows = 0;
-    for chunk in tokens.chunks(window).filter(|c| c.len() >= 2) {
+    for chunk in windows(tokens, window) {
         let batch = Batch::single(chunk.to_vec(), model.device())?;
         let lp = model.token_logprobs(&batch, hooks)?;
         nll.extend(lp[0].iter().map(|x| -x));
@@ -54,8 +54,14 @@ pub fn perplexity(
     })
 }
 
+/// The windows of `tokens`: consecutive non-overlapping chunks of `window` tokens, dropping a last
+/// chunk of one token (it predicts nothing).
+pub(super) fn windows(tokens: &[u32], window: usize) -> impl Iterator<Item = &[u32]> {
+    tokens.chunks(window).filter(|c| c.len() >= 2)
+}
+
 /// A window must hold a token and the one it predicts.
-fn check_window(window: usize) -> Result<()> {
+pub(super) fn check_window(window: usize) -> Result<()> {
     if window < 2 {
         return Err(Error::out_of_range(
             "window (--window)",
