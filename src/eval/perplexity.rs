@@ -107,14 +107,11 @@ impl TextPerplexity {
         if let Some(m) = self.max_tokens {
             ids.truncate(m);
         }
-        let context = model.config().max_positions;
-        if self.window.min(ids.len()) > context {
-            return Err(Error::out_of_range(
-                "window (--window)",
-                self.window,
-                format!("at most the model's context of {context} tokens"),
-            ));
-        }
+        model.config().check_context(
+            "window (--window)",
+            self.window,
+            self.window.min(ids.len()),
+        )?;
         perplexity(model, &ids, self.window, hooks)
     }
 }

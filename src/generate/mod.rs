@@ -178,18 +178,15 @@ pub fn generate(
 ) -> Result<Generation> {
     opts.validate()?;
     let total = prompt.len().saturating_add(opts.max_new_tokens);
-    let context = model.config().max_positions;
-    if total > context {
-        return Err(Error::out_of_range(
-            "prompt + max_new_tokens (--max-tokens)",
-            format!(
-                "{} + {} = {total} tokens",
-                prompt.len(),
-                opts.max_new_tokens
-            ),
-            format!("at most the model's context of {context} tokens"),
-        ));
-    }
+    model.config().check_context(
+        "prompt + max_new_tokens (--max-tokens)",
+        format!(
+            "{} + {} = {total} tokens",
+            prompt.len(),
+            opts.max_new_tokens
+        ),
+        total,
+    )?;
     let device = model.device();
     let mut cache = KvCache::new(model.config().n_layers, 1);
     let mut sampler = Sampler::new(opts.temperature, opts.top_p, opts.seed);

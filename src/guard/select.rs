@@ -133,7 +133,7 @@ impl Ranking {
     pub fn top(&self, n: usize) -> Result<&[u32]> {
         if n == 0 || n > self.order.len() {
             return Err(Error::out_of_range(
-                "n_features (--n-features)",
+                "--n-features",
                 n,
                 format!(
                     "1..={}: only {} features pass the selection rule (lower --n-features, or \

@@ -388,12 +388,18 @@ impl ModelConfig {
 
     /// Checks that a sequence reaching `len` positions (0..len) fits the model's context
     /// (`max_positions`), for every architecture: past it, learned positions do not exist and rotary
-    /// models were never trained.
-    pub fn check_context(&self, len: usize) -> Result<()> {
+    /// models were never trained. The error names `field` (an option, or what the length is of)
+    /// with `value` (how the caller arrived at `len`).
+    pub fn check_context(
+        &self,
+        field: &str,
+        value: impl std::fmt::Display,
+        len: usize,
+    ) -> Result<()> {
         if len > self.max_positions {
             return Err(Error::out_of_range(
-                "sequence length",
-                format!("{len} positions"),
+                field,
+                value,
                 format!(
                     "at most the model's context of {} positions (max_position_embeddings / \
                      context_length)",

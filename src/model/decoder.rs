@@ -273,7 +273,11 @@ impl Model {
         let (b, l) = batch.ids.dims2()?;
         let cached = cache.as_ref().map(|c| c.row_lengths());
         let past = cached.iter().flatten().copied().max().unwrap_or(0);
-        self.cfg.check_context(past + l)?;
+        self.cfg.check_context(
+            "sequence length",
+            format!("{} positions", past + l),
+            past + l,
+        )?;
         let vocab = self.cfg.vocab_size as u32;
         if let Some(bad) = batch.rows.iter().flatten().find(|&&t| t >= vocab) {
             return Err(Error::Invalid(format!(

@@ -184,27 +184,20 @@ fn check_against_model(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<
     }
     if let Some(h) = sae.hook().filter(|h| h.layer >= cfg.n_layers) {
         return Err(Error::out_of_range(
-            "hook (--hook or the SAE's)",
+            "--hook (or the SAE's hook)",
             h,
             format!("a layer below {} (the model's layers)", cfg.n_layers),
         ));
     }
     if req.n_features > sae.d_sae() {
         return Err(Error::out_of_range(
-            "n_features (--n-features)",
+            "--n-features",
             req.n_features,
             format!("at most the SAE's {} features", sae.d_sae()),
         ));
     }
-    if req.from_stats.is_none() && req.ctx > cfg.max_positions {
-        return Err(Error::out_of_range(
-            "ctx (--ctx)",
-            req.ctx,
-            format!(
-                "at most the model's context of {} tokens",
-                cfg.max_positions
-            ),
-        ));
+    if req.from_stats.is_none() {
+        cfg.check_context("--ctx", req.ctx, req.ctx)?;
     }
     Ok(())
 }
