@@ -35,16 +35,16 @@ pub struct DemoArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// At most this many rows of --ctx tokens per corpus for the fit.
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 64)]
     pub rows: usize,
     /// Tokens per row.
-    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1024)]
     pub ctx: usize,
     /// Fit anew (into the cache) instead of using the shipped or a cached guardrail.
     #[arg(long)]
     pub refit: bool,
     /// New tokens per answer.
-    #[arg(long, default_value_t = 24, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 24)]
     pub max_tokens: usize,
 }
 

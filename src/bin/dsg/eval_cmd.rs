@@ -130,25 +130,25 @@ pub struct GateArgs {
     #[arg(long = "gate", value_parser = parse_gate, default_values = ["paper", "window:32", "cusum:0.25"])]
     pub gates: Vec<Gate>,
     /// Calibration percentile for the compared gates.
-    #[arg(long, default_value_t = 95.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 95.0)]
     pub p_dyn: f64,
     /// At most this many prompts per evaluated set (seeded sample); default: all.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     pub limit: Option<usize>,
     /// At most this many calibration prompts (seeded sample); default: all.
-    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1000)]
     pub calibration_limit: usize,
     /// Benign WikiText paragraphs.
-    #[arg(long, default_value_t = 300, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 300)]
     pub paragraphs: usize,
     /// Prompts per forward pass.
-    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Bootstrap resamples for AUROC intervals.
-    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
     /// Seed of sampling and bootstrap.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Which forget questions are the positives: heldout (to report) or selection (to choose gate
     /// parameters without looking at held-out questions).

@@ -31,34 +31,34 @@ pub struct FitArgs {
     #[arg(long, default_value = "selection", value_parser = parse_split)]
     pub split: Split,
     /// Number of selected features N.
-    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 20)]
     pub n_features: usize,
     /// Importance-ratio percentile p_ratio.
-    #[arg(long, default_value_t = 95.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 95.0)]
     pub p_ratio: f64,
     /// Calibration percentile p_dyn.
-    #[arg(long, default_value_t = 95.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 95.0)]
     pub p_dyn: f64,
     /// Gate: paper, window:W, or cusum:DRIFT (the threshold is calibrated).
     #[arg(long, default_value = "paper", value_parser = parse_gate)]
     pub gate: Gate,
     /// Clamp strength c (features set to −c).
-    #[arg(long, default_value_t = 500.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 500.0)]
     pub clamp: f64,
     /// At most this many rows per corpus (before --fraction).
-    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1024)]
     pub rows: usize,
     /// Percentage of the rows to use (the reference's dataset_fraction).
-    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 100.0)]
     pub fraction: f64,
     /// Tokens per row.
-    #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1024)]
     pub ctx: usize,
     /// Seed of document sampling and row shuffling.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Rows per forward pass.
-    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 2)]
     pub batch: usize,
     /// Process only shard i/n and write its statistics (merge with `dsg stats merge`).
     #[arg(long)]
@@ -71,7 +71,7 @@ pub struct FitArgs {
     #[arg(long, num_args = 1..)]
     pub calibrate_mcq: Vec<PathBuf>,
     /// At most this many calibration prompts (seeded sample).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     pub calibrate_limit: Option<usize>,
     /// The guardrail file to write; statistics go beside it (`<stem>.forget.stats.safetensors`, …).
     #[arg(long)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod sae_cmd;
 
@@ -63,16 +63,16 @@ enum Command {
         #[arg(long)]
         raw: bool,
         /// Maximum new tokens.
-        #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 128)]
         max_tokens: usize,
         /// Sampling temperature (0 = greedy).
-        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0.0)]
         temperature: f64,
         /// Nucleus sampling mass.
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1.0)]
         top_p: f64,
         /// Sampler seed.
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Decode with f32 weights even when quantised ones are available.
         #[arg(long)]
@@ -131,18 +131,13 @@ enum Command {
         #[arg(long)]
         text: Option<PathBuf>,
         /// Prefill lengths.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "128,512,1024",
-            allow_negative_numbers = true
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "128,512,1024")]
         prefill: Vec<usize>,
         /// Tokens to generate in the decode measurement.
-        #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 64)]
         decode_tokens: usize,
         /// Repetitions (median reported).
-        #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 3)]
         reps: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -151,12 +146,7 @@ enum Command {
         #[command(flatten)]
         guard: guard_cmd::GuardArgs,
         /// Prompt lengths of the guard-overhead measurement.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "256,512,1024",
-            allow_negative_numbers = true
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
         overhead: Vec<usize>,
     },
     /// Train and evaluate sparse autoencoders.
@@ -172,10 +162,10 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
         /// Score only the first N tokens.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long)]
         max_tokens: Option<usize>,
         /// Window length (tokens scored per forward pass).
-        #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 4096)]
         window: usize,
         /// Prepend BOS to the text.
         #[arg(long)]
@@ -231,9 +221,24 @@ fn overwrite(force: bool) -> Overwrite {
     }
 }
 
+/// Lets every option that takes a value accept a negative number (`--temperature -1`), in every
+/// subcommand, so that the range check names the option instead of clap reading the number as an
+/// unknown flag.
+fn negative_numbers_as_values(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if a.get_action().takes_values() {
+            a.allow_negative_numbers(true)
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(negative_numbers_as_values)
+}
+
 fn main() -> Result<()> {
     dsg::runtime::configure_threads();
-    let cli = Cli::parse();
+    let matches = negative_numbers_as_values(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),
         Command::Info { model } => println!("{}", ModelSummary(&load_model(&model)?)),

@@ -33,31 +33,31 @@ pub enum SaeCommand {
         #[arg(long, num_args = 1.., required = true)]
         text: Vec<PathBuf>,
         /// Number of latents.
-        #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 4096)]
         d_sae: usize,
         /// Active latents per token.
-        #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 32)]
         k: usize,
         /// Training tokens.
-        #[arg(long, default_value_t = 1_000_000, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1_000_000)]
         tokens: u64,
         /// Tokens per row (position 0 of each row is not trained on).
-        #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 128)]
         ctx: usize,
         /// Tokens per optimiser step.
-        #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1024)]
         batch_size: usize,
         /// Rows per shuffled activation chunk.
-        #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1024)]
         chunk_rows: usize,
         /// Peak learning rate (default 2e-4/sqrt(d_sae/16384)).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long)]
         lr: Option<f64>,
         /// A latent not fired for this many tokens is dead (AuxK revives it).
-        #[arg(long, default_value_t = 250_000, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 250_000)]
         dead_tokens: u64,
         /// Seed for initialisation and data order.
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output directory (dsg SAE format; checkpoints in OUT/checkpoint).
         #[arg(long)]
@@ -66,7 +66,7 @@ pub enum SaeCommand {
         #[arg(long)]
         resume: bool,
         /// Steps between checkpoints.
-        #[arg(long, default_value_t = 250, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 250)]
         checkpoint_every: usize,
         /// Storage dtype of the saved SAE: f32 or f16.
         #[arg(long, default_value = "f32", value_parser = parse_dtype)]
@@ -75,7 +75,7 @@ pub enum SaeCommand {
         #[arg(long)]
         eval_text: Option<PathBuf>,
         /// Evaluation tokens.
-        #[arg(long, default_value_t = 16384, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 16384)]
         eval_tokens: usize,
         /// Replace an SAE (or restart a checkpoint) already in OUT.
         #[arg(long)]
@@ -92,10 +92,10 @@ pub enum SaeCommand {
         #[arg(long)]
         text: PathBuf,
         /// Tokens to evaluate on.
-        #[arg(long, default_value_t = 16384, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 16384)]
         tokens: usize,
         /// Tokens per row.
-        #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 128)]
         ctx: usize,
         /// Hook point, when the SAE does not record one.
         #[arg(long)]
@@ -106,12 +106,7 @@ pub enum SaeCommand {
         #[command(flatten)]
         model: ModelArgs,
         /// Candidate layers (resid_post).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "3,6,9",
-            allow_negative_numbers = true
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "3,6,9")]
         layers: Vec<usize>,
         /// Training text files (as for `train`).
         #[arg(long, num_args = 1.., required = true)]
@@ -123,22 +118,22 @@ pub enum SaeCommand {
         #[arg(long)]
         retain: PathBuf,
         /// Documents per side (half choose the latents, the other half measure AUROC).
-        #[arg(long, default_value_t = 120, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 120)]
         docs: usize,
         /// Training tokens per layer.
-        #[arg(long, default_value_t = 65536, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 65536)]
         tokens: u64,
         /// Latents of each layer's SAE (its width).
-        #[arg(long, default_value_t = 2048, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 2048)]
         d_sae: usize,
         /// Active latents per token.
-        #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 32)]
         k: usize,
         /// Held-out text for delta CE.
         #[arg(long)]
         eval_text: PathBuf,
         /// Evaluation tokens.
-        #[arg(long, default_value_t = 1024, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 1024)]
         eval_tokens: usize,
     },
 }
