@@ -961,26 +961,7 @@ fn bad_options(v: &Valid, cases: &mut Vec<Case>) {
     }
     cases.push(case(
         "sae train --out names its training text",
-        strings(&[
-            "sae",
-            "train",
-            "--model",
-            &m,
-            "--hook",
-            "blocks.1.hook_resid_post",
-            "--text",
-            &text,
-            "--d-sae",
-            "64",
-            "--k",
-            "4",
-            "--tokens",
-            "2048",
-            "--ctx",
-            "32",
-            "--out",
-            &text,
-        ]),
+        train("--out", &text),
         &[&text],
     ));
     cases.push(case(
