@@ -551,3 +551,55 @@ fn bypass_variants_keep_the_question_and_the_activity_file_round_trips() {
     std::fs::remove_file(&path).unwrap();
     assert!(err.contains("dsg-activity") && err.contains("'x'"), "{err}");
 }
+
+#[test]
+fn only_evidence_tokens_count_for_the_gate_and_active_tokens_are_all_clamped() {
+    let (model, sae, sha, mut file) = fitted();
+    file.gate = Gate::Paper { tau: 0.2 };
+    file.calibration = None;
+    // A forget-like half followed by a retain-like half.
+    let row = [
+        rows(1, 12, 3, 100, 21).remove(0),
+        rows(1, 12, 150, 256, 22).remove(0),
+    ]
+    .concat();
+    let opts = ForwardOptions::default();
+    let run = |evidence: Option<Vec<bool>>| {
+        let mut g = guard(file.clone(), &sae, &sha);
+        let mut batch = Batch::new(vec![row.clone()], &Device::Cpu).unwrap();
+        if let Some(e) = evidence {
+            batch = batch.with_evidence(vec![e]).unwrap();
+        }
+        model.forward(&batch, &opts, &mut g, None).unwrap();
+        g.take_records().remove(0).rows.remove(0)
+    };
+    let all = run(None);
+    assert_eq!(run(Some(vec![true; row.len()])), all);
+    let activity: Vec<bool> = all.active_features.iter().map(|f| !f.is_empty()).collect();
+    for (name, evidence) in [
+        (
+            "first half",
+            (0..row.len()).map(|t| t < 12).collect::<Vec<_>>(),
+        ),
+        ("second half", (0..row.len()).map(|t| t >= 12).collect()),
+        ("none", vec![false; row.len()]),
+    ] {
+        let r = run(Some(evidence.clone()));
+        let counted: Vec<bool> = activity
+            .iter()
+            .zip(&evidence)
+            .filter(|(_, &e)| e)
+            .map(|(&a, _)| a)
+            .collect();
+        assert_eq!(r.decision, file.gate.decide(&counted), "{name}");
+        // Once on, every active token is clamped, evidence or not.
+        let expected: Vec<bool> = activity.iter().map(|&a| a && r.decision.fired).collect();
+        assert_eq!(r.clamped, expected, "{name}");
+    }
+    let none = run(Some(vec![false; row.len()]));
+    assert!(!none.decision.fired && none.clamped.iter().all(|c| !c));
+    let err = Batch::new(vec![row.clone()], &Device::Cpu)
+        .unwrap()
+        .with_evidence(vec![vec![true; 3]]);
+    assert!(err.is_err());
+}

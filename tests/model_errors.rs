@@ -434,3 +434,84 @@ fn smollm2_chat_ids_unchanged_and_forged_turns_stay_text() {
         );
     }
 }
+
+/// Checks [`Tokenizer::encode_chat_sources`] on one chat: its ids are `encode_chat`'s, and the
+/// ids attributed to each message decode to exactly that message's content as the template
+/// inserts it (`inserted`), the rest being template text.
+fn assert_sources(tok: &Tokenizer, chat: &[Message], inserted: fn(&str) -> &str) {
+    let enc = tok.encode_chat_sources(chat, true).unwrap();
+    assert_eq!(enc.ids, tok.encode_chat(chat, true).unwrap());
+    assert_eq!(enc.source.len(), enc.ids.len());
+    for (i, m) in chat.iter().enumerate() {
+        let ids: Vec<u32> = enc
+            .ids
+            .iter()
+            .zip(&enc.source)
+            .filter(|(_, s)| **s == Some(i))
+            .map(|(&id, _)| id)
+            .collect();
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            inserted(&m.content),
+            "message {i}"
+        );
+    }
+    let user = enc.written_by(chat, "user");
+    assert_eq!(
+        user.iter().filter(|&&u| u).count(),
+        enc.source
+            .iter()
+            .filter(|s| s.is_some_and(|i| chat[i].role == "user"))
+            .count()
+    );
+    assert!(enc.source.iter().any(Option::is_none), "template tokens");
+}
+
+#[test]
+fn chat_sources_tell_message_text_from_template_text() {
+    let lm = load_tiny_gguf();
+    let tok = &lm.tokenizer;
+    let chat = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "How does the heart pump blood?"),
+    ];
+    assert_sources(tok, &chat, |c| c);
+    // Forged control text goes through the guarded encoder: still attributed to the user.
+    let forged = [Message::new("system", "x"), Message::new("user", FORGED)];
+    assert_sources(tok, &forged, |c| c);
+    let enc = tok.encode_chat_sources(&forged, true).unwrap();
+    let im_start = tok.token_id("<|im_start|>").unwrap();
+    for (id, s) in enc.ids.iter().zip(&enc.source) {
+        if *id == im_start {
+            assert_eq!(*s, None, "a template control token is the template's");
+        }
+    }
+}
+
+#[test]
+fn chat_sources_under_a_trimming_template() {
+    let src = WeightSource::open_gguf(&tiny_gguf()).unwrap();
+    let WeightSource::Gguf { content, .. } = &src else {
+        unreachable!()
+    };
+    let json = gguf::tokenizer_json_from_gguf(content, &tiny_gguf()).unwrap();
+    let inner = Tokenizer::from_json_value(&json, &tiny_gguf()).unwrap();
+    let template =
+        "{% for m in messages %}<|endoftext|>{{ m.role }}: {{ m.content | trim }}<|im_end|>\n\
+                    {% endfor %}{% if add_generation_prompt %}<|endoftext|>assistant: {% endif %}";
+    let tok = Tokenizer::new(inner, None, Some(2), None, Some(template.into()), false);
+    let chat = [Message::new("user", "  what is a cell?  ")];
+    assert_sources(&tok, &chat, str::trim);
+}
+
+#[test]
+fn smollm2_chat_sources_are_the_users_text() {
+    let lm = smollm2();
+    let Some(prompts) = real_prompts() else {
+        return;
+    };
+    for p in &prompts {
+        let chat = [Message::new("user", p)];
+        assert_sources(&lm.tokenizer, &chat, |c| c);
+    }
+}

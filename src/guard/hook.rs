@@ -17,6 +17,10 @@
 //! off (for ρ, enough benign tokens dilute it), and the decision always equals the batch gate over
 //! the whole prefix; it never degenerates to the one-token ρ of naive KV-cached decoding.
 //!
+//! **Evidence.** When the batch says which tokens are evidence ([`crate::model::Batch::with_evidence`]:
+//! say, what the user wrote, not the chat template's own tokens), only those are pushed to the gate;
+//! once the gate is on, every active token of the row is clamped, evidence or not.
+//!
 //! Rows whose gate never fires, and tokens that are not clamped, are returned bit for bit as they
 //! came in. Every call is recorded ([`PassRecord`]) for `dsg explain`.
 
@@ -190,6 +194,7 @@ impl Guardrail {
         start: usize,
         tokens: &[u32],
         selected: &[Vec<f32>],
+        evidence: Option<&[bool]>,
     ) -> Result<RowRecord> {
         let active_features: Vec<Vec<u32>> = selected
             .iter()
@@ -205,9 +210,14 @@ impl Guardrail {
             })
             .collect();
         let activity: Vec<bool> = active_features.iter().map(|f| !f.is_empty()).collect();
+        let counts = |t: usize| evidence.is_none_or(|e| e[t]);
         if start == 0 {
             let mut stream = self.file.gate.stream();
-            activity.iter().for_each(|&a| stream.push(a));
+            for (t, &a) in activity.iter().enumerate() {
+                if counts(t) {
+                    stream.push(a);
+                }
+            }
             if b < self.streams.len() {
                 self.streams[b] = stream;
             } else {
@@ -224,8 +234,11 @@ impl Guardrail {
         } else {
             activity
                 .iter()
-                .map(|&a| {
-                    stream.push(a);
+                .enumerate()
+                .map(|(t, &a)| {
+                    if counts(t) {
+                        stream.push(a);
+                    }
                     a && stream.decision().fired
                 })
                 .collect()
@@ -266,6 +279,7 @@ impl Hooks for Guardrail {
                 ctx.start_positions[b],
                 &ctx.tokens[b],
                 &row_values[..len],
+                ctx.evidence.map(|e| e[b].as_slice()),
             )?;
             mask[b * seq..b * seq + len].copy_from_slice(&record.clamped);
             rows.push(record);

@@ -21,6 +21,7 @@ pub struct Batch {
     rows: Vec<Vec<u32>>,
     ids: Tensor,
     lengths: Vec<usize>,
+    evidence: Option<Vec<Vec<bool>>>,
 }
 
 impl Batch {
@@ -39,7 +40,34 @@ impl Batch {
             flat.extend(std::iter::repeat_n(0u32, max - r.len()));
         }
         let ids = Tensor::from_vec(flat, (rows.len(), max), device)?;
-        Ok(Batch { rows, ids, lengths })
+        Ok(Batch {
+            rows,
+            ids,
+            lengths,
+            evidence: None,
+        })
+    }
+
+    /// The same batch with, per row and token, whether the token is evidence for a gate (say,
+    /// written by the user rather than by the chat template); hooks read it as
+    /// [`HookContext::evidence`]. Without it every token is evidence.
+    pub fn with_evidence(mut self, evidence: Vec<Vec<bool>>) -> Result<Self> {
+        if evidence.len() != self.rows.len()
+            || evidence
+                .iter()
+                .zip(&self.rows)
+                .any(|(e, r)| e.len() != r.len())
+        {
+            return Err(Error::Invalid(format!(
+                "evidence flags for {} rows of lengths {:?}, but the batch has {} rows of lengths {:?}",
+                evidence.len(),
+                evidence.iter().map(Vec::len).collect::<Vec<_>>(),
+                self.rows.len(),
+                self.lengths
+            )));
+        }
+        self.evidence = Some(evidence);
+        Ok(self)
     }
 
     /// One row.
@@ -323,6 +351,7 @@ impl Model {
             lengths: &batch.lengths,
             start_positions: &starts,
             tokens: &batch.rows,
+            evidence: batch.evidence.as_deref(),
         };
         let inputs = PassInputs {
             batch,

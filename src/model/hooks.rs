@@ -129,6 +129,9 @@ pub struct HookContext<'a> {
     pub start_positions: &'a [usize],
     /// The new token ids of each row (unpadded).
     pub tokens: &'a [Vec<u32>],
+    /// Per row and new token, whether it counts as evidence for a gate ([`super::Batch::with_evidence`]);
+    /// `None`: every token does.
+    pub evidence: Option<&'a [Vec<bool>]>,
 }
 
 /// Observers and editors of activations. The forward pass calls [`Hooks::visit`] at every point for

@@ -25,7 +25,7 @@ pub use decoder::{Batch, ForwardOptions, ForwardOutput, Logits, Model};
 pub use hooks::{Capture, FnHook, HookContext, HookList, HookPoint, Hooks, NoHooks, Site};
 pub use kv::KvCache;
 pub use summary::ModelSummary;
-pub use tokenizer::{Message, Tokenizer};
+pub use tokenizer::{ChatEncoding, Message, Tokenizer};
 pub use weights::WeightSource;
 
 use crate::{Error, Result};

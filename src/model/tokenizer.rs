@@ -55,6 +55,31 @@ enum Piece<'a> {
     Content(usize),
 }
 
+/// [`Piece`] with its template text owned.
+enum OwnedPiece {
+    Template(String),
+    Content(usize),
+}
+
+/// A chat's ids with, per id, the message whose content it encodes ([`Tokenizer::encode_chat_sources`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatEncoding {
+    /// The ids, as [`Tokenizer::encode_chat`] gives them.
+    pub ids: Vec<u32>,
+    /// Per id, the index of the message whose content it encodes; `None` for template text.
+    pub source: Vec<Option<usize>>,
+}
+
+impl ChatEncoding {
+    /// Per id, whether it encodes the content of a message whose role is `role` (say `"user"`).
+    pub fn written_by(&self, messages: &[Message], role: &str) -> Vec<bool> {
+        self.source
+            .iter()
+            .map(|s| s.is_some_and(|i| messages.get(i).is_some_and(|m| m.role == role)))
+            .collect()
+    }
+}
+
 /// Splits a chat rendered with [`placeholder`]s into template text and message slots.
 fn split_placeholders(rendered: &str) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
@@ -314,35 +339,106 @@ impl Tokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
-        let forged = messages
-            .iter()
-            .any(|m| self.control.iter().any(|c| m.content.contains(c.as_str())));
-        if !forged {
+        if !self.forged(messages) {
             return self.encode(&text, false);
         }
-        self.encode_chat_guarded(messages, add_generation_prompt, &text)
+        Ok(self
+            .encode_chat_guarded(messages, add_generation_prompt, &text)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
-    /// [`Self::encode_chat`] for messages that contain control-token text: renders the template with
-    /// placeholders for the contents, keeps the control tokens of the template text, and encodes
-    /// everything between them (template text and contents together, as the tokenizer would) with
-    /// special-token matching off.
-    fn encode_chat_guarded(
+    /// [`Self::encode_chat`] with, per id, the message whose content it encodes (`None`: the
+    /// template's own text), so that a gate can count what a user wrote and not what the template
+    /// adds. The ids are those of [`Self::encode_chat`]. A token that spans template text and a
+    /// content is attributed to the content.
+    pub fn encode_chat_sources(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<ChatEncoding> {
+        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        let layout = self.layout(messages, add_generation_prompt, &text)?;
+        let tokens: Vec<(u32, (usize, usize))> = if self.forged(messages) {
+            self.encode_chat_guarded(messages, add_generation_prompt, &text)?
+        } else {
+            let enc = self
+                .inner
+                .encode(text.as_str(), false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            enc.get_ids()
+                .iter()
+                .copied()
+                .zip(enc.get_offsets().iter().copied())
+                .collect()
+        };
+        let source = tokens
+            .iter()
+            .map(|&(_, (start, end))| {
+                layout
+                    .iter()
+                    .find(|(_, r)| start < r.end && r.start < end.max(start + 1))
+                    .map(|(i, _)| *i)
+            })
+            .collect();
+        Ok(ChatEncoding {
+            ids: tokens.into_iter().map(|(id, _)| id).collect(),
+            source,
+        })
+    }
+
+    /// Whether any message holds control-token text.
+    fn forged(&self, messages: &[Message]) -> bool {
+        messages
+            .iter()
+            .any(|m| self.control.iter().any(|c| m.content.contains(c.as_str())))
+    }
+
+    /// Where each message's content lies in `text` (the chat as rendered): renders the template
+    /// with placeholders, and checks that the contents are inserted as they are or trimmed
+    /// (Gemma); any other transformation is refused, since the contents could not be told apart
+    /// from the template.
+    fn layout(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
         text: &str,
-    ) -> Result<Vec<u32>> {
-        let unsafe_template = |why: &str| {
+    ) -> Result<Vec<(usize, std::ops::Range<usize>)>> {
+        let (pieces, content) = self.pieces(messages, add_generation_prompt, text)?;
+        let mut at = 0;
+        let mut ranges = Vec::new();
+        for piece in &pieces {
+            let len = match piece {
+                OwnedPiece::Template(t) => t.len(),
+                OwnedPiece::Content(i) => {
+                    let c = content(&messages[*i].content).len();
+                    ranges.push((*i, at..at + c));
+                    c
+                }
+            };
+            at += len;
+        }
+        Ok(ranges)
+    }
+
+    /// The chat rendered with placeholders, split into template text and message slots, and how
+    /// the template inserts a content (as it is, or trimmed).
+    fn pieces(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        text: &str,
+    ) -> Result<(Vec<OwnedPiece>, fn(&str) -> &str)> {
+        let untracked = |why: &str| {
             Error::Unsupported(format!(
-                "a message contains control-token text and the chat template {why}, so dsg cannot \
-                 keep that text from acting as control tokens; remove it from the message"
+                "the chat template {why}, so dsg cannot tell the messages' text from the \
+                 template's (needed to keep control-token text in a message from acting as \
+                 control tokens, and to gate on what the user wrote)"
             ))
         };
         if messages.iter().any(|m| m.content.contains(MARK)) {
-            return Err(unsafe_template(
-                "cannot be split around contents holding U+F8FF",
-            ));
+            return Err(untracked("cannot be split around contents holding U+F8FF"));
         }
         let marked: Vec<Message> = messages
             .iter()
@@ -350,13 +446,19 @@ impl Tokenizer {
             .map(|(i, m)| Message::new(&m.role, &placeholder(i)))
             .collect();
         let rendered = self.apply_chat_template(&marked, add_generation_prompt)?;
-        let pieces = split_placeholders(&rendered);
+        let pieces: Vec<OwnedPiece> = split_placeholders(&rendered)
+            .into_iter()
+            .map(|p| match p {
+                Piece::Template(t) => OwnedPiece::Template(t.to_string()),
+                Piece::Content(i) => OwnedPiece::Content(i),
+            })
+            .collect();
         let rebuild = |content: fn(&str) -> &str| -> String {
             pieces
                 .iter()
                 .map(|p| match p {
-                    Piece::Template(t) => t,
-                    Piece::Content(i) => messages.get(*i).map_or("", |m| content(&m.content)),
+                    OwnedPiece::Template(t) => t.as_str(),
+                    OwnedPiece::Content(i) => messages.get(*i).map_or("", |m| content(&m.content)),
                 })
                 .collect()
         };
@@ -366,34 +468,63 @@ impl Tokenizer {
         } else if rebuild(str::trim) == text {
             str::trim
         } else {
-            return Err(unsafe_template("transforms message contents"));
+            return Err(untracked("transforms message contents"));
         };
-        let mut ids = Vec::new();
+        if pieces
+            .iter()
+            .any(|p| matches!(p, OwnedPiece::Content(i) if *i >= messages.len()))
+        {
+            return Err(untracked("writes a message slot that does not exist"));
+        }
+        Ok((pieces, content))
+    }
+
+    /// [`Self::encode_chat`] for messages that contain control-token text: keeps the control tokens
+    /// of the template text, and encodes everything between them (template text and contents
+    /// together, as the tokenizer would) with special-token matching off. Each id comes with its
+    /// byte span in `text`.
+    fn encode_chat_guarded(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        text: &str,
+    ) -> Result<Vec<(u32, (usize, usize))>> {
+        let (pieces, content) = self.pieces(messages, add_generation_prompt, text)?;
+        let mut out = Vec::new();
         let mut pending = String::new();
+        // Byte position in `text` of the start of `pending`, and of the current piece.
+        let mut pending_at = 0;
+        let mut at = 0;
         for piece in &pieces {
             match piece {
-                Piece::Content(i) => pending.push_str(content(&messages[*i].content)),
-                Piece::Template(t) => {
+                OwnedPiece::Content(i) => {
+                    let c = content(&messages[*i].content);
+                    pending.push_str(c);
+                    at += c.len();
+                }
+                OwnedPiece::Template(t) => {
                     let enc = self
                         .inner
-                        .encode(*t, false)
+                        .encode(t.as_str(), false)
                         .map_err(|e| Error::Tokenizer(e.to_string()))?;
                     let mut done = 0;
                     for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
                         if self.is_control(id) {
                             pending.push_str(&t[done..start]);
-                            ids.extend(self.encode_plain(&pending)?);
+                            out.extend(self.encode_plain(&pending, pending_at)?);
                             pending.clear();
-                            ids.push(id);
+                            out.push((id, (at + start, at + end)));
                             done = end;
+                            pending_at = at + end;
                         }
                     }
                     pending.push_str(&t[done..]);
+                    at += t.len();
                 }
             }
         }
-        ids.extend(self.encode_plain(&pending)?);
-        Ok(ids)
+        out.extend(self.encode_plain(&pending, pending_at)?);
+        Ok(out)
     }
 
     /// Whether `id` is a special (control) token.
@@ -403,8 +534,9 @@ impl Tokenizer {
             .is_some_and(|t| self.control.contains(&t))
     }
 
-    /// Encodes `text` with special-token matching off: `<|im_end|>` in it becomes ordinary tokens.
-    fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+    /// Encodes `text` with special-token matching off (`<|im_end|>` in it becomes ordinary
+    /// tokens); each id with its byte span, shifted by `at`.
+    fn encode_plain(&self, text: &str, at: usize) -> Result<Vec<(u32, (usize, usize))>> {
         if text.is_empty() {
             return Ok(Vec::new());
         }
@@ -416,6 +548,11 @@ impl Tokenizer {
         let enc = plain
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_offsets())
+            .map(|(&id, &(s, e))| (id, (at + s, at + e)))
+            .collect())
     }
 }
