@@ -55,6 +55,9 @@ enum Piece<'a> {
     Content(usize),
 }
 
+/// How a template inserts a message's content: as it is, or trimmed.
+type Inserted = fn(&str) -> &str;
+
 /// [`Piece`] with its template text owned.
 enum OwnedPiece {
     Template(String),
@@ -429,7 +432,7 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
         text: &str,
-    ) -> Result<(Vec<OwnedPiece>, fn(&str) -> &str)> {
+    ) -> Result<(Vec<OwnedPiece>, Inserted)> {
         let untracked = |why: &str| {
             Error::Unsupported(format!(
                 "the chat template {why}, so dsg cannot tell the messages' text from the \
