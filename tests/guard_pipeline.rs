@@ -10,7 +10,9 @@ use dsg::generate::{generate, GenerateOptions};
 use dsg::guard::file::ArtifactIdentity;
 use dsg::guard::fit::{collect_pair, fit_from_stats, PromptCalibration};
 use dsg::guard::hook::artifact_sha256;
-use dsg::guard::{fit, FitConfig, Gate, Guardrail, GuardrailFile, PercentileRule, SelectionRule};
+use dsg::guard::{
+    fit, Evidence, FitConfig, Gate, Guardrail, GuardrailFile, PercentileRule, SelectionRule,
+};
 use dsg::model::{
     Batch, ForwardOptions, HookList, HookPoint, Logits, Model, ModelConfig, NoHooks, WeightSource,
 };
@@ -557,6 +559,7 @@ fn only_evidence_tokens_count_for_the_gate_and_active_tokens_are_all_clamped() {
     let (model, sae, sha, mut file) = fitted();
     file.gate = Gate::Paper { tau: 0.2 };
     file.calibration = None;
+    file.evidence = Evidence::UserText;
     // A forget-like half followed by a retain-like half.
     let row = [
         rows(1, 12, 3, 100, 21).remove(0),
@@ -564,7 +567,7 @@ fn only_evidence_tokens_count_for_the_gate_and_active_tokens_are_all_clamped() {
     ]
     .concat();
     let opts = ForwardOptions::default();
-    let run = |evidence: Option<Vec<bool>>| {
+    let run_with = |file: &GuardrailFile, evidence: Option<Vec<bool>>| {
         let mut g = guard(file.clone(), &sae, &sha);
         let mut batch = Batch::new(vec![row.clone()], &Device::Cpu).unwrap();
         if let Some(e) = evidence {
@@ -573,6 +576,7 @@ fn only_evidence_tokens_count_for_the_gate_and_active_tokens_are_all_clamped() {
         model.forward(&batch, &opts, &mut g, None).unwrap();
         g.take_records().remove(0).rows.remove(0)
     };
+    let run = |evidence: Option<Vec<bool>>| run_with(&file, evidence);
     let all = run(None);
     assert_eq!(run(Some(vec![true; row.len()])), all);
     let activity: Vec<bool> = all.active_features.iter().map(|f| !f.is_empty()).collect();
@@ -602,4 +606,11 @@ fn only_evidence_tokens_count_for_the_gate_and_active_tokens_are_all_clamped() {
         .unwrap()
         .with_evidence(vec![vec![true; 3]]);
     assert!(err.is_err());
+    // A guardrail that counts every token ignores the marks.
+    let mut every = file.clone();
+    every.evidence = Evidence::AllTokens;
+    assert_eq!(
+        run_with(&every, Some(vec![false; row.len()])).decision,
+        all.decision
+    );
 }

@@ -110,8 +110,23 @@ pub struct GuardrailFile {
     pub gate: Gate,
     /// How the threshold was calibrated; absent when it was set by hand.
     pub calibration: Option<CalibrationSummary>,
+    /// Which tokens the gate counts (the threshold was calibrated counting those).
+    pub evidence: Evidence,
     /// Data provenance.
     pub provenance: DataProvenance,
+}
+
+/// Which tokens of an input a guardrail's gate counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// Every token (the paper's rule; files without the field).
+    #[default]
+    AllTokens,
+    /// Only the tokens the input marks as evidence ([`crate::model::Batch::with_evidence`]): in a
+    /// chat, the user's text, not the template's tokens or a system prompt. Inputs that mark
+    /// nothing (plain text) count every token.
+    UserText,
 }
 
 /// Describes `ids` with their corpus statistics and rule scores, where available.
@@ -365,6 +380,9 @@ impl GuardrailFile {
             )?,
             gate: fields.get("gate", "a gate {kind: paper|window|cusum, …}")?,
             calibration: fields.get_optional("calibration", "a calibration summary or null")?,
+            evidence: fields
+                .get_optional("evidence", "\"all_tokens\" or \"user_text\"")?
+                .unwrap_or_default(),
             provenance: fields.get(
                 "provenance",
                 "{forget_corpus, retain_corpus, forget_rows, retain_rows, seed, data_fraction}",
@@ -401,7 +419,7 @@ struct Fields<'a> {
     obj: &'a Map<String, Value>,
 }
 
-const FIELD_NAMES: [&str; 11] = [
+const FIELD_NAMES: [&str; 12] = [
     "format_version",
     "model",
     "sae",
@@ -412,6 +430,7 @@ const FIELD_NAMES: [&str; 11] = [
     "clamp",
     "gate",
     "calibration",
+    "evidence",
     "provenance",
 ];
 
@@ -472,6 +491,7 @@ mod tests {
             clamp: ClampSpec::paper(500.0),
             gate: Gate::Paper { tau: 0.5 },
             calibration: None,
+            evidence: Evidence::AllTokens,
             provenance: DataProvenance {
                 forget_corpus: Some("bio-forget-corpus".into()),
                 retain_corpus: Some("wikitext-2-raw-v1 test".into()),

@@ -17,7 +17,8 @@
 //! off (for ρ, enough benign tokens dilute it), and the decision always equals the batch gate over
 //! the whole prefix; it never degenerates to the one-token ρ of naive KV-cached decoding.
 //!
-//! **Evidence.** When the batch says which tokens are evidence ([`crate::model::Batch::with_evidence`]:
+//! **Evidence.** When the guardrail counts user text ([`Evidence::UserText`]) and the batch says
+//! which tokens are evidence ([`crate::model::Batch::with_evidence`]:
 //! say, what the user wrote, not the chat template's own tokens), only those are pushed to the gate;
 //! once the gate is on, every active token of the row is clamped, evidence or not.
 //!
@@ -28,6 +29,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
+use super::file::Evidence;
 use super::{clamp_mask, clamp_residual, GateDecision, GateStream, GuardrailFile};
 use crate::model::fetch::sha256_file;
 use crate::model::{HookContext, HookPoint, Hooks};
@@ -279,7 +281,9 @@ impl Hooks for Guardrail {
                 ctx.start_positions[b],
                 &ctx.tokens[b],
                 &row_values[..len],
-                ctx.evidence.map(|e| e[b].as_slice()),
+                ctx.evidence
+                    .filter(|_| self.file.evidence == Evidence::UserText)
+                    .map(|e| e[b].as_slice()),
             )?;
             mask[b * seq..b * seq + len].copy_from_slice(&record.clamped);
             rows.push(record);

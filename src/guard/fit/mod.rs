@@ -175,6 +175,7 @@ pub fn fit_from_stats(
         clamp: config.clamp,
         gate: calibration.gate,
         calibration: Some(calibration.summary(None)?),
+        evidence: super::file::Evidence::AllTokens,
         provenance: DataProvenance {
             forget_corpus: Some(config.corpora.0.clone()),
             retain_corpus: Some(config.corpora.1.clone()),
