@@ -1,9 +1,11 @@
 //! Text generation with a KV cache: greedy or temperature/top-p sampling, stop tokens, hooks active on
 //! the prompt pass and on every decoding step.
 
+pub mod guarded;
 mod prompt;
 
-pub use prompt::prompt_ids;
+pub use guarded::{answer, GuardedAnswer};
+pub use prompt::{user_prompt, Prompt};
 
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
@@ -174,6 +176,19 @@ pub fn generate(
     prompt: &[u32],
     opts: &GenerateOptions,
     hooks: &mut dyn Hooks,
+    on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    generate_marked(model, prompt, None, opts, hooks, on_token)
+}
+
+/// [`generate`] with, per prompt id, whether it is evidence for gates (the user's text; see
+/// [`crate::model::Batch::with_evidence`]); generated tokens are always evidence.
+pub fn generate_marked(
+    model: &Model,
+    prompt: &[u32],
+    evidence: Option<&[bool]>,
+    opts: &GenerateOptions,
+    hooks: &mut dyn Hooks,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
     opts.validate()?;
@@ -196,12 +211,11 @@ pub fn generate(
         stop_after: None,
         quantized: false,
     };
-    let out = model.forward(
-        &Batch::single(prompt.to_vec(), device)?,
-        &prefill,
-        hooks,
-        Some(&mut cache),
-    )?;
+    let mut batch = Batch::single(prompt.to_vec(), device)?;
+    if let Some(e) = evidence {
+        batch = batch.with_evidence(vec![e.to_vec()])?;
+    }
+    let out = model.forward(&batch, &prefill, hooks, Some(&mut cache))?;
     let mut logits = last_logits(out.logits.as_ref().expect("asked for logits"))?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();

@@ -22,6 +22,9 @@
 //! say, what the user wrote, not the chat template's own tokens), only those are pushed to the gate;
 //! once the gate is on, every active token of the row is clamped, evidence or not.
 //!
+//! **Refusal.** A guardrail acting by [`Intervention::Refuse`] decides and records as above but
+//! edits nothing; its caller refuses the gated rows.
+//!
 //! Rows whose gate never fires, and tokens that are not clamped, are returned bit for bit as they
 //! came in. Every call is recorded ([`PassRecord`]) for `dsg explain`.
 
@@ -30,6 +33,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use super::file::Evidence;
+use super::intervention::Intervention;
 use super::{clamp_mask, clamp_residual, GateDecision, GateStream, GuardrailFile};
 use crate::model::fetch::sha256_file;
 use crate::model::{HookContext, HookPoint, Hooks};
@@ -66,6 +70,7 @@ pub struct Guardrail {
     decoder_rows: Tensor,
     streams: Vec<GateStream>,
     records: Vec<PassRecord>,
+    refuse: bool,
 }
 
 /// The sha256 of a model or SAE: of the file itself, or, for a directory, of the listing of its
@@ -144,6 +149,7 @@ impl Guardrail {
             decoder_rows,
             streams: Vec::new(),
             records: Vec::new(),
+            refuse: false,
         })
     }
 
@@ -162,7 +168,36 @@ impl Guardrail {
             decoder_rows: self.decoder_rows.clone(),
             streams: Vec::new(),
             records: Vec::new(),
+            refuse: self.refuse,
         })
+    }
+
+    /// The same guardrail acting by `intervention` when its gate fires: another clamp, or a
+    /// refusal (the hook then decides but edits nothing; see [`Intervention`]). No state is carried
+    /// over.
+    pub fn with_intervention(&self, intervention: Intervention) -> Result<Guardrail> {
+        intervention.validate()?;
+        let mut g = self.with_gate(self.file.gate)?;
+        g.file.calibration = self.file.calibration.clone();
+        match intervention {
+            Intervention::Clamp { clamp } => {
+                g.file.clamp = clamp;
+                g.refuse = false;
+            }
+            Intervention::Refuse => g.refuse = true,
+        }
+        Ok(g)
+    }
+
+    /// What the guardrail does when its gate fires.
+    pub fn intervention(&self) -> Intervention {
+        if self.refuse {
+            Intervention::Refuse
+        } else {
+            Intervention::Clamp {
+                clamp: self.file.clamp,
+            }
+        }
     }
 
     /// The SAE the guardrail reads its features with.
@@ -289,7 +324,7 @@ impl Hooks for Guardrail {
             rows.push(record);
         }
         self.records.push(PassRecord { rows });
-        if !mask.contains(&true) {
+        if self.refuse || !mask.contains(&true) {
             return Ok(None);
         }
         clamp_residual(act, &selected, &self.decoder_rows, &mask, &self.file.clamp).map(Some)

@@ -8,6 +8,7 @@
 //! * [`file`](mod@file): the self-describing guardrail file.
 //! * [`fit`](mod@fit): statistics → selection → calibration → guardrail file.
 //! * [`hook`]: the guardrail applied inside the model's forward pass.
+//! * [`intervention`]: what a fired gate leads to: a clamp, or a refusal.
 //! * [`load`]: a guardrail file and its SAE loaded for a model, with the identity checks.
 //! * [`stats_files`]: the statistics stored beside a guardrail, and merging shards of them.
 //! * [`recipe`]: the shipped guardrail's fit and the demo's questions.
@@ -18,6 +19,7 @@ pub mod file;
 pub mod fit;
 pub mod gate;
 pub mod hook;
+pub mod intervention;
 pub mod load;
 pub mod percentile;
 pub mod recipe;
@@ -30,6 +32,7 @@ pub use file::{Evidence, GuardrailFile};
 pub use fit::{fit, FitConfig, FitObserver, FitOutcome, FitRequest};
 pub use gate::{Gate, GateDecision, GateStream};
 pub use hook::{Guardrail, PassRecord, RowRecord};
+pub use intervention::{Intervention, REFUSAL};
 pub use load::load_sae;
 pub use percentile::{percentile, percentiles};
 pub use select::{PercentileRule, Ranking, SelectionRule};

@@ -16,13 +16,18 @@ pub fn mcq_prompt(tokenizer: &Tokenizer, subject: &str, item: &McqItem) -> Resul
 
 /// The text [`mcq_prompt`] encodes: the rendered chat followed by `Answer: (`.
 pub fn mcq_prompt_text(tokenizer: &Tokenizer, subject: &str, item: &McqItem) -> Result<String> {
+    let text = tokenizer.apply_chat_template(&[mcq_user_message(subject, item)], true)?;
+    Ok(text + "Answer: (")
+}
+
+/// The user message of [`mcq_prompt`]: the subject line, the question and its lettered choices.
+pub fn mcq_user_message(subject: &str, item: &McqItem) -> Message {
     let user = format!(
         "The following are multiple choice questions (with answers) about {}.\n{}",
         subject.replace('_', " "),
         item.body()
     );
-    let text = tokenizer.apply_chat_template(&[Message::new("user", &user)], true)?;
-    Ok(text + "Answer: (")
+    Message::new("user", &user)
 }
 
 /// [`mcq_prompt`] for each item, about `subject` when given, else about the item's own subject

@@ -6,8 +6,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use dsg::data::Split;
+use dsg::generate::GuardedAnswer;
 use dsg::guard::stats_files::merge_shards;
-use dsg::guard::{FitObserver, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile};
+use dsg::guard::{
+    FitObserver, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile, Intervention,
+};
 use dsg::model::{HookPoint, LoadedModel};
 use dsg::output::Overwrite;
 use dsg::stats::collect::Shard;
@@ -258,6 +261,14 @@ pub struct GuardArgs {
     /// The SAE, when not at the path recorded in the guardrail.
     #[arg(long = "guard-sae")]
     pub sae: Option<PathBuf>,
+    /// What every guardrail does when its gate fires, instead of its file's clamp: clamp:C (all
+    /// selected features to −C), farrell:C, norm:S (each feature's edit of norm S·‖h‖) or refuse.
+    #[arg(long, value_parser = parse_intervention)]
+    pub intervention: Option<Intervention>,
+}
+
+fn parse_intervention(s: &str) -> std::result::Result<Intervention, String> {
+    s.parse().map_err(|e: dsg::Error| e.to_string())
 }
 
 /// Loads the guardrails for `lm`, refusing any built for another model or SAE.
@@ -265,27 +276,33 @@ pub fn load_guardrails(lm: &LoadedModel, args: &GuardArgs) -> Result<Vec<Guardra
     args.guards
         .iter()
         .map(|g| {
-            Guardrail::load(g, lm, args.sae.as_deref())
-                .with_context(|| format!("loading guardrail {}", g.display()))
+            let guard = Guardrail::load(g, lm, args.sae.as_deref())
+                .with_context(|| format!("loading guardrail {}", g.display()))?;
+            match args.intervention {
+                Some(i) => Ok(guard.with_intervention(i)?),
+                None => Ok(guard),
+            }
         })
         .collect()
 }
 
-/// One line per guardrail: its final decision on the (single-row) sequence.
-pub fn report_decisions(guards: &[Guardrail], paths: &[PathBuf]) {
-    for (g, p) in guards.iter().zip(paths) {
-        if let Some(first) = g.records().first() {
-            let prompt = &first.rows[0].decision;
-            let last = g.decisions()[0];
-            eprintln!(
-                "guard {}: prompt score {:.4} vs threshold {:.4} → {}; after generation score {:.4} → {}",
-                p.display(),
-                prompt.score,
-                g.file().gate.threshold(),
-                if prompt.fired { "GATED" } else { "pass" },
-                last.score,
-                if last.fired { "GATED" } else { "pass" },
-            );
-        }
+/// One line per guardrail: its decision on the prompt and after the answer, and its action.
+pub fn report_decisions(guards: &[Guardrail], paths: &[PathBuf], answer: &GuardedAnswer) {
+    let word = |fired: bool| if fired { "GATED" } else { "pass" };
+    for (i, (g, p)) in guards.iter().zip(paths).enumerate() {
+        let (prompt, last) = (answer.prompt_decisions[i], answer.final_decisions[i]);
+        let action = match (answer.refused_by == Some(i), g.intervention()) {
+            (true, _) => "refused".to_string(),
+            (false, i) => i.to_string(),
+        };
+        eprintln!(
+            "guard {} ({action}): prompt score {:.4} vs threshold {:.4} → {}; after generation score {:.4} → {}",
+            p.display(),
+            prompt.score,
+            g.file().gate.threshold(),
+            word(prompt.fired),
+            last.score,
+            word(last.fired),
+        );
     }
 }

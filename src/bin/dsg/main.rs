@@ -12,9 +12,9 @@ mod sae_cmd;
 use dsg::eval::bench::{self, ThroughputConfig};
 use dsg::eval::explain::{check_html_output, explain, record_text, write_html};
 use dsg::eval::perplexity::TextPerplexity;
-use dsg::generate::{generate, prompt_ids, GenerateOptions};
+use dsg::generate::{answer, user_prompt, GenerateOptions};
 use dsg::guard::GuardrailFile;
-use dsg::model::{self, fetch, HookList, LoadedModel, ModelSummary, NoHooks};
+use dsg::model::{self, fetch, LoadedModel, ModelSummary, NoHooks};
 use dsg::output::Overwrite;
 
 mod demo;
@@ -255,12 +255,8 @@ fn main() -> Result<()> {
             guard,
         } => {
             let lm = load_model(&model)?;
-            let ids = prompt_ids(&lm.tokenizer, &prompt, system.as_deref(), raw)?;
+            let prompt = user_prompt(&lm.tokenizer, &prompt, system.as_deref(), raw)?;
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
-            let mut hooks = HookList::new();
-            for g in guards.iter_mut() {
-                hooks.push(g);
-            }
             let opts = GenerateOptions {
                 max_new_tokens: max_tokens,
                 temperature,
@@ -272,7 +268,7 @@ fn main() -> Result<()> {
             let mut out = std::io::stdout();
             let mut shown = 0usize;
             let mut all = Vec::new();
-            let g = generate(&lm.model, &ids, &opts, &mut hooks, |t| {
+            let a = answer(&lm, &prompt, &opts, &mut guards, &mut |t| {
                 all.push(t);
                 if let Ok(text) = lm.tokenizer.decode(&all, true) {
                     if text.len() > shown && text.is_char_boundary(shown) {
@@ -282,19 +278,23 @@ fn main() -> Result<()> {
                     }
                 }
             })?;
-            println!();
-            let n = g.tokens.len();
-            eprintln!(
-                "{} prompt tokens in {:.2}s ({:.1} tok/s); {} new tokens, {:.1} tok/s decode; stop: {:?}",
-                ids.len(),
-                g.prefill_secs,
-                ids.len() as f64 / g.prefill_secs,
-                n,
-                (n.saturating_sub(1)) as f64 / g.decode_secs.max(1e-9),
-                g.stop
-            );
-            drop(hooks);
-            guard_cmd::report_decisions(&guards, &guard.guards);
+            match &a.generation {
+                None => println!("{}", a.text),
+                Some(g) => {
+                    println!();
+                    let n = g.tokens.len();
+                    eprintln!(
+                        "{} prompt tokens in {:.2}s ({:.1} tok/s); {} new tokens, {:.1} tok/s decode; stop: {:?}",
+                        prompt.ids.len(),
+                        g.prefill_secs,
+                        prompt.ids.len() as f64 / g.prefill_secs,
+                        n,
+                        (n.saturating_sub(1)) as f64 / g.decode_secs.max(1e-9),
+                        g.stop
+                    );
+                }
+            }
+            guard_cmd::report_decisions(&guards, &guard.guards, &a);
         }
         Command::Fit { model, args } => {
             let request = args.request();
@@ -324,7 +324,7 @@ fn main() -> Result<()> {
                 check_html_output(out, &inputs, overwrite(force))?;
             }
             let lm = load_model_at(&model_path)?;
-            let ids = prompt_ids(&lm.tokenizer, &prompt, None, raw)?;
+            let ids = user_prompt(&lm.tokenizer, &prompt, None, raw)?.ids;
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
             let e = explain(&lm, &mut guards, &ids)?;
             for ((g, r), p) in guards.iter().zip(&e.records).zip(&guard.guards) {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::data::{read_mcq, McqItem, Split};
-use crate::guard::Guardrail;
+use crate::guard::{Guardrail, Intervention};
 use crate::model::LoadedModel;
 use crate::output::{check_output_dir, Overwrite};
 use crate::{Error, Result};
@@ -149,6 +149,9 @@ pub struct QuestionResult {
     pub acc_norm: Option<Judged>,
     /// Per guardrail (in `--guard` order), its decision on each scored row (one, or one per option).
     pub guards: Vec<Vec<Decision>>,
+    /// Whether a refusing guardrail fired on the question (it is then not answered: `acc` and
+    /// `acc_norm` count it as wrong).
+    pub refused: bool,
 }
 
 /// Scores `questions` under `protocol`, `batch` rows per pass, with `guards` active.
@@ -167,6 +170,10 @@ pub fn evaluate(
             protocol::request(&lm.tokenizer, protocol, subject, &q.item)
         })
         .collect::<Result<Vec<_>>>()?;
+    let refusing: Vec<bool> = guards
+        .iter()
+        .map(|g| g.intervention() == Intervention::Refuse)
+        .collect();
     let scored = score::score(&lm.model, &requests, batch, guards, progress)?;
     Ok(questions
         .iter()
@@ -190,6 +197,18 @@ pub fn evaluate(
                     .collect();
                 Judged::new(norm, item.answer)
             });
+            let refused = s
+                .decisions
+                .iter()
+                .zip(&refusing)
+                .any(|(d, &r)| r && d.iter().any(|x| x.fired));
+            let (mut acc, mut acc_norm) = (acc, acc_norm);
+            if refused {
+                acc.correct = false;
+                if let Some(n) = acc_norm.as_mut() {
+                    n.correct = false;
+                }
+            }
             QuestionResult {
                 id: q.id.clone(),
                 subject: item.subject.clone().unwrap_or_default(),
@@ -209,6 +228,7 @@ pub fn evaluate(
                             .collect()
                     })
                     .collect(),
+                refused,
             }
         })
         .collect())

@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use crate::data::{letter, McqItem};
 use crate::model::Tokenizer;
-use crate::stats::prompts::mcq_prompt_text;
+use crate::stats::prompts::{mcq_prompt_text, mcq_user_message};
 use crate::{Error, Result};
 
 /// The scoring protocol of an MCQ evaluation.
@@ -65,6 +65,8 @@ pub enum Request {
     Next {
         /// The prompt ids.
         context: Vec<u32>,
+        /// Per prompt id, whether gates count it ([`evidence`]).
+        evidence: Vec<bool>,
         /// Per option, the candidate next tokens (their probabilities' maximum is the option's).
         candidates: Vec<Vec<u32>>,
     },
@@ -72,6 +74,9 @@ pub enum Request {
     Continuations {
         /// The prompt ids.
         context: Vec<u32>,
+        /// Per prompt id, whether gates count it ([`evidence`]); continuation ids never count, so
+        /// every option of a question gets the same decision.
+        evidence: Vec<bool>,
         /// Per option, the continuation's ids.
         continuations: Vec<Vec<u32>>,
     },
@@ -134,6 +139,7 @@ pub fn request(
 ) -> Result<Request> {
     let text = prompt_text(tok, protocol, subject, item)?;
     let context = tok.encode(&text, false)?;
+    let evidence = evidence(tok, protocol, subject, item, &context)?;
     if protocol == Protocol::Paper {
         let candidates = (0..item.choices.len())
             .map(|i| {
@@ -146,6 +152,7 @@ pub fn request(
             .collect::<Result<_>>()?;
         return Ok(Request::Next {
             context,
+            evidence,
             candidates,
         });
     }
@@ -164,11 +171,38 @@ pub fn request(
         let candidates = continuations.into_iter().collect();
         return Ok(Request::Next {
             context,
+            evidence,
             candidates,
         });
     }
     Ok(Request::Continuations {
         context,
+        evidence,
         continuations,
     })
+}
+
+/// Which prompt ids are the question as the user put it, for gates that count only the user's
+/// text: under the paper's protocol, the user message of the chat (not the template's tokens nor
+/// the `Answer: (` after it); under lm-eval's and cloze, which use no template, the whole prompt.
+/// Should the chat's own ids not begin the prompt (a template whose last token merges with
+/// `Answer: (`), every id counts, as in the paper.
+pub fn evidence(
+    tok: &Tokenizer,
+    protocol: Protocol,
+    subject: &str,
+    item: &McqItem,
+    context: &[u32],
+) -> Result<Vec<bool>> {
+    if protocol != Protocol::Paper {
+        return Ok(vec![true; context.len()]);
+    }
+    let msgs = [mcq_user_message(subject, item)];
+    let chat = tok.encode_chat_sources(&msgs, true)?;
+    if !context.starts_with(&chat.ids) {
+        return Ok(vec![true; context.len()]);
+    }
+    let mut evidence = chat.written_by(&msgs, "user");
+    evidence.resize(context.len(), false);
+    Ok(evidence)
 }

@@ -25,6 +25,8 @@ pub struct Accuracy {
     pub acc_norm: Option<Rate>,
     /// Mean of `1 / options`: the expected accuracy of a uniform guess.
     pub chance: f64,
+    /// Questions a refusing guardrail declined (counted as wrong in `acc`).
+    pub refused: Rate,
 }
 
 impl Accuracy {
@@ -39,7 +41,8 @@ impl Accuracy {
             acc: Rate::new(rs.clone().filter(|r| r.acc.correct).count(), n),
             acc_norm: (!norm.is_empty())
                 .then(|| Rate::new(norm.iter().filter(|&&c| c).count(), norm.len())),
-            chance: rs.map(|r| 1.0 / r.n_choices as f64).sum::<f64>() / n.max(1) as f64,
+            chance: rs.clone().map(|r| 1.0 / r.n_choices as f64).sum::<f64>() / n.max(1) as f64,
+            refused: Rate::new(rs.filter(|r| r.refused).count(), n),
         }
     }
 }
@@ -193,13 +196,17 @@ impl McqReport {
         if let Some(f) = &self.filter {
             let _ = write!(md, "; filter {}: kept {} of {}", f.orders, f.kept, f.of);
         }
+        let refusals = self.overall.refused.k > 0;
         let _ = write!(
             md,
-            "; {} evaluated in {:.1} s.\n\nAccuracy in %, Wilson 95% interval.\n\n| subject | n | acc |{} chance |\n|---|---|---|{}---|\n",
+            "; {} evaluated in {:.1} s.\n\nAccuracy in %, Wilson 95% interval{}.\n\n| subject | n | acc |{}{} chance |\n|---|---|---|{}{}---|\n",
             self.overall.acc.n,
             self.seconds,
+            if refusals { "; a refused question counts as wrong" } else { "" },
             if self.overall.acc_norm.is_some() { " acc_norm |" } else { "" },
+            if refusals { " refused |" } else { "" },
             if self.overall.acc_norm.is_some() { "---|" } else { "" },
+            if refusals { "---|" } else { "" },
         );
         for a in std::iter::once(&self.overall).chain(&self.per_subject) {
             let norm = a
@@ -207,9 +214,14 @@ impl McqReport {
                 .as_ref()
                 .map(|r| format!(" {} |", pct(r)))
                 .unwrap_or_default();
+            let refused = if refusals {
+                format!(" {} |", pct(&a.refused))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} |{norm} {:.1} |",
+                "| {} | {} | {} |{norm}{refused} {:.1} |",
                 a.subject,
                 a.acc.n,
                 pct(&a.acc),

@@ -13,6 +13,8 @@ use crate::Result;
 /// One forward row and what to read from it.
 struct Row {
     tokens: Vec<u32>,
+    /// Per token, whether gates count it.
+    evidence: Vec<bool>,
     /// Read the log-softmax at the last position for these ids; otherwise the summed
     /// log-probability of the tokens from `from` on.
     next: Option<Vec<u32>>,
@@ -35,19 +37,23 @@ fn rows_of(req: &Request) -> Vec<Row> {
     match req {
         Request::Next {
             context,
+            evidence,
             candidates,
         } => vec![Row {
             tokens: context.clone(),
+            evidence: evidence.clone(),
             next: Some(candidates.iter().flatten().copied().collect()),
             from: context.len(),
         }],
         Request::Continuations {
             context,
+            evidence,
             continuations,
         } => continuations
             .iter()
             .map(|c| Row {
                 tokens: [context.as_slice(), c].concat(),
+                evidence: [evidence.as_slice(), &vec![false; c.len()]].concat(),
                 next: None,
                 from: context.len(),
             })
@@ -60,7 +66,8 @@ fn run_batch(model: &Model, rows: &[&Row], hooks: &mut dyn Hooks) -> Result<Vec<
     let batch = Batch::new(
         rows.iter().map(|r| r.tokens.clone()).collect(),
         model.device(),
-    )?;
+    )?
+    .with_evidence(rows.iter().map(|r| r.evidence.clone()).collect())?;
     let opts = ForwardOptions {
         logits: Logits::None,
         stop_after: None,
