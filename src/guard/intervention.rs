@@ -50,7 +50,7 @@ impl FromStr for Intervention {
             Error::out_of_range(
                 "--intervention",
                 s,
-                &format!("clamp:C, farrell:C or norm:S with C, S > 0, or refuse ({why})"),
+                format!("clamp:C, farrell:C or norm:S with C, S > 0, or refuse ({why})"),
             )
         };
         if s == "refuse" {
