@@ -26,3 +26,4 @@ pub mod prompts;
 pub mod quality;
 pub mod speed;
 pub mod suite;
+pub mod track;
