@@ -27,8 +27,16 @@ pub struct Explanation {
 }
 
 /// The most likely next token and its probability.
-fn top_next(lm: &LoadedModel, ids: &[u32], hooks: &mut dyn Hooks) -> Result<TokenProb> {
-    let batch = Batch::single(ids.to_vec(), lm.model.device())?;
+fn top_next(
+    lm: &LoadedModel,
+    ids: &[u32],
+    evidence: Option<&[bool]>,
+    hooks: &mut dyn Hooks,
+) -> Result<TokenProb> {
+    let mut batch = Batch::single(ids.to_vec(), lm.model.device())?;
+    if let Some(e) = evidence {
+        batch = batch.with_evidence(vec![e.to_vec()])?;
+    }
     let out = lm
         .model
         .forward(&batch, &ForwardOptions::default(), hooks, None)?;
@@ -47,19 +55,25 @@ fn top_next(lm: &LoadedModel, ids: &[u32], hooks: &mut dyn Hooks) -> Result<Toke
 }
 
 /// Runs the prompt `ids` without and with `guards` (at least one) and returns each guardrail's
-/// record of it with the top next token both ways.
-pub fn explain(lm: &LoadedModel, guards: &mut [Guardrail], ids: &[u32]) -> Result<Explanation> {
+/// record of it with the top next token both ways; `evidence` marks the user's tokens (what
+/// [`crate::guard::Evidence::UserText`] gates count).
+pub fn explain(
+    lm: &LoadedModel,
+    guards: &mut [Guardrail],
+    ids: &[u32],
+    evidence: Option<&[bool]>,
+) -> Result<Explanation> {
     if guards.is_empty() {
         return Err(Error::Invalid("explain needs at least one --guard".into()));
     }
-    let plain = top_next(lm, ids, &mut NoHooks)?;
+    let plain = top_next(lm, ids, evidence, &mut NoHooks)?;
     let guarded = {
         guards.iter_mut().for_each(|g| drop(g.take_records()));
         let mut list = HookList::new();
         for g in guards.iter_mut() {
             list.push(g);
         }
-        top_next(lm, ids, &mut list)?
+        top_next(lm, ids, evidence, &mut list)?
     };
     let mut records = Vec::with_capacity(guards.len());
     for g in guards.iter_mut() {

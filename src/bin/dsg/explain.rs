@@ -14,7 +14,7 @@ pub fn run(
     guards: &mut [Guardrail],
     ids: &[u32],
 ) -> Result<(Vec<RowRecord>, TokenProb, TokenProb)> {
-    let e = explain(lm, guards, ids)?;
+    let e = explain(lm, guards, ids, None)?;
     Ok((e.records, e.plain, e.guarded))
 }
 

@@ -332,9 +332,10 @@ fn main() -> Result<()> {
                 check_html_output(out, &inputs, overwrite(force))?;
             }
             let lm = load_model_at(&model_path)?;
-            let ids = user_prompt(&lm.tokenizer, &prompt, None, raw)?.ids;
+            let prompt = user_prompt(&lm.tokenizer, &prompt, None, raw)?;
+            let ids = prompt.ids.clone();
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
-            let e = explain(&lm, &mut guards, &ids)?;
+            let e = explain(&lm, &mut guards, &ids, Some(&prompt.evidence))?;
             for ((g, r), p) in guards.iter().zip(&e.records).zip(&guard.guards) {
                 let name = p.display().to_string();
                 print!("{}", record_text(&lm.tokenizer, g, &name, r, usize::MAX));
