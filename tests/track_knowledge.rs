@@ -68,6 +68,18 @@ fn shortcuts_equal_scoring_every_question_with_the_guardrail() {
         .collect();
     assert_eq!(fired, hook);
     let gated = fired.iter().filter(|&&f| f).count();
+    // A refusing guardrail edits nothing: the scores are the base model's, and the gated
+    // questions are refused and count as wrong.
+    let mut refusing = [guard.with_intervention(Intervention::Refuse).unwrap()];
+    let refused = evaluate(
+        &lm,
+        &questions,
+        Protocol::Cloze,
+        8,
+        &mut refusing,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(
         gated > 0 && gated < questions.len(),
         "{gated} of {} gated",
@@ -122,4 +134,8 @@ fn shortcuts_equal_scoring_every_question_with_the_guardrail() {
         .filter(|(o, &f)| !f && o.correct)
         .count();
     assert_eq!(refuse.acc.k, kept);
+    for ((r, o), &f) in refused.iter().zip(&base).zip(&fired) {
+        assert_eq!(r.refused, f, "{}", r.id);
+        assert_eq!(r.acc.correct, o.correct && !f, "{}", r.id);
+    }
 }
