@@ -17,7 +17,7 @@ use crate::{Error, Result};
 const Z95: f64 = 1.959_963_984_540_054;
 
 /// A proportion `k / n` with its 95% Wilson score interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Rate {
     /// Number of hits.
     pub k: usize,

@@ -242,6 +242,29 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// [`Self::encode`] without BOS, with, per id, whether it encodes text inside one of the byte
+    /// ranges `spans` of `text` (say, the question inside a prompt's fixed wording).
+    pub fn encode_marked(
+        &self,
+        text: &str,
+        spans: &[std::ops::Range<usize>],
+    ) -> Result<(Vec<u32>, Vec<bool>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let marks = enc
+            .get_offsets()
+            .iter()
+            .map(|&(start, end)| {
+                spans
+                    .iter()
+                    .any(|r| start < r.end && r.start < end.max(start + 1))
+            })
+            .collect();
+        Ok((enc.get_ids().to_vec(), marks))
+    }
+
     /// Decodes ids to text, optionally dropping special tokens.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner

@@ -184,8 +184,9 @@ pub fn request(
 
 /// Which prompt ids are the question as the user put it, for gates that count only the user's
 /// text: under the paper's protocol, the user message of the chat (not the template's tokens nor
-/// the `Answer: (` after it); under lm-eval's and cloze, which use no template, the whole prompt.
-/// Should the chat's own ids not begin the prompt (a template whose last token merges with
+/// the `Answer: (` after it); under lm-eval's, the question and its lettered choices (not the
+/// subject line nor `Answer:`); under cloze, the question (not `Question:` nor `Answer:`). Should
+/// the chat's own ids not begin the paper prompt (a template whose last token merges with
 /// `Answer: (`), every id counts, as in the paper.
 pub fn evidence(
     tok: &Tokenizer,
@@ -194,15 +195,29 @@ pub fn evidence(
     item: &McqItem,
     context: &[u32],
 ) -> Result<Vec<bool>> {
-    if protocol != Protocol::Paper {
+    if protocol == Protocol::Paper {
+        let msgs = [mcq_user_message(subject, item)];
+        let chat = tok.encode_chat_sources(&msgs, true)?;
+        if !context.starts_with(&chat.ids) {
+            return Ok(vec![true; context.len()]);
+        }
+        let mut evidence = chat.written_by(&msgs, "user");
+        evidence.resize(context.len(), false);
+        return Ok(evidence);
+    }
+    let text = prompt_text(tok, protocol, subject, item)?;
+    let question = match protocol {
+        Protocol::LmEval => item.question.trim(),
+        _ => item.question.as_str(),
+    };
+    let start = text.find(question).unwrap_or(0);
+    let end = match protocol {
+        Protocol::LmEval => text.rfind("\nAnswer:").unwrap_or(text.len()),
+        _ => start + question.len(),
+    };
+    let (ids, marks) = tok.encode_marked(&text, &[start..end])?;
+    if ids != context {
         return Ok(vec![true; context.len()]);
     }
-    let msgs = [mcq_user_message(subject, item)];
-    let chat = tok.encode_chat_sources(&msgs, true)?;
-    if !context.starts_with(&chat.ids) {
-        return Ok(vec![true; context.len()]);
-    }
-    let mut evidence = chat.written_by(&msgs, "user");
-    evidence.resize(context.len(), false);
-    Ok(evidence)
+    Ok(marks)
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::fit::cloze_contexts;
+use super::fit::{cloze_contexts, cloze_evidence};
 use super::measure::{base_outcomes, Outcome, WIKITEXT};
 use super::{checkpoint, KnowledgeConfig, Progress};
 use crate::data::read_documents;
@@ -55,7 +55,8 @@ struct Rescored {
     correct_norm: Option<bool>,
 }
 
-/// Whether the gate of `guard` fires on each question's cloze context.
+/// Whether the gate of `guard` (a [`crate::guard::Evidence::UserText`] guardrail) fires on each
+/// question's cloze context, counting the question's tokens.
 pub fn gate_decisions(
     lm: &LoadedModel,
     guard: &Guardrail,
@@ -79,9 +80,14 @@ pub fn gate_decisions(
         &mut |_, _| {},
     )?
     .remove(0);
+    let evidence = cloze_evidence(lm, questions.iter())?;
     Ok(activity
         .iter()
-        .map(|a| guard.file().gate.decide(a).fired)
+        .zip(&evidence)
+        .map(|(a, e)| {
+            let counted: Vec<bool> = a.iter().zip(e).filter(|(_, &e)| e).map(|(&a, _)| a).collect();
+            guard.file().gate.decide(&counted).fired
+        })
         .collect())
 }
 

@@ -5,15 +5,16 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::measure::{cluster_questions, WIKITEXT};
 use super::{KnowledgeConfig, Progress};
 use crate::data::Split;
 use crate::eval::mcq::{protocol, Protocol, Question};
 use crate::guard::fit::run as fit_run;
+use crate::eval::metrics::Rate;
 use crate::guard::{
-    calibrate, load_sae, Evidence, FitObserver, FitOutcome, FitRequest, GuardrailFile,
+    calibrate, load_sae, Evidence, FitObserver, FitOutcome, FitRequest, Gate, GuardrailFile,
 };
 use crate::model::LoadedModel;
 use crate::output::Overwrite;
@@ -21,7 +22,7 @@ use crate::stats::collect::prompt_activity;
 use crate::{Error, Result};
 
 /// How the guardrail was fitted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitSummary {
     /// Selection-split forget questions (the forget corpus).
     pub forget_questions: usize,
@@ -31,6 +32,162 @@ pub struct FitSummary {
     pub threshold: f64,
     /// Wall time, seconds.
     pub seconds: f64,
+    /// Every candidate of the selection-split sweep; the chosen one is marked.
+    pub sweep: Vec<Candidate>,
+}
+
+/// One candidate configuration, scored on the selection split: its gate calibrated at `p_dyn`
+/// on the retain questions, and the share of forget questions it gates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Selected features.
+    pub n_features: usize,
+    /// Importance-ratio percentile.
+    pub p_ratio: f64,
+    /// The gate, calibrated.
+    pub gate: Gate,
+    /// Selection-split forget questions gated.
+    pub tpr: Rate,
+    /// Selection-split retain questions gated.
+    pub fpr: Rate,
+    /// Whether this candidate was chosen (the highest TPR; ties: the lower FPR, then fewer
+    /// features).
+    pub chosen: bool,
+}
+
+/// The candidates: N × p_ratio × gate kind.
+const SWEEP_FEATURES: [usize; 4] = [10, 20, 40, 80];
+const SWEEP_P_RATIO: [f64; 2] = [95.0, 99.0];
+
+fn sweep_gates(cfg: &KnowledgeConfig) -> Vec<Gate> {
+    let mut gates = vec![
+        Gate::Paper { tau: 0.0 },
+        Gate::Window { width: 8, tau: 0.0 },
+        Gate::Cusum { drift: 0.1, threshold: 0.0 },
+        Gate::Cusum { drift: 0.2, threshold: 0.0 },
+    ];
+    if !gates.iter().any(|g| std::mem::discriminant(g) == std::mem::discriminant(&cfg.gate) && *g == cfg.gate) {
+        gates.push(cfg.gate);
+    }
+    gates
+}
+
+/// Fits each candidate from the corpus statistics (no model pass), measures every candidate's
+/// token activity on the selection questions in one pass to the hook layer, calibrates each gate
+/// on the retain questions and picks the candidate that gates the most forget questions.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    lm: &LoadedModel,
+    cfg: &KnowledgeConfig,
+    req: &FitRequest,
+    corpus: GuardrailFile,
+    forget: &[Question],
+    retain: &[Question],
+    progress: &mut Progress,
+) -> Result<(GuardrailFile, Vec<Candidate>)> {
+    let mut files = Vec::new();
+    let mut sizes: Vec<(usize, f64)> = SWEEP_FEATURES
+        .iter()
+        .flat_map(|&n| SWEEP_P_RATIO.iter().map(move |&p| (n, p)))
+        .collect();
+    if !sizes.contains(&(cfg.n_features, cfg.p_ratio)) {
+        sizes.push((cfg.n_features, cfg.p_ratio));
+    }
+    for &(n, p) in &sizes {
+        let cand = FitRequest {
+            n_features: n,
+            p_ratio: p,
+            from_stats: Some(req.out.clone()),
+            out: req.out.with_file_name(format!("candidate-{n}-{p}.json")),
+            ..req.clone()
+        };
+        match fit_run(lm, &cand, None)? {
+            FitOutcome::Guardrail { file, .. } => files.push(*file),
+            FitOutcome::Shard { .. } => {
+                return Err(Error::Invalid("a sweep candidate wrote a shard".into()))
+            }
+        }
+    }
+    let sae = load_sae(&cfg.sae, None)?;
+    let sets: Vec<Vec<usize>> = files
+        .iter()
+        .map(|f| f.feature_ids().iter().map(|&i| i as usize).collect())
+        .collect();
+    let mut contexts = cloze_contexts(lm, forget)?;
+    let n_forget = contexts.len();
+    contexts.extend(cloze_contexts(lm, retain)?);
+    let evidence = cloze_evidence(lm, forget.iter().chain(retain))?;
+    let total = contexts.len();
+    let activity = prompt_activity(
+        &lm.model,
+        &sae,
+        corpus.hook_point,
+        &sets,
+        &contexts,
+        cfg.batch,
+        &mut |d, _| progress("fit: selection sweep", d, total),
+    )?;
+    let mut best: Option<(usize, Candidate)> = None;
+    let mut all = Vec::new();
+    for (k, per_prompt) in activity.iter().enumerate() {
+        let counted: Vec<Vec<bool>> = per_prompt
+            .iter()
+            .zip(&evidence)
+            .map(|(a, e)| a.iter().zip(e).filter(|(_, &e)| e).map(|(&a, _)| a).collect())
+            .collect();
+        let (f, r) = counted.split_at(n_forget);
+        for gate in sweep_gates(cfg) {
+            let cal = calibrate(gate, r, cfg.p_dyn)?;
+            let fired = |rows: &[Vec<bool>]| rows.iter().filter(|a| cal.gate.decide(a).fired).count();
+            let c = Candidate {
+                n_features: sizes[k].0,
+                p_ratio: sizes[k].1,
+                gate: cal.gate,
+                tpr: Rate::new(fired(f), f.len()),
+                fpr: Rate::new(fired(r), r.len()),
+                chosen: false,
+            };
+            let better = best.as_ref().is_none_or(|(_, b)| {
+                (c.tpr.k, std::cmp::Reverse(c.fpr.k), std::cmp::Reverse(c.n_features))
+                    > (b.tpr.k, std::cmp::Reverse(b.fpr.k), std::cmp::Reverse(b.n_features))
+            });
+            if better {
+                best = Some((k, c.clone()));
+            }
+            all.push(c);
+        }
+    }
+    let (k, b) = best.ok_or_else(|| Error::Invalid("the sweep has no candidate".into()))?;
+    for c in &mut all {
+        c.chosen = c.n_features == b.n_features && c.p_ratio == b.p_ratio && c.gate == b.gate;
+    }
+    let r: Vec<Vec<bool>> = activity[k][n_forget..]
+        .iter()
+        .zip(&evidence[n_forget..])
+        .map(|(a, e)| a.iter().zip(e).filter(|(_, &e)| e).map(|(&a, _)| a).collect())
+        .collect();
+    let calibration = calibrate(b.gate, &r, cfg.p_dyn)?;
+    let mut file = files.swap_remove(k);
+    file.gate = calibration.gate;
+    file.calibration = Some(calibration.summary(None)?);
+    file.evidence = Evidence::UserText;
+    Ok((file, all))
+}
+
+/// Per cloze context, which tokens the gate counts (the question's).
+pub fn cloze_evidence<'a>(
+    lm: &LoadedModel,
+    questions: impl Iterator<Item = &'a Question>,
+) -> Result<Vec<Vec<bool>>> {
+    questions
+        .map(|q| {
+            let ctx = match protocol::request(&lm.tokenizer, Protocol::Cloze, "", &q.item)? {
+                protocol::Request::Next { context, .. }
+                | protocol::Request::Continuations { context, .. } => context,
+            };
+            protocol::evidence(&lm.tokenizer, Protocol::Cloze, "", &q.item, &ctx)
+        })
+        .collect()
 }
 
 struct Relay<'a, 'b>(&'a mut Progress<'b>);
@@ -84,13 +241,7 @@ pub fn fit_guard(
         GuardrailFile::load(&guard_path),
         std::fs::read_to_string(&summary_path),
     ) {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            let summary = FitSummary {
-                forget_questions: v["forget_questions"].as_u64().unwrap_or(0) as usize,
-                retain_questions: v["retain_questions"].as_u64().unwrap_or(0) as usize,
-                threshold: file.gate.threshold(),
-                seconds: v["seconds"].as_f64().unwrap_or(0.0),
-            };
+        if let Ok(summary) = serde_json::from_str::<FitSummary>(&text) {
             return Ok((file, summary));
         }
     }
@@ -128,27 +279,16 @@ pub fn fit_guard(
             "the track's fit wrote a shard, not a guardrail".into(),
         ));
     };
-    let mut file = *file;
-    let sae = load_sae(&cfg.sae, None)?;
-    let features: Vec<usize> = file.feature_ids().iter().map(|&f| f as usize).collect();
-    let contexts = cloze_contexts(lm, &retain)?;
-    let n = contexts.len();
-    let activity = prompt_activity(
-        &lm.model,
-        &sae,
-        file.hook_point,
-        &[features],
-        &contexts,
-        cfg.batch,
-        &mut |d, _| progress("fit: calibration prompts", d, n),
-    )?
-    .remove(0);
-    let calibration = calibrate(file.gate, &activity, cfg.p_dyn)?;
-    file.gate = calibration.gate;
-    file.calibration = Some(calibration.summary(None)?);
-    file.evidence = Evidence::UserText;
+    let corpus = *file;
+    let (mut file, sweep) = sweep(lm, cfg, &req, corpus, &forget, &retain, progress)?;
+    let chosen = sweep.iter().find(|c| c.chosen).expect("one candidate is chosen");
     file.provenance.calibration_corpus = Some(format!(
-        "{n} selection-split retain questions of cluster {cluster} as cloze prompts (Question: …\\nAnswer:), user text counted"
+        "{} selection-split retain questions of cluster {cluster} as cloze prompts (the question's tokens counted); \
+         N, p_ratio and gate chosen on the selection split (TPR {:.1}% on {} forget questions at FPR {:.1}%)",
+        retain.len(),
+        100.0 * chosen.tpr.rate,
+        chosen.tpr.n,
+        100.0 * chosen.fpr.rate
     ));
     file.save(&guard_path)?;
     let summary = FitSummary {
@@ -156,6 +296,7 @@ pub fn fit_guard(
         retain_questions: retain.len(),
         threshold: file.gate.threshold(),
         seconds: started.elapsed().as_secs_f64(),
+        sweep,
     };
     let json = serde_json::to_string(&summary).expect("summary serialises");
     std::fs::write(&summary_path, json).map_err(|e| Error::io(&summary_path, e))?;
