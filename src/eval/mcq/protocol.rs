@@ -215,7 +215,8 @@ pub fn evidence(
         Protocol::LmEval => text.rfind("\nAnswer:").unwrap_or(text.len()),
         _ => start + question.len(),
     };
-    let (ids, marks) = tok.encode_marked(&text, &[start..end])?;
+    let span = start..end;
+    let (ids, marks) = tok.encode_marked(&text, std::slice::from_ref(&span))?;
     if ids != context {
         return Ok(vec![true; context.len()]);
     }

@@ -85,7 +85,12 @@ pub fn gate_decisions(
         .iter()
         .zip(&evidence)
         .map(|(a, e)| {
-            let counted: Vec<bool> = a.iter().zip(e).filter(|(_, &e)| e).map(|(&a, _)| a).collect();
+            let counted: Vec<bool> = a
+                .iter()
+                .zip(e)
+                .filter(|(_, &e)| e)
+                .map(|(&a, _)| a)
+                .collect();
             guard.file().gate.decide(&counted).fired
         })
         .collect())

@@ -11,8 +11,8 @@ use super::measure::{cluster_questions, WIKITEXT};
 use super::{KnowledgeConfig, Progress};
 use crate::data::Split;
 use crate::eval::mcq::{protocol, Protocol, Question};
-use crate::guard::fit::run as fit_run;
 use crate::eval::metrics::Rate;
+use crate::guard::fit::run as fit_run;
 use crate::guard::{
     calibrate, load_sae, Evidence, FitObserver, FitOutcome, FitRequest, Gate, GuardrailFile,
 };
@@ -63,10 +63,19 @@ fn sweep_gates(cfg: &KnowledgeConfig) -> Vec<Gate> {
     let mut gates = vec![
         Gate::Paper { tau: 0.0 },
         Gate::Window { width: 8, tau: 0.0 },
-        Gate::Cusum { drift: 0.1, threshold: 0.0 },
-        Gate::Cusum { drift: 0.2, threshold: 0.0 },
+        Gate::Cusum {
+            drift: 0.1,
+            threshold: 0.0,
+        },
+        Gate::Cusum {
+            drift: 0.2,
+            threshold: 0.0,
+        },
     ];
-    if !gates.iter().any(|g| std::mem::discriminant(g) == std::mem::discriminant(&cfg.gate) && *g == cfg.gate) {
+    if !gates
+        .iter()
+        .any(|g| std::mem::discriminant(g) == std::mem::discriminant(&cfg.gate) && *g == cfg.gate)
+    {
         gates.push(cfg.gate);
     }
     gates
@@ -133,12 +142,19 @@ fn sweep(
         let counted: Vec<Vec<bool>> = per_prompt
             .iter()
             .zip(&evidence)
-            .map(|(a, e)| a.iter().zip(e).filter(|(_, &e)| e).map(|(&a, _)| a).collect())
+            .map(|(a, e)| {
+                a.iter()
+                    .zip(e)
+                    .filter(|(_, &e)| e)
+                    .map(|(&a, _)| a)
+                    .collect()
+            })
             .collect();
         let (f, r) = counted.split_at(n_forget);
         for gate in sweep_gates(cfg) {
             let cal = calibrate(gate, r, cfg.p_dyn)?;
-            let fired = |rows: &[Vec<bool>]| rows.iter().filter(|a| cal.gate.decide(a).fired).count();
+            let fired =
+                |rows: &[Vec<bool>]| rows.iter().filter(|a| cal.gate.decide(a).fired).count();
             let c = Candidate {
                 n_features: sizes[k].0,
                 p_ratio: sizes[k].1,
@@ -148,8 +164,15 @@ fn sweep(
                 chosen: false,
             };
             let better = best.as_ref().is_none_or(|(_, b)| {
-                (c.tpr.k, std::cmp::Reverse(c.fpr.k), std::cmp::Reverse(c.n_features))
-                    > (b.tpr.k, std::cmp::Reverse(b.fpr.k), std::cmp::Reverse(b.n_features))
+                (
+                    c.tpr.k,
+                    std::cmp::Reverse(c.fpr.k),
+                    std::cmp::Reverse(c.n_features),
+                ) > (
+                    b.tpr.k,
+                    std::cmp::Reverse(b.fpr.k),
+                    std::cmp::Reverse(b.n_features),
+                )
             });
             if better {
                 best = Some((k, c.clone()));
@@ -164,7 +187,13 @@ fn sweep(
     let r: Vec<Vec<bool>> = activity[k][n_forget..]
         .iter()
         .zip(&evidence[n_forget..])
-        .map(|(a, e)| a.iter().zip(e).filter(|(_, &e)| e).map(|(&a, _)| a).collect())
+        .map(|(a, e)| {
+            a.iter()
+                .zip(e)
+                .filter(|(_, &e)| e)
+                .map(|(&a, _)| a)
+                .collect()
+        })
         .collect();
     let calibration = calibrate(b.gate, &r, cfg.p_dyn)?;
     let mut file = files.swap_remove(k);
@@ -281,7 +310,10 @@ pub fn fit_guard(
     };
     let corpus = *file;
     let (mut file, sweep) = sweep(lm, cfg, &req, corpus, &forget, &retain, progress)?;
-    let chosen = sweep.iter().find(|c| c.chosen).expect("one candidate is chosen");
+    let chosen = sweep
+        .iter()
+        .find(|c| c.chosen)
+        .expect("one candidate is chosen");
     file.provenance.calibration_corpus = Some(format!(
         "{} selection-split retain questions of cluster {cluster} as cloze prompts (the question's tokens counted); \
          N, p_ratio and gate chosen on the selection split (TPR {:.1}% on {} forget questions at FPR {:.1}%)",
