@@ -4,6 +4,10 @@
 //!
 //! Every prompt is one chat conversation, rendered through the model's template and ending with
 //! `Answer: (` where it asks a question; the gate sees the whole conversation in one pass.
+//!
+//! [`MarkedPrompt`]s also say which tokens are the user's text ([`free_form_prompt`]: a question
+//! as a user would type it; [`marked_mcq_prompt`]: the §5.1 prompt), so a guardrail that counts
+//! user text ([`crate::guard::Evidence::UserText`]) is scored on the tokens it counts when deployed.
 
 use crate::data::McqItem;
 use crate::model::{Message, Tokenizer};
@@ -146,6 +150,48 @@ pub fn mcq_variant(
             render_question(tok, &messages)
         }
     }
+}
+
+/// A prompt's ids and, per id, whether it is evidence for a gate that counts user text: part of
+/// what the user wrote, not the chat template's tokens, its default system prompt or `Answer: (`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkedPrompt {
+    /// The token ids, as the model sees them.
+    pub ids: Vec<u32>,
+    /// Per id, whether the user wrote it.
+    pub evidence: Vec<bool>,
+}
+
+/// `text` (a question's stem, say) as the one user message of a chat under the model's own
+/// template (which may add a default system prompt), with the generation prompt: the request a
+/// user of a deployed model sends. Evidence: the tokens of `text`.
+pub fn free_form_prompt(tok: &Tokenizer, text: &str) -> Result<MarkedPrompt> {
+    let messages = [Message::new("user", text.trim())];
+    let enc = tok.encode_chat_sources(&messages, true)?;
+    let evidence = enc.written_by(&messages, "user");
+    Ok(MarkedPrompt {
+        ids: enc.ids,
+        evidence,
+    })
+}
+
+/// The §5.1 prompt of `item` about `subject` ([`mcq_prompt`], the ids unchanged), with its user
+/// message's tokens (preamble, question, choices) as evidence; the template and the trailing
+/// `Answer: (` are not.
+pub fn marked_mcq_prompt(tok: &Tokenizer, subject: &str, item: &McqItem) -> Result<MarkedPrompt> {
+    let ids = mcq_prompt(tok, subject, item)?;
+    let messages = [Message::new("user", &(preamble(subject) + &item.body()))];
+    let enc = tok.encode_chat_sources(&messages, true)?;
+    if !ids.starts_with(&enc.ids) {
+        return Err(Error::Invalid(format!(
+            "question {}: the MCQ prompt's ids do not start with its chat's ids, so its user text \
+             cannot be marked",
+            item.index
+        )));
+    }
+    let mut evidence = enc.written_by(&messages, "user");
+    evidence.resize(ids.len(), false);
+    Ok(MarkedPrompt { ids, evidence })
 }
 
 /// `text` as the user message of a chat, with the generation prompt (no `Answer: (`).
