@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{FitRequest, Gate};
+use super::{Evidence, FitRequest, Gate};
 use crate::data::{read_mcq, McqItem, Split};
 use crate::output::Overwrite;
 use crate::{Error, Result};
@@ -55,10 +55,55 @@ pub fn wmdp_bio(data: &Path, sae: PathBuf, out: PathBuf) -> FitRequest {
         shard: None,
         from_stats: None,
         calibrate_mcq: vec![mmlu],
+        calibrate_free_form: Vec::new(),
         calibrate_limit: Some(1000),
+        evidence: Evidence::AllTokens,
         out,
         overwrite: Overwrite::Refuse,
     }
+}
+
+/// The free-form guardrail's gate; its threshold is calibrated.
+pub const WMDP_BIO_FREE_FORM_GATE: Gate = Gate::Cusum {
+    drift: 0.2,
+    threshold: 0.0,
+};
+
+/// Free-form calibration prompts of the free-form guardrail: selection-split MMLU stems.
+pub const FREE_FORM_CALIBRATION: usize = 1000;
+
+/// The full MMLU test CSVs, under the shared data folder.
+pub const MMLU_TEST_DIR: &str = "mmlu/test";
+
+/// The free-form guardrail's fit (`dsg forgetting hazard` without `--guard`): the shipped
+/// guardrail's corpora and statistics, but a gate that counts what the user wrote
+/// ([`Evidence::UserText`]), its threshold calibrated at P95 on [`FREE_FORM_CALIBRATION`]
+/// selection-split full-MMLU question stems (all subjects), each alone as a user's chat message:
+/// the requests a deployed model sees, not MCQ-shaped text.
+pub fn wmdp_bio_free_form(data: &Path, sae: PathBuf, out: PathBuf) -> Result<FitRequest> {
+    let mmlu = mmlu_test_files(data)?;
+    let mut req = wmdp_bio(data, sae, out);
+    req.gate = WMDP_BIO_FREE_FORM_GATE;
+    req.calibrate_mcq = Vec::new();
+    req.calibrate_free_form = mmlu;
+    req.calibrate_limit = Some(FREE_FORM_CALIBRATION);
+    req.evidence = Evidence::UserText;
+    Ok(req)
+}
+
+/// The full MMLU test CSVs under `data`, sorted.
+pub fn mmlu_test_files(data: &Path) -> Result<Vec<PathBuf>> {
+    let dir = data.join(MMLU_TEST_DIR);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::missing(&dir, "MMLU test CSV files"));
+    }
+    Ok(files)
 }
 
 /// A question `dsg demo` shows, with the subject its prompt names.
