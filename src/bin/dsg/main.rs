@@ -20,6 +20,7 @@ use dsg::output::Overwrite;
 mod demo;
 mod eval_cmd;
 mod explain;
+mod forgetting;
 mod guard_cmd;
 
 #[derive(Parser)]
@@ -122,6 +123,13 @@ enum Command {
         model: ModelArgs,
         #[command(subcommand)]
         command: eval_cmd::EvalCommand,
+    },
+    /// Forgetting tracks (issue #11): one command and one report folder each.
+    Forgetting {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(subcommand)]
+        command: forgetting::ForgettingCommand,
     },
     /// Prefill and decode throughput (tokens/s), printed as a table (or JSON).
     Bench {
@@ -342,6 +350,7 @@ fn main() -> Result<()> {
         }
         Command::Demo(args) => demo::demo(&args)?,
         Command::Eval { model, command } => eval_cmd::run(&model, &command)?,
+        Command::Forgetting { model, command } => forgetting::run(&model, &command)?,
         Command::Bench {
             model,
             text,
