@@ -267,11 +267,21 @@ fn free_form_calibration_counts_only_the_users_text() {
     .remove(0);
     let user = keep_evidence(all.clone(), &evidence).unwrap();
     assert!(all.iter().zip(&user).all(|(a, u)| u.len() < a.len()));
-    let expected = calibrate(recipe::WMDP_BIO_FREE_FORM_GATE, &user, 95.0).unwrap();
+    let expected = calibrate(
+        recipe::WMDP_BIO_FREE_FORM_GATE,
+        &user,
+        recipe::FREE_FORM_P_DYN,
+    )
+    .unwrap();
     assert_eq!(file.gate, expected.gate);
     assert_eq!(file.calibration.as_ref().unwrap().n_rows, 30);
     // Counting the template too would give the threshold of all tokens, not this one.
-    let all_tokens = calibrate(recipe::WMDP_BIO_FREE_FORM_GATE, &all, 95.0).unwrap();
+    let all_tokens = calibrate(
+        recipe::WMDP_BIO_FREE_FORM_GATE,
+        &all,
+        recipe::FREE_FORM_P_DYN,
+    )
+    .unwrap();
     assert_ne!(all_tokens.gate, file.gate);
 }
 

@@ -41,8 +41,9 @@ pub struct HazardArgs {
     /// Free-form calibration prompts for the recalibrated gates (the fit's own number by default).
     #[arg(long, default_value_t = FREE_FORM_CALIBRATION)]
     pub calibration_limit: usize,
-    /// Held-out WMDP-bio questions for the answer-text NLL shift (0 skips it).
-    #[arg(long, default_value_t = 200)]
+    /// Held-out WMDP-bio questions for the answer-text NLL shift (0 skips it; each costs 8
+    /// full-model rows: 4 options, unguarded and guarded).
+    #[arg(long, default_value_t = 100)]
     pub nll_limit: usize,
     /// Extra gates recalibrated on the free-form calibration prompts: paper, window:W, cusum:D.
     #[arg(long = "gate", value_parser = parse_gate)]
