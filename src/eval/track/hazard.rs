@@ -311,7 +311,7 @@ pub struct DataRow {
     pub data: String,
     /// The split.
     pub split: String,
-    /// Prompts (per shape, where it has two).
+    /// Prompts (per shape, where it has two), or token rows for a fit corpus.
     pub count: usize,
 }
 
@@ -626,16 +626,17 @@ pub fn run(
             && main.shapes[0].fpr_benign.rate <= 0.05
             && baseline.is_none_or(|b| mcq_auroc(main).value >= mcq_auroc(b).value),
     };
+    let forget_rows = guards[0].file().provenance.forget_rows as usize;
     let split = format!("{:?}", cfg.split).to_lowercase();
     let shape0 = &sets.shapes[0];
     let data_rows = vec![
         DataRow {
-            role: "forget corpus of the fit".into(),
+            role: "forget corpus of the fit (token rows)".into(),
             data: "WMDP-bio questions with their choices as text, standing in for the gated WMDP bio \
                    forget corpus (not available offline)"
                 .into(),
             split: "selection".into(),
-            count: 0,
+            count: forget_rows,
         },
         DataRow {
             role: "positives".into(),
