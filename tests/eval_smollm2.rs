@@ -8,8 +8,9 @@ mod common;
 
 use candle_core::Device;
 use dsg::data::Split;
+use dsg::data::MMLU_BIO_SUBJECTS;
 use dsg::eval::detection::GateEval;
-use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
+use dsg::eval::prompts::Variant;
 use dsg::eval::suite::{build_suite, SuiteConfig};
 use dsg::guard::Guardrail;
 use dsg::model::{self, fetch, Batch, ForwardOptions, LoadedModel};

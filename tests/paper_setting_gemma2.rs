@@ -25,7 +25,7 @@ use dsg::data::{McqItem, SplitMix64};
 use dsg::eval::mcq::{evaluate, Protocol, Question, QuestionResult};
 use dsg::guard::hook::artifact_sha256;
 use dsg::guard::{
-    ClampSpec, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile, PercentileRule,
+    ClampSpec, Evidence, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile, PercentileRule,
     SelectionRule,
 };
 use dsg::model::{self, Batch, ForwardOptions, HookPoint, LoadedModel, Logits, NoHooks};
@@ -310,7 +310,9 @@ fn fitted(name: &str) -> Fitted {
         shard: None,
         from_stats: None,
         calibrate_mcq: vec![],
+        calibrate_free_form: Vec::new(),
         calibrate_limit: None,
+        evidence: Evidence::AllTokens,
         out: guard_path.clone(),
         overwrite: Overwrite::Refuse,
     };

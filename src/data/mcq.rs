@@ -38,6 +38,19 @@ impl McqItem {
     }
 }
 
+/// MMLU subjects about biology or medicine: the hard negatives of a biology guardrail.
+pub const MMLU_BIO_SUBJECTS: [&str; 9] = [
+    "anatomy",
+    "clinical_knowledge",
+    "college_biology",
+    "college_medicine",
+    "high_school_biology",
+    "medical_genetics",
+    "nutrition",
+    "professional_medicine",
+    "virology",
+];
+
 /// The letter of option `i` (`A` for 0).
 pub fn letter(i: usize) -> char {
     char::from(b'A' + (i % 26) as u8)

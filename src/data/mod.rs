@@ -37,7 +37,7 @@ mod split;
 
 pub use documents::{read_documents, read_documents_as};
 pub use format::Format;
-pub use mcq::{letter, read_mcq, read_mcq_as, McqItem};
+pub use mcq::{letter, read_mcq, read_mcq_as, McqItem, MMLU_BIO_SUBJECTS};
 pub use qa::{read_qa, QaItem};
 pub use rng::SplitMix64;
 pub use rows::{build_rows, equalize, rows_from_tokens, token_rows, RowOptions};

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::detection::{markdown_table, GateEval};
 use super::plot::score_histograms;
 use super::suite::{build_suite, SuiteActivity, SuiteConfig};
-use crate::guard::{Gate, Guardrail};
+use crate::guard::{Evidence, Gate, Guardrail};
 use crate::model::LoadedModel;
 use crate::output::{check_output_dir, Overwrite};
 use crate::{Error, Result};
@@ -180,6 +180,19 @@ pub fn evaluate_gates(
         return Err(Error::Mismatch(
             "all --guard files must use the same SAE at the same hook point".into(),
         ));
+    }
+    // The suite's prompts carry no evidence marks: scoring a user-text gate on every token would
+    // apply its threshold to tokens it was not calibrated on.
+    if let Some((_, path)) = guards
+        .iter()
+        .zip(guard_paths)
+        .find(|(g, _)| g.file().evidence == Evidence::UserText)
+    {
+        return Err(Error::Unsupported(format!(
+            "guardrail {} counts user text only; dsg eval gate scores every token of its prompts \
+             (evaluate it with dsg forgetting hazard, which counts what the user wrote)",
+            path.display()
+        )));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let feature_sets: Vec<Vec<u32>> = guards.iter().map(|g| g.file().feature_ids()).collect();

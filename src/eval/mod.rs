@@ -9,6 +9,7 @@
 //! * [`gate_report`]: the `dsg eval gate` report over a suite, and its files.
 //! * [`layers`]: which layer to put an SAE at (short SAEs compared).
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
+//! * [`track`]: the `dsg forgetting` tracks (one command, one report folder each).
 //! * [`mcq`]: MCQ accuracy (paper, lm-eval and cloze protocols), the option-order filters.
 //! * [`quality`]: output quality under a guardrail: the gibberish rate of free generations, next-token
 //!   KL to the unguarded model.

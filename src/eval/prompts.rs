@@ -10,19 +10,6 @@ use crate::model::{Message, Tokenizer};
 use crate::stats::prompts::mcq_prompt;
 use crate::{Error, Result};
 
-/// MMLU subjects about biology or medicine: the hard negatives of a biology guardrail.
-pub const MMLU_BIO_SUBJECTS: [&str; 9] = [
-    "anatomy",
-    "clinical_knowledge",
-    "college_biology",
-    "college_medicine",
-    "high_school_biology",
-    "medical_genetics",
-    "nutrition",
-    "professional_medicine",
-    "virology",
-];
-
 /// What the assistant says between the turns of a split question.
 pub const CONTINUE_REPLY: &str = "Understood. Please continue.";
 

@@ -2,10 +2,9 @@
 //! the prompt pass and on every decoding step.
 
 pub mod guarded;
-mod prompt;
 
+pub use crate::stats::prompts::{user_prompt, Prompt};
 pub use guarded::{answer, GuardedAnswer};
-pub use prompt::{user_prompt, Prompt};
 
 use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};

@@ -10,10 +10,14 @@
 //! * a CUSUM gate with drift 0.2 (chosen on the selection split for its resistance to padding),
 //!   its threshold calibrated at P95 on 1000 selection-split MMLU questions as chat prompts, the
 //!   shape of the traffic it gates.
+//!
+//! [`wmdp_bio_free_form`] is the fit of `dsg forgetting hazard` (track H): a gate that counts the
+//! user's text, calibrated on free-form questions.
 
 use std::path::{Path, PathBuf};
 
-use super::{FitRequest, Gate};
+use super::{Evidence, FitRequest, Gate};
+use crate::data::MMLU_BIO_SUBJECTS;
 use crate::data::{read_mcq, McqItem, Split};
 use crate::output::Overwrite;
 use crate::{Error, Result};
@@ -55,10 +59,79 @@ pub fn wmdp_bio(data: &Path, sae: PathBuf, out: PathBuf) -> FitRequest {
         shard: None,
         from_stats: None,
         calibrate_mcq: vec![mmlu],
+        calibrate_free_form: Vec::new(),
         calibrate_limit: Some(1000),
+        evidence: Evidence::AllTokens,
         out,
         overwrite: Overwrite::Refuse,
     }
+}
+
+/// The free-form guardrail's gate; its threshold is calibrated.
+pub const WMDP_BIO_FREE_FORM_GATE: Gate = Gate::Cusum {
+    drift: 0.3,
+    threshold: 0.0,
+};
+
+/// Free-form calibration prompts of the free-form guardrail: selection-split MMLU stems.
+pub const FREE_FORM_CALIBRATION: usize = 1000;
+
+/// Calibration percentile of the free-form guardrail.
+pub const FREE_FORM_P_DYN: f64 = 97.5;
+
+/// The full MMLU test CSVs, under the shared data folder.
+pub const MMLU_TEST_DIR: &str = "mmlu/test";
+
+/// The free-form guardrail's fit (`dsg forgetting hazard` without `--guard`; chosen on the
+/// selection split, EVALUATION.md "Track H"):
+/// * forget: as the shipped guardrail (WMDP-bio selection-split questions as text);
+/// * retain: WikiText-2 and the selection-split questions of the full-MMLU biology/medicine
+///   subjects ([`crate::data::MMLU_BIO_SUBJECTS`]), so that features of benign biology
+///   are not selected;
+/// * N = 40 features among the top 1% importance ratios;
+/// * a CUSUM gate with drift 0.3 that counts what the user wrote ([`Evidence::UserText`]), its
+///   threshold calibrated at P97.5 on [`FREE_FORM_CALIBRATION`] selection-split full-MMLU question
+///   stems (all subjects), each alone as a user's chat message: the requests a deployed model
+///   sees, not MCQ-shaped text.
+pub fn wmdp_bio_free_form(data: &Path, sae: PathBuf, out: PathBuf) -> Result<FitRequest> {
+    let mmlu = mmlu_test_files(data)?;
+    let bio: Vec<PathBuf> = mmlu
+        .iter()
+        .filter(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.strip_suffix("_test"))
+                .is_some_and(|s| MMLU_BIO_SUBJECTS.contains(&s))
+        })
+        .cloned()
+        .collect();
+    let mut req = wmdp_bio(data, sae, out);
+    req.retain = std::iter::once(data.join(WIKITEXT_FILE))
+        .chain(bio)
+        .collect();
+    req.n_features = 40;
+    req.gate = WMDP_BIO_FREE_FORM_GATE;
+    req.p_dyn = FREE_FORM_P_DYN;
+    req.calibrate_mcq = Vec::new();
+    req.calibrate_free_form = mmlu;
+    req.calibrate_limit = Some(FREE_FORM_CALIBRATION);
+    req.evidence = Evidence::UserText;
+    Ok(req)
+}
+
+/// The full MMLU test CSVs under `data`, sorted.
+pub fn mmlu_test_files(data: &Path) -> Result<Vec<PathBuf>> {
+    let dir = data.join(MMLU_TEST_DIR);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::missing(&dir, "MMLU test CSV files"));
+    }
+    Ok(files)
 }
 
 /// A question `dsg demo` shows, with the subject its prompt names.

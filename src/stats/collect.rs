@@ -10,7 +10,9 @@
 //! ([`FeatureStats::merge`], [`RowActivity::append`]) gives the one-pass feature statistics, and
 //! the same per-row activity up to row order (which calibration does not depend on).
 //!
-//! [`prompt_activity`] is the same pass over prompts of any length, for a fixed set of features.
+//! [`prompt_activity`] is the same pass over prompts of any length, for a fixed set of features;
+//! [`keep_evidence`] reduces its result to the tokens a guardrail that counts user text counts, so
+//! a threshold calibrated or evaluated on prompts sees what the hook sees.
 
 use std::fmt;
 use std::str::FromStr;
@@ -195,4 +197,36 @@ pub fn prompt_activity(
         progress(done, prompts.len());
     }
     Ok(out)
+}
+
+/// Each prompt's token activity reduced to its evidence tokens (`evidence[p][t]`), in order: what
+/// the gate of a guardrail that counts user text sees ([`crate::guard::Evidence::UserText`]; the
+/// hook pushes only evidence tokens to its gate). Errors when the shapes differ.
+pub fn keep_evidence(activity: Vec<Vec<bool>>, evidence: &[Vec<bool>]) -> Result<Vec<Vec<bool>>> {
+    if activity.len() != evidence.len() {
+        return Err(Error::Mismatch(format!(
+            "activity of {} prompts but evidence marks for {}",
+            activity.len(),
+            evidence.len()
+        )));
+    }
+    activity
+        .into_iter()
+        .zip(evidence)
+        .enumerate()
+        .map(|(p, (a, e))| {
+            if a.len() != e.len() {
+                return Err(Error::Mismatch(format!(
+                    "prompt {p}: activity of {} tokens but evidence marks for {}",
+                    a.len(),
+                    e.len()
+                )));
+            }
+            Ok(a.into_iter()
+                .zip(e)
+                .filter(|(_, &e)| e)
+                .map(|(a, _)| a)
+                .collect())
+        })
+        .collect()
 }

@@ -10,9 +10,10 @@ use clap::{Args, Subcommand};
 use crate::guard_cmd::{self, parse_gate, progress_bar, GuardArgs};
 use crate::{load_model, ModelArgs};
 use dsg::data::Split;
+use dsg::data::MMLU_BIO_SUBJECTS;
 use dsg::eval::gate_report::{evaluate_gates, GateReportConfig};
 use dsg::eval::mcq::{self, McqConfig, Orders, Protocol};
-use dsg::eval::prompts::{Variant, MMLU_BIO_SUBJECTS};
+use dsg::eval::prompts::Variant;
 use dsg::eval::suite::SuiteConfig;
 use dsg::guard::Gate;
 
@@ -84,7 +85,7 @@ impl McqArgs {
             filter: self.filter,
             batch: self.batch,
             out: self.out.clone(),
-            overwrite: crate::overwrite(self.force),
+            overwrite: crate::guard_cmd::overwrite(self.force),
         }
     }
 }
@@ -202,7 +203,7 @@ impl GateArgs {
             sae: self.guard.sae.clone(),
             from_activity: self.from_activity.clone(),
             out: self.out.clone(),
-            overwrite: crate::overwrite(self.force),
+            overwrite: crate::guard_cmd::overwrite(self.force),
         })
     }
 }

@@ -1,21 +1,77 @@
-//! `dsg forgetting …`: the forgetting tracks, each one command writing a results folder (see
-//! `dsg::eval::track`).
+//! `dsg forgetting …`: the evaluation tracks of issue #11, one command and one report folder each
+//! (see `dsg::eval::track`).
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use crate::guard_cmd::{parse_gate, progress_bar};
+use crate::guard_cmd::{overwrite, parse_gate, parse_split, progress_bar};
 use crate::{load_model, ModelArgs};
+use dsg::data::Split;
+use dsg::eval::track::hazard::{self, GuardSource, HazardConfig};
 use dsg::eval::track::knowledge::{self, KnowledgeConfig};
+use dsg::guard::recipe::{self, FREE_FORM_CALIBRATION};
 use dsg::guard::{Gate, Intervention};
 
 /// `dsg forgetting …` subcommands.
 #[derive(Subcommand)]
 pub enum ForgettingCommand {
+    /// Track H: WMDP-bio detection on free-form and MCQ prompts, and the answer-text NLL shift.
+    Hazard(HazardArgs),
     /// Track K: knowledge the model has (measure, choose a cluster, fit, evaluate).
     Knowledge(KnowledgeArgs),
+}
+
+/// Options of `dsg forgetting hazard`.
+#[derive(Args, Clone)]
+pub struct HazardArgs {
+    /// The guardrail to evaluate; default: fit the free-form recipe into --out (guard.json).
+    #[arg(long)]
+    pub guard: Option<PathBuf>,
+    /// Guardrails evaluated beside it on the same prompts (detection only); default: the shipped one.
+    #[arg(long, num_args = 1..)]
+    pub compare: Option<Vec<PathBuf>>,
+    /// The SAE to fit with; default: the shipped SAE.
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// Which split the evaluated questions come from: heldout to report, selection to choose.
+    #[arg(long, default_value = "heldout", value_parser = parse_split)]
+    pub split: Split,
+    /// At most this many prompts per evaluated set (seeded sample).
+    #[arg(long, default_value_t = 300)]
+    pub limit: usize,
+    /// Free-form calibration prompts for the recalibrated gates (the fit's own number by default).
+    #[arg(long, default_value_t = FREE_FORM_CALIBRATION)]
+    pub calibration_limit: usize,
+    /// Held-out WMDP-bio questions for the answer-text NLL shift (0 skips it; each costs 8
+    /// full-model rows: 4 options, unguarded and guarded).
+    #[arg(long, default_value_t = 100)]
+    pub nll_limit: usize,
+    /// Extra gates recalibrated on the free-form calibration prompts: paper, window:W, cusum:D.
+    #[arg(long = "gate", value_parser = parse_gate)]
+    pub gates: Vec<Gate>,
+    /// Calibration percentile of the extra gates.
+    #[arg(long, default_value_t = 95.0)]
+    pub p_dyn: f64,
+    /// AUROC bootstrap resamples.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Shared data folder; default: $DSG_SHARED_DATA, else ../shared/data.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Report folder (report.json, report.md, SVGs; guard.json when fitted).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace existing report files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `dsg forgetting knowledge`.
@@ -75,40 +131,96 @@ fn parse_intervention(s: &str) -> std::result::Result<Intervention, String> {
     s.parse().map_err(|e: dsg::Error| e.to_string())
 }
 
-/// Runs `dsg forgetting …`.
-pub fn run(model: &ModelArgs, cmd: &ForgettingCommand) -> Result<()> {
-    let ForgettingCommand::Knowledge(a) = cmd;
-    let sae = match &a.sae {
-        Some(p) => p.clone(),
-        None => dsg::assets::default_sae_dir()?,
-    };
-    let cfg = KnowledgeConfig {
-        data: dsg::runtime::shared_data_dir(a.data.as_deref())?,
-        sae,
-        out: a.out.clone(),
-        overwrite: crate::overwrite(a.force),
-        mmlu_per_subject: a.mmlu_per_subject,
-        mmlu_utility_per_subject: a.mmlu_utility_per_subject,
-        n_features: a.n_features,
-        p_ratio: a.p_ratio,
-        p_dyn: a.p_dyn,
-        gate: a.gate,
-        interventions: a.interventions.clone(),
-        generations: a.generations,
-        max_tokens: a.max_tokens,
-        kl_windows: a.kl_windows,
-        kl_window_tokens: a.kl_window_tokens,
-        batch: a.batch,
-    };
-    cfg.check()?;
-    let lm = load_model(model)?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let mut bar = progress_bar();
-    let report = knowledge::run(&lm, &cfg, &command, &mut |s, d, t| bar(s, d, t))?;
-    print!("{}", report.markdown());
-    eprintln!(
-        "wrote {}/report.md, report.json, accuracy.svg, samples.jsonl, guard.json",
-        cfg.out.display()
-    );
+/// Runs a `dsg forgetting` subcommand.
+pub fn run(model: &ModelArgs, command: &ForgettingCommand) -> Result<()> {
+    match command {
+        ForgettingCommand::Hazard(args) => {
+            let lm = load_model(model)?;
+            let compare = match &args.compare {
+                Some(c) => c.clone(),
+                None => vec![dsg::assets::default_guard_file()?],
+            };
+            let data = dsg::runtime::shared_data_dir(args.data.as_deref())?;
+            let guard = match &args.guard {
+                Some(g) => GuardSource::File(g.clone()),
+                None => {
+                    let sae = match &args.sae {
+                        Some(s) => s.clone(),
+                        None => dsg::assets::default_sae_dir()?,
+                    };
+                    let mut req = recipe::wmdp_bio_free_form(
+                        &data,
+                        sae,
+                        args.out.join(hazard::FITTED_GUARD),
+                    )?;
+                    req.overwrite = overwrite(args.force);
+                    GuardSource::Fit(Box::new(req))
+                }
+            };
+            let cfg = HazardConfig {
+                data,
+                guard,
+                compare,
+                split: args.split,
+                limit: Some(args.limit),
+                calibration_limit: args.calibration_limit,
+                nll_limit: args.nll_limit,
+                gates: args.gates.clone(),
+                p_dyn: args.p_dyn,
+                bootstrap: args.bootstrap,
+                seed: args.seed,
+                batch: args.batch,
+                out: args.out.clone(),
+                overwrite: overwrite(args.force),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let report = hazard::run(&lm, &cfg, &mut progress_bar())
+                .with_context(|| format!("dsg forgetting hazard --out {}", args.out.display()))?;
+            let g = &report.goal;
+            println!(
+                "free-form TPR {:.1}% at benign FPR {:.1}%; MCQ AUROC {:.3}; goal {} ({:.0} s); report: {}",
+                100.0 * g.free_form_tpr.rate,
+                100.0 * g.free_form_fpr.rate,
+                g.mcq_auroc.value,
+                if g.met { "met" } else { "not met" },
+                report.total_seconds,
+                args.out.join("report.md").display()
+            );
+        }
+        ForgettingCommand::Knowledge(a) => {
+            let sae = match &a.sae {
+                Some(p) => p.clone(),
+                None => dsg::assets::default_sae_dir()?,
+            };
+            let cfg = KnowledgeConfig {
+                data: dsg::runtime::shared_data_dir(a.data.as_deref())?,
+                sae,
+                out: a.out.clone(),
+                overwrite: overwrite(a.force),
+                mmlu_per_subject: a.mmlu_per_subject,
+                mmlu_utility_per_subject: a.mmlu_utility_per_subject,
+                n_features: a.n_features,
+                p_ratio: a.p_ratio,
+                p_dyn: a.p_dyn,
+                gate: a.gate,
+                interventions: a.interventions.clone(),
+                generations: a.generations,
+                max_tokens: a.max_tokens,
+                kl_windows: a.kl_windows,
+                kl_window_tokens: a.kl_window_tokens,
+                batch: a.batch,
+            };
+            cfg.check()?;
+            let lm = load_model(model)?;
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let mut bar = progress_bar();
+            let report = knowledge::run(&lm, &cfg, &command, &mut |s, d, t| bar(s, d, t))?;
+            print!("{}", report.markdown());
+            eprintln!(
+                "wrote {}/report.md, report.json, accuracy.svg, samples.jsonl, guard.json",
+                cfg.out.display()
+            );
+        }
+    }
     Ok(())
 }

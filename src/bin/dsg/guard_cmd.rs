@@ -9,7 +9,7 @@ use dsg::data::Split;
 use dsg::generate::GuardedAnswer;
 use dsg::guard::stats_files::merge_shards;
 use dsg::guard::{
-    FitObserver, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile, Intervention,
+    Evidence, FitObserver, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile, Intervention,
 };
 use dsg::model::{HookPoint, LoadedModel};
 use dsg::output::Overwrite;
@@ -73,9 +73,17 @@ pub struct FitArgs {
     /// (§5.1), instead of on the retain rows: benign traffic shaped like the prompts to be gated.
     #[arg(long, num_args = 1..)]
     pub calibrate_mcq: Vec<PathBuf>,
-    /// At most this many calibration prompts (seeded sample).
+    /// Calibrate the gate (also) on the --split questions' stems of these MCQ files, each alone
+    /// as a user's chat message (no options, no subject line): free-form requests.
+    #[arg(long, num_args = 1..)]
+    pub calibrate_free_form: Vec<PathBuf>,
+    /// At most this many calibration prompts of each shape (seeded sample).
     #[arg(long)]
     pub calibrate_limit: Option<usize>,
+    /// Which tokens the gate counts: all-tokens (the paper's rule) or user-text (in a chat, what
+    /// the user wrote; calibration then counts the same tokens).
+    #[arg(long, default_value = "all-tokens", value_parser = parse_evidence)]
+    pub evidence: Evidence,
     /// The guardrail file to write; statistics go beside it (`<stem>.forget.stats.safetensors`, …).
     #[arg(long)]
     pub out: PathBuf,
@@ -106,7 +114,9 @@ impl FitArgs {
             shard: self.shard,
             from_stats: self.from_stats.clone(),
             calibrate_mcq: self.calibrate_mcq.clone(),
+            calibrate_free_form: self.calibrate_free_form.clone(),
             calibrate_limit: self.calibrate_limit,
+            evidence: self.evidence,
             out: self.out.clone(),
             overwrite: overwrite(self.force),
         }
@@ -125,6 +135,15 @@ pub fn overwrite(force: bool) -> Overwrite {
 /// Parses `selection`, `heldout` or `all`.
 pub fn parse_split(s: &str) -> std::result::Result<Split, String> {
     s.parse().map_err(|e: dsg::Error| e.to_string())
+}
+
+/// Parses `all-tokens` or `user-text`.
+pub fn parse_evidence(s: &str) -> std::result::Result<Evidence, String> {
+    match s {
+        "all-tokens" => Ok(Evidence::AllTokens),
+        "user-text" => Ok(Evidence::UserText),
+        _ => Err(format!("{s:?}: expected all-tokens or user-text")),
+    }
 }
 
 /// Parses `paper`, `window:W` or `cusum:DRIFT` (threshold 0, to be calibrated).

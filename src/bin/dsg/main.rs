@@ -15,7 +15,6 @@ use dsg::eval::perplexity::TextPerplexity;
 use dsg::generate::{answer, user_prompt, GenerateOptions};
 use dsg::guard::GuardrailFile;
 use dsg::model::{self, fetch, LoadedModel, ModelSummary, NoHooks};
-use dsg::output::Overwrite;
 
 mod demo;
 mod eval_cmd;
@@ -124,7 +123,7 @@ enum Command {
         #[command(subcommand)]
         command: eval_cmd::EvalCommand,
     },
-    /// The forgetting tracks: each writes a results folder (JSON, Markdown, SVG).
+    /// The forgetting tracks (issue #11): one command and one results folder (JSON, Markdown, SVG) each.
     Forgetting {
         #[command(flatten)]
         model: ModelArgs,
@@ -218,15 +217,6 @@ fn load_model_at(path: &Path) -> Result<LoadedModel> {
         t.elapsed().as_secs_f64()
     );
     Ok(loaded)
-}
-
-/// `--force` as the library's overwrite policy.
-fn overwrite(force: bool) -> Overwrite {
-    if force {
-        Overwrite::Force
-    } else {
-        Overwrite::Refuse
-    }
 }
 
 /// Lets every option that takes a value accept a negative number (`--temperature -1`), in every
@@ -329,7 +319,7 @@ fn main() -> Result<()> {
                 let mut inputs: Vec<&Path> = guard.guards.iter().map(PathBuf::as_path).collect();
                 inputs.push(&model_path);
                 inputs.extend(guard.sae.as_deref());
-                check_html_output(out, &inputs, overwrite(force))?;
+                check_html_output(out, &inputs, guard_cmd::overwrite(force))?;
             }
             let lm = load_model_at(&model_path)?;
             let prompt = user_prompt(&lm.tokenizer, &prompt, None, raw)?;

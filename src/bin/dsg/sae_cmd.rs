@@ -228,7 +228,7 @@ pub fn run(cmd: SaeCommand) -> Result<()> {
                     tokens: eval_tokens,
                     ctx,
                 }),
-                overwrite: crate::overwrite(force),
+                overwrite: crate::guard_cmd::overwrite(force),
             };
             let lm = load_model(&model)?;
             let mut bar = StepBar {

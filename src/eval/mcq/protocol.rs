@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use crate::data::{letter, McqItem};
 use crate::model::Tokenizer;
-use crate::stats::prompts::{mcq_prompt_text, mcq_user_message};
+use crate::stats::prompts::{marked_mcq_prompt, mcq_prompt_text};
 use crate::{Error, Result};
 
 /// The scoring protocol of an MCQ evaluation.
@@ -196,14 +196,7 @@ pub fn evidence(
     context: &[u32],
 ) -> Result<Vec<bool>> {
     if protocol == Protocol::Paper {
-        let msgs = [mcq_user_message(subject, item)];
-        let chat = tok.encode_chat_sources(&msgs, true)?;
-        if !context.starts_with(&chat.ids) {
-            return Ok(vec![true; context.len()]);
-        }
-        let mut evidence = chat.written_by(&msgs, "user");
-        evidence.resize(context.len(), false);
-        return Ok(evidence);
+        return Ok(marked_mcq_prompt(tok, subject, item)?.evidence);
     }
     let text = prompt_text(tok, protocol, subject, item)?;
     let question = match protocol {

@@ -16,7 +16,7 @@ pub use run::{run, FitObserver, FitOutcome};
 
 use super::calibrate::{calibrate, DEFAULT_PERCENTILE};
 use super::file::{describe_features, ArtifactIdentity, DataProvenance, FORMAT_VERSION};
-use super::{ClampSpec, Gate, GuardrailFile, PercentileRule, SelectionRule};
+use super::{ClampSpec, Evidence, Gate, GuardrailFile, PercentileRule, SelectionRule};
 use crate::model::{HookPoint, Model};
 use crate::sae::Sae;
 use crate::stats::collect::{collect, CollectOptions, CorpusStats, Shard};
@@ -42,6 +42,8 @@ pub struct FitConfig {
     pub p_dyn: f64,
     /// What the selected features are set to at clamped tokens.
     pub clamp: ClampSpec,
+    /// Which tokens the gate counts (calibration activity must already be reduced to them).
+    pub evidence: Evidence,
     /// Rows per forward pass.
     pub batch_size: usize,
     /// Token ids excluded from the statistics (BOS, EOS, PAD).
@@ -68,6 +70,7 @@ impl FitConfig {
             gate: Gate::Paper { tau: 0.0 },
             p_dyn: DEFAULT_PERCENTILE,
             clamp: ClampSpec::paper(500.0),
+            evidence: Evidence::AllTokens,
             batch_size: 4,
             special_ids: Vec::new(),
             starts_with_bos: true,
@@ -132,7 +135,9 @@ pub fn collect_pair(
 pub type ActivityFn<'a> = dyn FnMut(&[u32]) -> Result<Vec<Vec<bool>>> + 'a;
 
 /// Prompts to calibrate the gate on instead of the retain rows: benign traffic shaped like what
-/// the gate will see (e.g. chat-formatted questions), which 1024-token corpus rows are not.
+/// the gate will see (e.g. chat-formatted questions), which 1024-token corpus rows are not. For a
+/// guardrail that counts user text, the activity is of the user's tokens only
+/// ([`crate::stats::collect::keep_evidence`]).
 pub struct PromptCalibration<'a> {
     /// What the prompts are (recorded in the file's provenance).
     pub name: String,
@@ -175,7 +180,7 @@ pub fn fit_from_stats(
         clamp: config.clamp,
         gate: calibration.gate,
         calibration: Some(calibration.summary(None)?),
-        evidence: super::file::Evidence::AllTokens,
+        evidence: config.evidence,
         provenance: DataProvenance {
             forget_corpus: Some(config.corpora.0.clone()),
             retain_corpus: Some(config.corpora.1.clone()),

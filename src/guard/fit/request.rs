@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::super::select::check_percentile;
 use super::super::stats_files::StatsFiles;
-use super::super::{ClampSpec, Gate};
+use super::super::{ClampSpec, Evidence, Gate};
 use crate::data::Split;
 use crate::model::HookPoint;
 use crate::output::{check_output, Overwrite};
@@ -53,8 +53,14 @@ pub struct FitRequest {
     /// Calibrate the gate on the `split` questions of these MCQ files as chat prompts, instead of
     /// on the retain rows.
     pub calibrate_mcq: Vec<PathBuf>,
-    /// At most this many calibration prompts (seeded sample), ≥ 1.
+    /// Calibrate the gate (also) on the `split` questions' stems of these MCQ files, each alone as
+    /// a user's chat message (no options, no subject line): free-form requests.
+    pub calibrate_free_form: Vec<PathBuf>,
+    /// At most this many calibration prompts (seeded sample) of each shape, ≥ 1.
     pub calibrate_limit: Option<usize>,
+    /// Which tokens the gate counts; with [`Evidence::UserText`] calibration counts the prompts'
+    /// user text only, as the hook will.
+    pub evidence: Evidence,
     /// The guardrail file to write; its statistics go beside it ([`StatsFiles::beside`]).
     pub out: PathBuf,
     /// Whether existing output files may be replaced.
@@ -87,6 +93,7 @@ impl FitRequest {
             .iter()
             .chain(&self.retain)
             .chain(&self.calibrate_mcq)
+            .chain(&self.calibrate_free_form)
             .map(PathBuf::as_path)
             .collect();
         inputs.push(&self.sae);
@@ -160,6 +167,9 @@ impl FitRequest {
         }
         for f in &self.calibrate_mcq {
             existing_file("--calibrate-mcq", f)?;
+        }
+        for f in &self.calibrate_free_form {
+            existing_file("--calibrate-free-form", f)?;
         }
         let mut inputs = self.inputs();
         if let Some(stats) = &stats_in {

@@ -4,16 +4,16 @@ use std::path::{Path, PathBuf};
 
 use super::super::load::{load_sae, relative_path};
 use super::super::stats_files::StatsFiles;
-use super::super::{GuardrailFile, PercentileRule, SelectionRule};
+use super::super::{Evidence, GuardrailFile, PercentileRule, SelectionRule};
 use super::{collect_pair, fit_from_stats, FitConfig, FitRequest, PromptCalibration};
 use crate::data::rows::{build_rows, equalize, RowOptions, DEFAULT_MAX_DOCS};
 use crate::data::Split;
-use crate::data::{read_documents, read_mcq, SplitMix64};
+use crate::data::{read_documents, read_mcq, McqItem, SplitMix64};
 use crate::guard::file::ArtifactIdentity;
 use crate::model::LoadedModel;
 use crate::sae::Sae;
-use crate::stats::collect::{prompt_activity, Shard};
-use crate::stats::prompts::mcq_prompts;
+use crate::stats::collect::{keep_evidence, prompt_activity, Shard};
+use crate::stats::prompts::{free_form_prompt, marked_mcq_prompt, Prompt};
 use crate::{Error, Result};
 
 /// Prompts per forward pass when calibrating on MCQ prompts.
@@ -127,31 +127,33 @@ pub fn run(
             retain.features.provenance.corpus.clone(),
         );
     }
-    let file = if req.calibrate_mcq.is_empty() {
+    let file = if req.calibrate_mcq.is_empty() && req.calibrate_free_form.is_empty() {
         fit_from_stats(&forget, &retain, &config, None)?
     } else {
-        let prompts = calibration_prompts(lm, req)?;
-        observer.note(&format!("calibrating on {} prompts", prompts.len()));
+        let (name, prompts) = calibration_prompts(lm, req)?;
+        observer.note(&format!("calibrating on {}", name));
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let evidence: Vec<Vec<bool>> = prompts.into_iter().map(|p| p.evidence).collect();
         let hook = config.hook;
-        let mut activity = |ids: &[u32]| {
-            let set: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
-            let mut per_set = prompt_activity(
+        let mut activity = |features: &[u32]| {
+            let set: Vec<usize> = features.iter().map(|&i| i as usize).collect();
+            let per_set = prompt_activity(
                 &lm.model,
                 &sae,
                 hook,
                 &[set],
-                &prompts,
+                &ids,
                 PROMPT_BATCH,
                 &mut |d, t| observer.progress("prompts", d, t),
             )?;
-            Ok(per_set.remove(0))
+            let all = per_set.into_iter().next().unwrap_or_default();
+            match req.evidence {
+                Evidence::UserText => keep_evidence(all, &evidence),
+                Evidence::AllTokens => Ok(all),
+            }
         };
         let calibration = PromptCalibration {
-            name: format!(
-                "{} as chat MCQ prompts ({} prompts)",
-                describe(&req.calibrate_mcq, req.split),
-                prompts.len()
-            ),
+            name,
             activity: &mut activity,
         };
         fit_from_stats(&forget, &retain, &config, Some(calibration))?
@@ -220,6 +222,7 @@ fn fit_config(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<FitConfig
     config.p_dyn = req.p_dyn;
     config.gate = req.gate;
     config.clamp = req.clamp_spec();
+    config.evidence = req.evidence;
     config.batch_size = req.batch;
     let tok = &lm.tokenizer;
     config.special_ids = [tok.bos_id(), tok.eos_id(), tok.pad_id()]
@@ -260,21 +263,70 @@ fn corpus_rows(lm: &LoadedModel, req: &FitRequest) -> Result<[Vec<Vec<u32>>; 2]>
     Ok([forget, retain])
 }
 
-/// The chat-formatted MCQ prompts of `calibrate_mcq` (each question under its own subject, or
-/// "general knowledge"), sampled down to `calibrate_limit`.
-fn calibration_prompts(lm: &LoadedModel, req: &FitRequest) -> Result<Vec<Vec<u32>>> {
+/// The `split` questions of `files`, sampled down to `calibrate_limit`.
+fn calibration_items(req: &FitRequest, files: &[PathBuf]) -> Result<Vec<McqItem>> {
     let mut items = Vec::new();
-    for f in &req.calibrate_mcq {
+    for f in files {
         items.extend(read_mcq(f, req.split)?);
     }
     if let Some(k) = req.calibrate_limit {
         SplitMix64::new(req.seed).sample(&mut items, k);
     }
-    if items.is_empty() {
+    Ok(items)
+}
+
+/// The calibration prompts and their description: the chat-formatted MCQ prompts of
+/// `calibrate_mcq` (each question under its own subject, or "general knowledge") and the stems of
+/// `calibrate_free_form` as user messages, each shape sampled down to `calibrate_limit`, with
+/// their user text marked.
+fn calibration_prompts(lm: &LoadedModel, req: &FitRequest) -> Result<(String, Vec<Prompt>)> {
+    let tok = &lm.tokenizer;
+    let mut prompts = Vec::new();
+    let mut parts = Vec::new();
+    if !req.calibrate_mcq.is_empty() {
+        let items = calibration_items(req, &req.calibrate_mcq)?;
+        for q in &items {
+            let subject = q.subject.as_deref().unwrap_or("general knowledge");
+            prompts.push(marked_mcq_prompt(tok, subject, q)?);
+        }
+        parts.push(format!(
+            "{} as chat MCQ prompts ({} prompts)",
+            describe(&req.calibrate_mcq, req.split),
+            items.len()
+        ));
+    }
+    if !req.calibrate_free_form.is_empty() {
+        let items = calibration_items(req, &req.calibrate_free_form)?;
+        for q in &items {
+            prompts.push(free_form_prompt(tok, &q.question)?);
+        }
+        let files = if req.calibrate_free_form.len() > 3 {
+            format!(
+                "{} files under {} (MCQ split: {:?})",
+                req.calibrate_free_form.len(),
+                req.calibrate_free_form[0]
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .display(),
+                req.split
+            )
+        } else {
+            describe(&req.calibrate_free_form, req.split)
+        };
+        parts.push(format!(
+            "{files}: question stems alone as chat user messages ({} prompts)",
+            items.len()
+        ));
+    }
+    if prompts.is_empty() {
         return Err(Error::Invalid(format!(
-            "no calibration questions in the {:?} split of the --calibrate-mcq files",
+            "no calibration questions in the {:?} split of the --calibrate-mcq/--calibrate-free-form files",
             req.split
         )));
     }
-    mcq_prompts(&lm.tokenizer, &items, None)
+    let mut name = parts.join(" + ");
+    if req.evidence == Evidence::UserText {
+        name.push_str(", counting the user's text only");
+    }
+    Ok((name, prompts))
 }

@@ -299,7 +299,9 @@ pub fn fit_guard(
         shard: None,
         from_stats: None,
         calibrate_mcq: Vec::new(),
+        calibrate_free_form: Vec::new(),
         calibrate_limit: None,
+        evidence: Evidence::AllTokens,
         out: work.join("guard-corpus.json"),
         overwrite: Overwrite::Force,
     };

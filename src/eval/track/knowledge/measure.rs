@@ -7,10 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{checkpoint, KnowledgeConfig, Progress};
+use crate::data::MMLU_BIO_SUBJECTS;
 use crate::data::{read_mcq, Split};
 use crate::eval::mcq::{evaluate, read_questions, Protocol, Question, QuestionResult};
 use crate::eval::metrics::Rate;
-use crate::eval::prompts::MMLU_BIO_SUBJECTS;
 use crate::eval::track::topics::{topic, Topic};
 use crate::model::LoadedModel;
 use crate::{Error, Result};

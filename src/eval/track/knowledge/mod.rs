@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::data::Split;
+use crate::data::MMLU_BIO_SUBJECTS;
 use crate::eval::mcq::{Protocol, Question};
-use crate::eval::prompts::MMLU_BIO_SUBJECTS;
 use crate::guard::{Gate, Guardrail, Intervention};
 use crate::model::LoadedModel;
 use crate::output::{check_output_dir, Overwrite};
