@@ -55,9 +55,17 @@ pub struct Candidate {
     pub chosen: bool,
 }
 
-/// The candidates: N × p_ratio × gate kind.
-const SWEEP_FEATURES: [usize; 4] = [10, 20, 40, 80];
-const SWEEP_P_RATIO: [f64; 2] = [95.0, 99.0];
+/// The candidates' (N, p_ratio), each with every gate of [`sweep_gates`]; p_ratio 99 admits
+/// about 41 of the default SAE's 4096 features, so it stops at N = 40.
+const SWEEP_SIZES: [(usize, f64); 7] = [
+    (10, 95.0),
+    (20, 95.0),
+    (40, 95.0),
+    (80, 95.0),
+    (10, 99.0),
+    (20, 99.0),
+    (40, 99.0),
+];
 
 fn sweep_gates(cfg: &KnowledgeConfig) -> Vec<Gate> {
     let mut gates = vec![
@@ -95,10 +103,7 @@ fn sweep(
     progress: &mut Progress,
 ) -> Result<(GuardrailFile, Vec<Candidate>)> {
     let mut files = Vec::new();
-    let mut sizes: Vec<(usize, f64)> = SWEEP_FEATURES
-        .iter()
-        .flat_map(|&n| SWEEP_P_RATIO.iter().map(move |&p| (n, p)))
-        .collect();
+    let mut sizes: Vec<(usize, f64)> = SWEEP_SIZES.to_vec();
     if !sizes.contains(&(cfg.n_features, cfg.p_ratio)) {
         sizes.push((cfg.n_features, cfg.p_ratio));
     }
