@@ -10,8 +10,8 @@
 //! * [`layers`]: which layer to put an SAE at (short SAEs compared).
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
 //! * [`mcq`]: MCQ accuracy (paper, lm-eval and cloze protocols), the option-order filters.
-//! * [`quality`]: output quality under a guardrail: the gibberish rate of free generations, next-token
-//!   KL to the unguarded model.
+//! * [`quality`]: output quality under a guardrail: the gibberish, refusal and gate rates of free
+//!   generations, next-token KL to the unguarded model, the `dsg eval quality` report.
 
 pub mod bench;
 pub mod detection;
