@@ -9,7 +9,9 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use dsg::data::SplitMix64;
-use dsg::eval::quality::{generation_quality, next_token_kl, DegenerateThresholds, FreePrompt};
+use dsg::eval::quality::{
+    assess, generation_quality, next_token_kl, DegenerateThresholds, FreePrompt,
+};
 use dsg::generate::GenerateOptions;
 use dsg::guard::file::ArtifactIdentity;
 use dsg::guard::hook::artifact_sha256;
@@ -257,4 +259,46 @@ fn a_forced_refusal_refuses_everything_and_a_shut_gate_changes_nothing() {
             .collect::<Vec<_>>()
     };
     assert_ne!(answers(&on), answers(&base));
+}
+
+/// One hand-labelled answer of the fixture.
+#[derive(serde::Deserialize)]
+struct Labelled {
+    source: String,
+    text: String,
+    gibberish: bool,
+    why: String,
+    #[serde(default)]
+    detector_misses: bool,
+}
+
+#[test]
+fn the_detector_agrees_with_hand_labels_on_real_answers() {
+    let path = common::fixture("quality/labelled_answers.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let answers: Vec<Labelled> = serde_json::from_value(file["answers"].clone()).unwrap();
+    assert!(answers.len() >= 20, "{} answers", answers.len());
+    assert!(answers.iter().any(|a| a.gibberish) && answers.iter().any(|a| !a.gibberish));
+    let th = DegenerateThresholds::default();
+    let mut agree = 0;
+    let mut wrong = Vec::new();
+    for a in &answers {
+        let r = assess(&a.text, &th);
+        agree += usize::from(r.degenerate == a.gibberish);
+        // A documented miss must still be missed, or the module documentation is out of date.
+        if (r.degenerate == a.gibberish) == a.detector_misses {
+            let label = if a.gibberish { "gibberish" } else { "fluent" };
+            wrong.push(format!(
+                "{} (labelled {label}: {}; documented miss: {}): {r:?}\n  {:?}",
+                a.source, a.why, a.detector_misses, a.text
+            ));
+        }
+    }
+    let misses = answers.iter().filter(|a| a.detector_misses).count();
+    eprintln!(
+        "detector agrees with {agree}/{} labels; {misses} documented misses",
+        answers.len()
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

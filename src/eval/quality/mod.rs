@@ -11,7 +11,8 @@ pub mod report;
 
 pub use degenerate::{
     assess, gibberish_rate, DegenerateReport, DegenerateThresholds, REASON_EMPTY, REASON_NON_WORDS,
-    REASON_REPEATED_TRIGRAMS, REASON_REPEATED_WORD, REASON_SYMBOLS,
+    REASON_REPEATED_PHRASE, REASON_REPEATED_TRIGRAMS, REASON_REPEATED_WORD, REASON_SYMBOLS,
+    REASON_WORD_SALAD, SALAD_CONJUNCTIONS, SALAD_MIN_WORDS,
 };
 pub use generation::{generation_quality, question_stems, FreePrompt, GenerationQuality, Sample};
 pub use kl::{next_token_kl, KlReport, KL_CHANGED};
