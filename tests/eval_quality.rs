@@ -302,3 +302,60 @@ fn the_detector_agrees_with_hand_labels_on_real_answers() {
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+#[test]
+fn quality_options_are_checked_by_name_before_any_model_work() {
+    use dsg::data::Split;
+    use dsg::eval::quality::{QualityConfig, WikiWindows};
+    use dsg::output::Overwrite;
+    let dir = common::scratch("eval_quality", "check");
+    let mcq = dir.join("bio_questions.json");
+    let rows: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({"question": format!(" Question {i}? "), "choices": ["a", "b", "c", "d"], "answer": 0}))
+        .collect();
+    std::fs::write(&mcq, serde_json::to_string(&rows).unwrap()).unwrap();
+    let stems = dsg::eval::quality::question_stems(&mcq, Split::All, None, 0).unwrap();
+    assert_eq!(stems[0], "Question 0?");
+    assert_eq!(stems.len(), 5);
+    let sample = dsg::eval::quality::question_stems(&mcq, Split::All, Some(2), 0).unwrap();
+    assert_eq!(sample.len(), 2);
+    assert!(sample.iter().all(|s| stems.contains(s)));
+    let guard = vec![dir.join("guard.json")];
+    let cfg = QualityConfig {
+        forget: mcq.clone(),
+        benign: vec![mcq.clone()],
+        split: Split::All,
+        limit: Some(2),
+        seed: 0,
+        max_new_tokens: 8,
+        gate_on: false,
+        thresholds: DegenerateThresholds::default(),
+        wikitext: Some(WikiWindows {
+            file: mcq.clone(),
+            windows: 1,
+            window_tokens: 16,
+        }),
+        out: dir.join("out"),
+        overwrite: Overwrite::Refuse,
+    };
+    cfg.check(&guard).unwrap();
+    let refused = |edit: &dyn Fn(&mut QualityConfig), guards: &[std::path::PathBuf]| {
+        let mut c = cfg.clone();
+        edit(&mut c);
+        c.check(guards).unwrap_err().to_string()
+    };
+    let e = refused(&|_| {}, &[]);
+    assert!(e.starts_with("--guard: none"), "{e}");
+    let e = refused(&|c| c.limit = Some(0), &guard);
+    assert!(e.starts_with("--limit: 0"), "{e}");
+    let e = refused(&|c| c.max_new_tokens = 0, &guard);
+    assert!(e.starts_with("--max-tokens: 0"), "{e}");
+    let e = refused(&|c| c.benign.clear(), &guard);
+    assert!(e.starts_with("--benign: none"), "{e}");
+    let e = refused(&|c| c.wikitext.as_mut().unwrap().window_tokens = 1, &guard);
+    assert!(e.starts_with("--window-tokens: 1"), "{e}");
+    let e = refused(&|c| c.forget = dir.join("missing.json"), &guard);
+    assert!(e.contains("missing --forget file"), "{e}");
+    let e = refused(&|c| c.out = mcq.clone(), &guard);
+    assert!(e.contains("--out"), "{e}");
+}
