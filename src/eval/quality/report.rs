@@ -303,6 +303,9 @@ fn wiki_tokens(lm: &LoadedModel, w: &WikiWindows) -> Result<Vec<u32>> {
 }
 
 fn pct(r: &Rate) -> String {
+    if r.n == 0 {
+        return "–".into();
+    }
     format!(
         "{:.1}% [{:.1}, {:.1}] ({}/{})",
         100.0 * r.rate,
@@ -404,5 +407,71 @@ impl QualityReport {
             }
         }
         put("samples.jsonl", lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::quality::{assess, Sample};
+
+    fn quality(texts: &[&str]) -> GenerationQuality {
+        GenerationQuality::new(
+            texts
+                .iter()
+                .map(|t| Sample {
+                    prompt: "Q?".into(),
+                    answer: t.to_string(),
+                    tokens: 3,
+                    refused: false,
+                    gated: false,
+                    degenerate: assess(t, &DegenerateThresholds::default()),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_report_keeps_answers_out_of_its_json_and_in_the_samples() {
+        let report = QualityReport {
+            model: "m".into(),
+            guards: vec!["g.json".into()],
+            interventions: vec!["clamp:500".into()],
+            gate_on: true,
+            split: "heldout".into(),
+            max_new_tokens: 8,
+            thresholds: DegenerateThresholds::default(),
+            sets: vec![SetQuality {
+                name: "forget".into(),
+                files: vec!["bio.json".into()],
+                base: quality(&["Paris is in France."]),
+                guarded: quality(&["or or or or", "It is."]),
+            }],
+            wikitext: None,
+            seconds: 1.0,
+        };
+        let dir = std::env::temp_dir().join(format!("dsg-quality-report-{}", std::process::id()));
+        report.write(&dir).unwrap();
+        let json = std::fs::read_to_string(dir.join("report.json")).unwrap();
+        assert!(
+            !json.contains("samples") && !json.contains("Paris"),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["sets"][0]["guarded"]["gibberish_answered"]["k"], 1);
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            (&lines[1]["set"], &lines[1]["model"]),
+            (&"forget".into(), &"guarded".into())
+        );
+        assert_eq!(lines[1]["degenerate"]["reason"], "repeated word");
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(md.contains("| forget | guarded | 50.0%"), "{md}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
