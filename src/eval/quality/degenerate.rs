@@ -90,7 +90,9 @@
 //! which counts of words and characters cannot see; a fluency score from the unguarded model (the
 //! answer's perplexity) would. The detector never flagged an answer labelled fluent, so it errs
 //! towards undercounting gibberish: read its rate as a lower bound, most of all for interventions
-//! that leave words intact. `tests/fixtures/quality/labelled_answers.json` holds a sample of these
+//! that leave words intact. The same holds for answers that start well and then glue fragments
+//! onto real words (`coughsnered of someone with the bacteriumnerednered of the way`): each glued
+//! word still passes the rules. `tests/fixtures/quality/labelled_answers.json` holds a sample of these
 //! answers with their labels, and a test checks that the detector agrees with every one. The rules judge
 //! English; other languages, and other models' failure modes, need their own look.
 
