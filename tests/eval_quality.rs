@@ -1,13 +1,25 @@
-//! Next-token KL to the unguarded model on the tiny GGUF fixture: zero for the model against itself,
-//! and equal to a KL computed directly from the two passes' full logits when a hook shifts the
-//! residual stream.
+//! Output quality on the tiny GGUF fixture. Next-token KL to the unguarded model: zero for the
+//! model against itself, and equal to a KL computed directly from the two passes' full logits when
+//! a hook shifts the residual stream. Guarded free generation with a guardrail fitted on a seeded
+//! random SAE: a refusing guardrail forced on refuses every prompt, one whose gate is shut answers
+//! exactly as the unguarded model. The degenerate-output detector against hand-labelled real
+//! answers of SmolLM2-135M-Instruct (`tests/fixtures/quality/labelled_answers.json`).
 
 mod common;
 
 use candle_core::{Device, Tensor};
 use dsg::data::SplitMix64;
-use dsg::eval::quality::next_token_kl;
-use dsg::model::{self, Batch, FnHook, ForwardOptions, HookPoint, Hooks, Logits, Model, NoHooks};
+use dsg::eval::quality::{
+    assess, generation_quality, next_token_kl, DegenerateThresholds, FreePrompt,
+};
+use dsg::generate::GenerateOptions;
+use dsg::guard::file::ArtifactIdentity;
+use dsg::guard::hook::artifact_sha256;
+use dsg::guard::{fit, FitConfig, Gate, Guardrail, Intervention, PercentileRule, SelectionRule};
+use dsg::model::{
+    self, Batch, FnHook, ForwardOptions, HookPoint, Hooks, LoadedModel, Logits, Model, NoHooks,
+};
+use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
 
 fn tiny() -> Model {
     model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu)
@@ -112,4 +124,238 @@ fn short_inputs_and_windows_are_refused() {
     assert!(e.to_string().contains("at least 2 tokens"), "{e}");
     let e = next_token_kl(&model, &[1, 2, 3], 1, &mut NoHooks, &mut NoHooks).unwrap_err();
     assert!(e.to_string().starts_with("window (--window): 1"), "{e}");
+}
+
+const SAE_SHA: &str = "abababababababababababababababababababababababababababababababab";
+
+fn tiny_lm() -> LoadedModel {
+    model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap()
+}
+
+/// A ReLU SAE at block 0 with seeded weights (sums of uniforms), d_in 64, 32 features.
+fn random_sae() -> Sae {
+    let mut rng = SplitMix64::new(7);
+    let mut draw = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u: f32 = (0..4)
+                    .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+                    .sum();
+                (u - 2.0) * scale
+            })
+            .collect()
+    };
+    let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+    Sae::from_parts(SaeParts {
+        w_enc: t(draw(64 * 32, 0.4), &[64, 32]),
+        b_enc: t(draw(32, 0.1), &[32]),
+        w_dec: t(draw(32 * 64, 0.3), &[32, 64]),
+        b_dec: t(vec![0.0; 64], &[64]),
+        activation: Activation::Relu,
+        apply_b_dec_to_input: false,
+        normalization: Normalization::None,
+        hook: Some(HookPoint::resid_post(0)),
+        meta: SaeMeta::default(),
+    })
+    .unwrap()
+}
+
+/// A guardrail on the tiny model, fitted on random token rows (forget ids 3..100, retain
+/// 150..256), 4 features.
+fn tiny_guardrail(lm: &LoadedModel) -> Guardrail {
+    let sha = artifact_sha256(&common::fixture("gguf/tiny_f32.gguf")).unwrap();
+    let sae = random_sae();
+    let rows = |lo: u32, hi: u32, seed: u64| -> Vec<Vec<u32>> {
+        let mut rng = SplitMix64::new(seed);
+        (0..8)
+            .map(|_| {
+                let mut r = vec![1];
+                r.extend((1..24).map(|_| lo + rng.below((hi - lo) as usize) as u32));
+                r
+            })
+            .collect()
+    };
+    let id = |name: &str, sha256: &str| ArtifactIdentity {
+        name: name.into(),
+        sha256: sha256.into(),
+    };
+    let mut cfg = FitConfig::paper(
+        id("tiny_f32.gguf", &sha),
+        id("random", SAE_SHA),
+        HookPoint::resid_post(0),
+    );
+    cfg.rule = SelectionRule::Percentile(PercentileRule::official(50.0));
+    cfg.n_features = 4;
+    cfg.special_ids = vec![1, 2];
+    cfg.batch_size = 3;
+    let (file, _, _) = fit(
+        &lm.model,
+        &sae,
+        &rows(3, 100, 1),
+        &rows(150, 256, 2),
+        &cfg,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    Guardrail::new(file, &sae, &sha, SAE_SHA, 64).unwrap()
+}
+
+fn free_prompts(lm: &LoadedModel) -> Vec<FreePrompt> {
+    [
+        "The 3 cats sat on 12 mats.",
+        "What is a virus?",
+        "Tell me about 1998.",
+    ]
+    .iter()
+    .map(|t| FreePrompt::chat(&lm.tokenizer, t).unwrap())
+    .collect()
+}
+
+fn options(lm: &LoadedModel) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: 10,
+        stop_tokens: lm.tokenizer.eos_id().into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_forced_refusal_refuses_everything_and_a_shut_gate_changes_nothing() {
+    let lm = tiny_lm();
+    let guard = tiny_guardrail(&lm);
+    let prompts = free_prompts(&lm);
+    let (opts, th) = (options(&lm), DegenerateThresholds::default());
+    let quality = |guards: &mut [Guardrail]| {
+        generation_quality(&lm, &prompts, guards, &opts, &th, &mut |_, _| {}).unwrap()
+    };
+    let base = quality(&mut []);
+    assert_eq!((base.refusal.k, base.gated.k), (0, 0));
+    assert!(base.samples.iter().all(|s| s.tokens > 0));
+
+    let refusing = guard
+        .with_gate(Gate::Paper { tau: -1.0 })
+        .unwrap()
+        .with_intervention(Intervention::Refuse)
+        .unwrap();
+    let refused = quality(&mut [refusing]);
+    assert_eq!((refused.refusal.k, refused.refusal.n), (3, 3));
+    assert_eq!((refused.gated.k, refused.gibberish_answered.n), (3, 0));
+    assert_eq!(refused.gibberish_all.k, 0);
+    for s in &refused.samples {
+        assert_eq!((s.answer.as_str(), s.tokens), (dsg::guard::REFUSAL, 0));
+    }
+
+    let shut = quality(&mut [guard.with_gate(Gate::Paper { tau: 1.0 }).unwrap()]);
+    assert_eq!((shut.gated.k, shut.refusal.k), (0, 0));
+    assert_eq!(shut.samples, base.samples);
+
+    // Not vacuous: the same guardrail forced on, clamping, changes some answer.
+    let on = quality(&mut [guard.with_gate(Gate::Paper { tau: -1.0 }).unwrap()]);
+    assert_eq!(on.gated.k, 3);
+    let answers = |q: &dsg::eval::quality::GenerationQuality| {
+        q.samples
+            .iter()
+            .map(|s| s.answer.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_ne!(answers(&on), answers(&base));
+}
+
+/// One hand-labelled answer of the fixture.
+#[derive(serde::Deserialize)]
+struct Labelled {
+    source: String,
+    text: String,
+    gibberish: bool,
+    why: String,
+    #[serde(default)]
+    detector_misses: bool,
+}
+
+#[test]
+fn the_detector_agrees_with_hand_labels_on_real_answers() {
+    let path = common::fixture("quality/labelled_answers.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let answers: Vec<Labelled> = serde_json::from_value(file["answers"].clone()).unwrap();
+    assert!(answers.len() >= 20, "{} answers", answers.len());
+    assert!(answers.iter().any(|a| a.gibberish) && answers.iter().any(|a| !a.gibberish));
+    let th = DegenerateThresholds::default();
+    let mut agree = 0;
+    let mut wrong = Vec::new();
+    for a in &answers {
+        let r = assess(&a.text, &th);
+        agree += usize::from(r.degenerate == a.gibberish);
+        // A documented miss must still be missed, or the module documentation is out of date.
+        if (r.degenerate == a.gibberish) == a.detector_misses {
+            let label = if a.gibberish { "gibberish" } else { "fluent" };
+            wrong.push(format!(
+                "{} (labelled {label}: {}; documented miss: {}): {r:?}\n  {:?}",
+                a.source, a.why, a.detector_misses, a.text
+            ));
+        }
+    }
+    let misses = answers.iter().filter(|a| a.detector_misses).count();
+    eprintln!(
+        "detector agrees with {agree}/{} labels; {misses} documented misses",
+        answers.len()
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn quality_options_are_checked_by_name_before_any_model_work() {
+    use dsg::data::Split;
+    use dsg::eval::quality::{QualityConfig, WikiWindows};
+    use dsg::output::Overwrite;
+    let dir = common::scratch("eval_quality", "check");
+    let mcq = dir.join("bio_questions.json");
+    let rows: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({"question": format!(" Question {i}? "), "choices": ["a", "b", "c", "d"], "answer": 0}))
+        .collect();
+    std::fs::write(&mcq, serde_json::to_string(&rows).unwrap()).unwrap();
+    let stems = dsg::eval::quality::question_stems(&mcq, Split::All, None, 0).unwrap();
+    assert_eq!(stems[0], "Question 0?");
+    assert_eq!(stems.len(), 5);
+    let sample = dsg::eval::quality::question_stems(&mcq, Split::All, Some(2), 0).unwrap();
+    assert_eq!(sample.len(), 2);
+    assert!(sample.iter().all(|s| stems.contains(s)));
+    let guard = vec![dir.join("guard.json")];
+    let cfg = QualityConfig {
+        forget: mcq.clone(),
+        benign: vec![mcq.clone()],
+        split: Split::All,
+        limit: Some(2),
+        seed: 0,
+        max_new_tokens: 8,
+        gate_on: false,
+        thresholds: DegenerateThresholds::default(),
+        wikitext: Some(WikiWindows {
+            file: mcq.clone(),
+            windows: 1,
+            window_tokens: 16,
+        }),
+        out: dir.join("out"),
+        overwrite: Overwrite::Refuse,
+    };
+    cfg.check(&guard).unwrap();
+    let refused = |edit: &dyn Fn(&mut QualityConfig), guards: &[std::path::PathBuf]| {
+        let mut c = cfg.clone();
+        edit(&mut c);
+        c.check(guards).unwrap_err().to_string()
+    };
+    let e = refused(&|_| {}, &[]);
+    assert!(e.starts_with("--guard: none"), "{e}");
+    let e = refused(&|c| c.limit = Some(0), &guard);
+    assert!(e.starts_with("--limit: 0"), "{e}");
+    let e = refused(&|c| c.max_new_tokens = 0, &guard);
+    assert!(e.starts_with("--max-tokens: 0"), "{e}");
+    let e = refused(&|c| c.benign.clear(), &guard);
+    assert!(e.starts_with("--benign: none"), "{e}");
+    let e = refused(&|c| c.wikitext.as_mut().unwrap().window_tokens = 1, &guard);
+    assert!(e.starts_with("--window-tokens: 1"), "{e}");
+    let e = refused(&|c| c.forget = dir.join("missing.json"), &guard);
+    assert!(e.contains("missing --forget file"), "{e}");
+    let e = refused(&|c| c.out = mcq.clone(), &guard);
+    assert!(e.contains("--out"), "{e}");
 }

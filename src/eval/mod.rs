@@ -11,8 +11,8 @@
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
 //! * [`track`]: the `dsg forgetting` tracks (one command, one report folder each).
 //! * [`mcq`]: MCQ accuracy (paper, lm-eval and cloze protocols), the option-order filters.
-//! * [`quality`]: output quality under a guardrail: the gibberish rate of free generations, next-token
-//!   KL to the unguarded model.
+//! * [`quality`]: output quality under a guardrail: the gibberish, refusal and gate rates of free
+//!   generations, next-token KL to the unguarded model, the `dsg eval quality` report.
 
 pub mod bench;
 pub mod detection;

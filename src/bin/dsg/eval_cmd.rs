@@ -1,6 +1,8 @@
 //! `dsg eval gate`: how well guardrails' gates separate held-out forget questions from benign
 //! prompts, and whether padding or multi-turn splitting bypasses them (see `dsg::eval::suite`).
 //! `dsg eval mcq`: multiple-choice accuracy with guardrails active (see `dsg::eval::mcq`).
+//! `dsg eval quality`: gibberish, refusal and gate rates of guarded free generation, and KL to the
+//! unguarded model (see `dsg::eval::quality`).
 
 use std::path::PathBuf;
 
@@ -14,6 +16,7 @@ use dsg::data::MMLU_BIO_SUBJECTS;
 use dsg::eval::gate_report::{evaluate_gates, GateReportConfig};
 use dsg::eval::mcq::{self, McqConfig, Orders, Protocol};
 use dsg::eval::prompts::Variant;
+use dsg::eval::quality::{self, DegenerateThresholds, QualityConfig, WikiWindows};
 use dsg::eval::suite::SuiteConfig;
 use dsg::guard::Gate;
 
@@ -24,6 +27,8 @@ pub enum EvalCommand {
     Gate(GateArgs),
     /// Multiple-choice accuracy (paper, lm-eval or cloze protocol), optionally option-order filtered.
     Mcq(McqArgs),
+    /// Output quality: gibberish rate of free answers (base vs guarded), refusals, KL on WikiText.
+    Quality(QualityArgs),
 }
 
 /// Options of `dsg eval mcq`.
@@ -213,6 +218,7 @@ pub fn run(model: &ModelArgs, cmd: &EvalCommand) -> Result<()> {
     let args = match cmd {
         EvalCommand::Gate(args) => args,
         EvalCommand::Mcq(args) => return run_mcq(model, args),
+        EvalCommand::Quality(args) => return run_quality(model, args),
     };
     let cfg = args.config()?;
     cfg.check(&args.guard.guards)?;
@@ -227,5 +233,93 @@ pub fn run(model: &ModelArgs, cmd: &EvalCommand) -> Result<()> {
     }
     print!("{}", report.markdown);
     eprintln!("wrote {}/report.md, report.json", args.out.display());
+    Ok(())
+}
+
+/// Options of `dsg eval quality`.
+#[derive(Args, Clone)]
+pub struct QualityArgs {
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    /// The forget domain's MCQ file; its question stems are the forget prompts.
+    #[arg(long)]
+    pub forget: PathBuf,
+    /// Benign MCQ files; their question stems are the benign prompts.
+    #[arg(long, num_args = 1.., required = true)]
+    pub benign: Vec<PathBuf>,
+    /// Which split of each file.
+    #[arg(long, default_value = "heldout", value_parser = guard_cmd::parse_split)]
+    pub split: Split,
+    /// At most this many prompts per file (a seeded sample).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of that sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// New tokens per answer (greedy decoding).
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
+    /// Force every gate on (τ < 0), to measure the intervention on every prompt.
+    #[arg(long)]
+    pub gate_on: bool,
+    /// A text file for next-token KL and perplexity, base vs guarded (e.g. WikiText-2 raw test).
+    #[arg(long)]
+    pub wikitext: Option<PathBuf>,
+    /// Windows of --wikitext, from its start.
+    #[arg(long, default_value_t = 8, requires = "wikitext")]
+    pub windows: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256, requires = "wikitext")]
+    pub window_tokens: usize,
+    /// Folder for report.json, report.md, samples.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace report files already in --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl QualityArgs {
+    /// The library's configuration of these options.
+    pub fn config(&self) -> QualityConfig {
+        QualityConfig {
+            forget: self.forget.clone(),
+            benign: self.benign.clone(),
+            split: self.split,
+            limit: self.limit,
+            seed: self.seed,
+            max_new_tokens: self.max_tokens,
+            gate_on: self.gate_on,
+            thresholds: DegenerateThresholds::default(),
+            wikitext: self.wikitext.clone().map(|file| WikiWindows {
+                file,
+                windows: self.windows,
+                window_tokens: self.window_tokens,
+            }),
+            out: self.out.clone(),
+            overwrite: crate::guard_cmd::overwrite(self.force),
+        }
+    }
+}
+
+/// Runs `dsg eval quality`.
+fn run_quality(model: &ModelArgs, args: &QualityArgs) -> Result<()> {
+    let cfg = args.config();
+    cfg.check(&args.guard.guards)?;
+    let lm = load_model(model)?;
+    let guards = guard_cmd::load_guardrails(&lm, &args.guard)?;
+    let names: Vec<String> = args
+        .guard
+        .guards
+        .iter()
+        .map(|g| g.display().to_string())
+        .collect();
+    let mut bar = progress_bar();
+    let report = quality::report::run(&lm, &guards, &names, &cfg, &mut |s, d, t| bar(s, d, t))?;
+    print!("{}", report.markdown());
+    eprintln!(
+        "wrote {}/report.md, report.json, samples.jsonl",
+        args.out.display()
+    );
     Ok(())
 }

@@ -220,7 +220,9 @@ pub struct Sample {
     pub refused: bool,
     /// Whether a gate fired (on the prompt or during the answer).
     pub gated: bool,
-    /// Whether the detector calls the answer degenerate.
+    /// Whether the detector calls the answer degenerate (assessed when the report is built, so
+    /// checkpointed answers are judged by the current detector).
+    #[serde(default)]
     pub degenerate: bool,
 }
 
@@ -264,7 +266,7 @@ pub fn free_answers(
         ..GenerateOptions::default()
     };
     let thresholds = DegenerateThresholds::default();
-    let samples: Vec<Sample> = checkpoint(&cfg.work(), &name, || {
+    let mut samples: Vec<Sample> = checkpoint(&cfg.work(), &name, || {
         let mut guards = match intervention {
             Some(i) => vec![guard.with_intervention(i)?],
             None => Vec::new(),
@@ -282,14 +284,17 @@ pub fn free_answers(
             let refused = a.refused_by.is_some();
             out.push(Sample {
                 prompt: stem.clone(),
-                degenerate: !refused && assess(&a.text, &thresholds).degenerate,
                 answer: a.text,
                 refused,
                 gated,
+                degenerate: false,
             });
         }
         Ok(out)
     })?;
+    for s in &mut samples {
+        s.degenerate = !s.refused && assess(&s.answer, &thresholds).degenerate;
+    }
     let n = samples.len();
     let count = |f: &dyn Fn(&Sample) -> bool| Rate::new(samples.iter().filter(|s| f(s)).count(), n);
     Ok(FreeAnswers {
