@@ -107,7 +107,7 @@ impl KnowledgeReport {
         );
         let _ = write!(
             md,
-            "## The guardrail\n\nFitted on {} selection-split forget questions against {} retain questions and WikiText-2 in {:.0} s; {} features {:?}; gate {}.\n\n",
+            "## The guardrail\n\nFitted on {} selection-split forget questions against {} retain questions in {:.0} s; {} features {:?}; gate {}.\n\n",
             self.fit.forget_questions,
             self.fit.retain_questions,
             self.fit.seconds,
