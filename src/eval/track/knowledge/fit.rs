@@ -55,8 +55,8 @@ pub struct Candidate {
     pub chosen: bool,
 }
 
-/// The candidates' (N, p_ratio), each with every gate of [`sweep_gates`]; p_ratio 99 admits
-/// about 41 of the default SAE's 4096 features, so it stops at N = 40.
+/// The candidates' (N, p_ratio), each with every gate of [`sweep_gates`]; a pair whose p_ratio
+/// admits fewer than N features is left out.
 const SWEEP_SIZES: [(usize, f64); 7] = [
     (10, 95.0),
     (20, 95.0),
@@ -107,6 +107,7 @@ fn sweep(
     if !sizes.contains(&(cfg.n_features, cfg.p_ratio)) {
         sizes.push((cfg.n_features, cfg.p_ratio));
     }
+    let mut kept = Vec::new();
     for &(n, p) in &sizes {
         let cand = FitRequest {
             n_features: n,
@@ -115,13 +116,20 @@ fn sweep(
             out: req.out.with_file_name(format!("candidate-{n}-{p}.json")),
             ..req.clone()
         };
-        match fit_run(lm, &cand, None)? {
-            FitOutcome::Guardrail { file, .. } => files.push(*file),
-            FitOutcome::Shard { .. } => {
+        match fit_run(lm, &cand, None) {
+            Ok(FitOutcome::Guardrail { file, .. }) => {
+                files.push(*file);
+                kept.push((n, p));
+            }
+            // Fewer than N features pass this p_ratio: the candidate does not exist.
+            Err(Error::OutOfRange { field, .. }) if field == "--n-features" => {}
+            Ok(FitOutcome::Shard { .. }) => {
                 return Err(Error::Invalid("a sweep candidate wrote a shard".into()))
             }
+            Err(e) => return Err(e),
         }
     }
+    let sizes = kept;
     let sae = load_sae(&cfg.sae, None)?;
     let sets: Vec<Vec<usize>> = files
         .iter()
