@@ -44,6 +44,9 @@ pub struct SetResult {
     pub n: usize,
     /// Questions the gate fired on.
     pub gated: Rate,
+    /// The gate's score on each question (for AUROC; not written to the report).
+    #[serde(skip)]
+    pub scores: Vec<f64>,
     /// The base model first, then each intervention.
     pub scored: Vec<Scored>,
 }
@@ -63,6 +66,20 @@ pub fn gate_decisions(
     questions: &[Question],
     batch: usize,
 ) -> Result<Vec<bool>> {
+    Ok(gate_scores(lm, guard, questions, batch)?
+        .iter()
+        .map(|&s| s > guard.file().gate.threshold())
+        .collect())
+}
+
+/// The gate's score on each question's cloze context (the question's tokens counted); it fires
+/// where the score exceeds the threshold.
+pub fn gate_scores(
+    lm: &LoadedModel,
+    guard: &Guardrail,
+    questions: &[Question],
+    batch: usize,
+) -> Result<Vec<f64>> {
     let contexts = cloze_contexts(lm, questions)?;
     let features: Vec<usize> = guard
         .file()
@@ -91,7 +108,7 @@ pub fn gate_decisions(
                 .filter(|(_, &e)| e)
                 .map(|(&a, _)| a)
                 .collect();
-            guard.file().gate.decide(&counted).fired
+            guard.file().gate.decide(&counted).score
         })
         .collect())
 }
@@ -108,9 +125,11 @@ pub fn score_set(
     base: &[Outcome],
     progress: &mut Progress,
 ) -> Result<SetResult> {
-    let fired = checkpoint(&cfg.work(), &format!("gate-{key}.json"), || {
-        gate_decisions(lm, guard, questions, cfg.batch)
+    let scores = checkpoint(&cfg.work(), &format!("gate-scores-{key}.json"), || {
+        gate_scores(lm, guard, questions, cfg.batch)
     })?;
+    let tau = guard.file().gate.threshold();
+    let fired: Vec<bool> = scores.iter().map(|&s| s > tau).collect();
     let gated_qs: Vec<Question> = questions
         .iter()
         .zip(&fired)
@@ -186,6 +205,7 @@ pub fn score_set(
         name: name.into(),
         n: questions.len(),
         gated: Rate::new(fired.iter().filter(|&&f| f).count(), fired.len()),
+        scores,
         scored,
     })
 }

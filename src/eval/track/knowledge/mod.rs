@@ -264,6 +264,7 @@ pub fn run(
         progress,
     )?);
     timed("accuracy (held-out; gated questions rescored)", t);
+    let detection_auroc = crate::eval::metrics::auroc(&sets[0].scores, &sets[1].scores)?;
 
     let t = std::time::Instant::now();
     let stems = |qs: &[Question]| -> Vec<String> {
@@ -303,6 +304,7 @@ pub fn run(
         fit,
         features: file.feature_ids(),
         gate: format!("{:?}", file.gate),
+        detection_auroc,
         sets,
         free_answers,
         wikitext_kl,

@@ -40,6 +40,8 @@ pub struct KnowledgeReport {
     pub features: Vec<u32>,
     /// The gate, with its threshold.
     pub gate: String,
+    /// AUROC of the gate's score, held-out known forget against known retain questions.
+    pub detection_auroc: f64,
     /// Held-out forget questions the base model knows, held-out retain ones, and MMLU outside
     /// the cluster.
     pub sets: Vec<SetResult>,
@@ -114,6 +116,11 @@ impl KnowledgeReport {
             self.features.len(),
             self.features,
             self.gate
+        );
+        let _ = write!(
+            md,
+            "Gate score AUROC, held-out known forget vs known retain questions: {:.3}. The (N, p_ratio, gate) sweep on the selection split is in report.json (`fit.sweep`).\n\n",
+            self.detection_auroc
         );
         md.push_str("## Held-out accuracy (cloze), % with Wilson 95% intervals\n\n| set | n | gated | intervention | acc | acc_norm | refused |\n|---|---|---|---|---|---|---|\n");
         for s in &self.sets {
