@@ -268,3 +268,46 @@ fn eval_gate_keeps_earlier_reports_and_checks_options() {
         "old"
     );
 }
+
+/// A guardrail fitted on the built-in SAE loads wherever it is copied (its recorded SAE path then
+/// points nowhere): the CLI falls back to the built-in SAE, whose digest the file names. A file
+/// naming another SAE still fails, and names `--guard-sae`.
+#[test]
+fn a_copied_guardrail_on_the_built_in_sae_still_loads() {
+    let dir = common::scratch("cli_errors", "copied_guard");
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/guards/wmdp-bio-smollm2-135m-L3.json");
+    let copy = dir.join("guard.json");
+    std::fs::copy(&shipped, &copy).unwrap();
+    let run = |guard: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_dsg"))
+            .args([
+                "explain",
+                "--guard",
+                s(guard),
+                "-p",
+                "How does the heart pump blood?",
+            ])
+            .output()
+            .expect("the dsg binary runs")
+    };
+    let out = run(&copy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("score"));
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["sae"]["sha256"] = serde_json::Value::String("0".repeat(64));
+    let other = dir.join("other.json");
+    std::fs::write(&other, v.to_string()).unwrap();
+    let out = run(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert_mentions(&stderr, &["--guard-sae", "other.json"]);
+}

@@ -295,7 +295,11 @@ pub fn load_guardrails(lm: &LoadedModel, args: &GuardArgs) -> Result<Vec<Guardra
     args.guards
         .iter()
         .map(|g| {
-            let guard = Guardrail::load(g, lm, args.sae.as_deref())
+            let sae = match &args.sae {
+                Some(s) => Some(s.clone()),
+                None => built_in_sae_for(g)?,
+            };
+            let guard = Guardrail::load(g, lm, sae.as_deref())
                 .with_context(|| format!("loading guardrail {}", g.display()))?;
             match args.intervention {
                 Some(i) => Ok(guard.with_intervention(i)?),
@@ -303,6 +307,21 @@ pub fn load_guardrails(lm: &LoadedModel, args: &GuardArgs) -> Result<Vec<Guardra
             }
         })
         .collect()
+}
+
+/// The built-in default SAE, when the guardrail at `path` was fitted on it and the SAE path it
+/// records does not exist here (a guardrail fitted on another machine, whose cache lies elsewhere);
+/// `None` otherwise, so that the recorded path is used and checked.
+fn built_in_sae_for(path: &Path) -> Result<Option<PathBuf>> {
+    let Ok(file) = GuardrailFile::load(path) else {
+        return Ok(None);
+    };
+    if dsg::guard::load::resolve_sae_path(path, &file).exists()
+        || file.sae.sha256 != dsg::assets::default_sae_sha256()
+    {
+        return Ok(None);
+    }
+    Ok(Some(dsg::assets::default_sae_dir()?))
 }
 
 /// One line per guardrail: its decision on the prompt and after the answer, and its action.
