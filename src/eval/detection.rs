@@ -155,17 +155,6 @@ impl GateEval {
     }
 }
 
-fn pct(r: &Rate) -> String {
-    format!(
-        "{:.1}% [{:.1}, {:.1}] ({}/{})",
-        100.0 * r.rate,
-        100.0 * r.lo,
-        100.0 * r.hi,
-        r.k,
-        r.n
-    )
-}
-
 /// A Markdown table of several gates' results (columns from the first one's sets): threshold,
 /// AUROC per negative set, TPR, FPR per negative set, bypass rate per variant; 95% intervals in
 /// brackets.
@@ -186,9 +175,9 @@ pub fn markdown_table(evals: &[GateEval]) -> String {
                 .iter()
                 .map(|(_, a)| format!("{:.3} [{:.3}, {:.3}]", a.value, a.lo, a.hi)),
         );
-        cells.push(pct(&e.tpr));
-        cells.extend(e.fpr.iter().map(|(_, r)| pct(r)));
-        cells.extend(e.bypass.iter().map(|b| pct(&b.bypassed)));
+        cells.push(e.tpr.percent());
+        cells.extend(e.fpr.iter().map(|(_, r)| r.percent()));
+        cells.extend(e.bypass.iter().map(|b| b.bypassed.percent()));
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out

@@ -56,6 +56,19 @@ impl Rate {
         }
     }
 
+    /// The rate in percent with its interval and counts, as reports print it:
+    /// `12.5% [5.5, 26.1] (5/40)`.
+    pub fn percent(&self) -> String {
+        format!(
+            "{:.1}% [{:.1}, {:.1}] ({}/{})",
+            100.0 * self.rate,
+            100.0 * self.lo,
+            100.0 * self.hi,
+            self.k,
+            self.n
+        )
+    }
+
     /// The fraction of `scores` strictly above `threshold`.
     pub fn above(scores: &[f64], threshold: f64) -> Rate {
         Rate::new(

@@ -306,14 +306,7 @@ fn pct(r: &Rate) -> String {
     if r.n == 0 {
         return "–".into();
     }
-    format!(
-        "{:.1}% [{:.1}, {:.1}] ({}/{})",
-        100.0 * r.rate,
-        100.0 * r.lo,
-        100.0 * r.hi,
-        r.k,
-        r.n
-    )
+    r.percent()
 }
 
 impl QualityReport {

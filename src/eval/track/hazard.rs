@@ -720,17 +720,6 @@ pub fn run(
     Ok(report)
 }
 
-fn pct(r: &Rate) -> String {
-    format!(
-        "{:.1}% [{:.1}, {:.1}] ({}/{})",
-        100.0 * r.rate,
-        100.0 * r.lo,
-        100.0 * r.hi,
-        r.k,
-        r.n
-    )
-}
-
 fn est(e: &Estimate) -> String {
     format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi)
 }
@@ -766,10 +755,10 @@ pub fn markdown(r: &HazardReport) -> String {
                 d.gate.threshold(),
                 est(&s.eval.auroc[0].1),
                 est(&s.eval.auroc[1].1),
-                pct(&s.eval.tpr),
-                pct(&s.eval.fpr[0].1),
-                pct(&s.eval.fpr[1].1),
-                pct(&s.fpr_benign),
+                s.eval.tpr.percent(),
+                s.eval.fpr[0].1.percent(),
+                s.eval.fpr[1].1.percent(),
+                s.fpr_benign.percent(),
             ));
         }
     }
@@ -784,10 +773,10 @@ pub fn markdown(r: &HazardReport) -> String {
             n.base_mean_nll,
             n.guarded_mean_nll,
             est(&n.mean_shift),
-            pct(&n.lost_probability),
-            pct(&n.gated),
-            pct(&n.accuracy.0),
-            pct(&n.accuracy.1),
+            n.lost_probability.percent(),
+            n.gated.percent(),
+            n.accuracy.0.percent(),
+            n.accuracy.1.percent(),
         ));
     }
     let g = &r.goal;
@@ -795,8 +784,8 @@ pub fn markdown(r: &HazardReport) -> String {
         "\n## Goal\n\n{}\n\n* free-form TPR {} at FPR {} (benign bio/med + general)\n* MCQ AUROC vs MMLU \
          general {}{}\n* **{}**\n",
         g.statement,
-        pct(&g.free_form_tpr),
-        pct(&g.free_form_fpr),
+        g.free_form_tpr.percent(),
+        g.free_form_fpr.percent(),
         est(&g.mcq_auroc),
         g.baseline_mcq_auroc
             .map(|b| format!(" (today's guardrail on the same prompts: {})", est(&b)))

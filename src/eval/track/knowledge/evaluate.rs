@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::fit::{cloze_contexts, cloze_evidence};
+use super::fit::cloze_prompts;
 use super::measure::{base_outcomes, Outcome, WIKITEXT};
 use super::{checkpoint, KnowledgeConfig, Progress};
 use crate::data::read_documents;
@@ -19,7 +19,7 @@ use crate::eval::quality::{assess, next_token_kl, DegenerateThresholds, KlReport
 use crate::generate::{answer, user_prompt, GenerateOptions};
 use crate::guard::{Guardrail, Intervention};
 use crate::model::{LoadedModel, NoHooks};
-use crate::stats::collect::prompt_activity;
+use crate::stats::collect::{keep_evidence, prompt_activity};
 use crate::Result;
 
 /// Accuracy of one question set under one intervention.
@@ -80,7 +80,11 @@ pub fn gate_scores(
     questions: &[Question],
     batch: usize,
 ) -> Result<Vec<f64>> {
-    let contexts = cloze_contexts(lm, questions)?;
+    let (contexts, evidence): (Vec<Vec<u32>>, Vec<Vec<bool>>) =
+        cloze_prompts(lm, questions.iter())?
+            .into_iter()
+            .map(|p| (p.ids, p.evidence))
+            .unzip();
     let features: Vec<usize> = guard
         .file()
         .feature_ids()
@@ -97,19 +101,9 @@ pub fn gate_scores(
         &mut |_, _| {},
     )?
     .remove(0);
-    let evidence = cloze_evidence(lm, questions.iter())?;
-    Ok(activity
+    Ok(keep_evidence(activity, &evidence)?
         .iter()
-        .zip(&evidence)
-        .map(|(a, e)| {
-            let counted: Vec<bool> = a
-                .iter()
-                .zip(e)
-                .filter(|(_, &e)| e)
-                .map(|(&a, _)| a)
-                .collect();
-            guard.file().gate.decide(&counted).score
-        })
+        .map(|counted| guard.file().gate.decide(counted).score)
         .collect())
 }
 

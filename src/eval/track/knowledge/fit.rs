@@ -18,7 +18,8 @@ use crate::guard::{
 };
 use crate::model::LoadedModel;
 use crate::output::Overwrite;
-use crate::stats::collect::prompt_activity;
+use crate::stats::collect::{keep_evidence, prompt_activity};
+use crate::stats::prompts::Prompt;
 use crate::{Error, Result};
 
 /// How the guardrail was fitted.
@@ -135,10 +136,12 @@ fn sweep(
         .iter()
         .map(|f| f.feature_ids().iter().map(|&i| i as usize).collect())
         .collect();
-    let mut contexts = cloze_contexts(lm, forget)?;
-    let n_forget = contexts.len();
-    contexts.extend(cloze_contexts(lm, retain)?);
-    let evidence = cloze_evidence(lm, forget.iter().chain(retain))?;
+    let (contexts, evidence): (Vec<Vec<u32>>, Vec<Vec<bool>>) =
+        cloze_prompts(lm, forget.iter().chain(retain))?
+            .into_iter()
+            .map(|p| (p.ids, p.evidence))
+            .unzip();
+    let n_forget = forget.len();
     let total = contexts.len();
     let activity = prompt_activity(
         &lm.model,
@@ -151,19 +154,12 @@ fn sweep(
     )?;
     let mut best: Option<(usize, Candidate)> = None;
     let mut all = Vec::new();
-    for (k, per_prompt) in activity.iter().enumerate() {
-        let counted: Vec<Vec<bool>> = per_prompt
-            .iter()
-            .zip(&evidence)
-            .map(|(a, e)| {
-                a.iter()
-                    .zip(e)
-                    .filter(|(_, &e)| e)
-                    .map(|(&a, _)| a)
-                    .collect()
-            })
-            .collect();
-        let (f, r) = counted.split_at(n_forget);
+    let counted: Vec<Vec<Vec<bool>>> = activity
+        .into_iter()
+        .map(|per_prompt| keep_evidence(per_prompt, &evidence))
+        .collect::<Result<_>>()?;
+    for (k, per_prompt) in counted.iter().enumerate() {
+        let (f, r) = per_prompt.split_at(n_forget);
         for gate in sweep_gates(cfg) {
             let cal = calibrate(gate, r, cfg.p_dyn)?;
             let fired =
@@ -197,18 +193,7 @@ fn sweep(
     for c in &mut all {
         c.chosen = c.n_features == b.n_features && c.p_ratio == b.p_ratio && c.gate == b.gate;
     }
-    let r: Vec<Vec<bool>> = activity[k][n_forget..]
-        .iter()
-        .zip(&evidence[n_forget..])
-        .map(|(a, e)| {
-            a.iter()
-                .zip(e)
-                .filter(|(_, &e)| e)
-                .map(|(&a, _)| a)
-                .collect()
-        })
-        .collect();
-    let calibration = calibrate(b.gate, &r, cfg.p_dyn)?;
+    let calibration = calibrate(b.gate, &counted[k][n_forget..], cfg.p_dyn)?;
     let mut file = files.swap_remove(k);
     file.gate = calibration.gate;
     file.calibration = Some(calibration.summary(None)?);
@@ -216,18 +201,20 @@ fn sweep(
     Ok((file, all))
 }
 
-/// Per cloze context, which tokens the gate counts (the question's).
-pub fn cloze_evidence<'a>(
+/// The cloze context of each question (`Question: …\nAnswer:`, what the gate decides on in the
+/// evaluation) with the tokens the gate counts marked (the question's).
+pub fn cloze_prompts<'a>(
     lm: &LoadedModel,
     questions: impl Iterator<Item = &'a Question>,
-) -> Result<Vec<Vec<bool>>> {
+) -> Result<Vec<Prompt>> {
     questions
         .map(|q| {
-            let ctx = match protocol::request(&lm.tokenizer, Protocol::Cloze, "", &q.item)? {
+            let ids = match protocol::request(&lm.tokenizer, Protocol::Cloze, "", &q.item)? {
                 protocol::Request::Next { context, .. }
                 | protocol::Request::Continuations { context, .. } => context,
             };
-            protocol::evidence(&lm.tokenizer, Protocol::Cloze, "", &q.item, &ctx)
+            let evidence = protocol::evidence(&lm.tokenizer, Protocol::Cloze, "", &q.item, &ids)?;
+            Ok(Prompt { ids, evidence })
         })
         .collect()
 }
@@ -246,20 +233,6 @@ fn write_documents(path: &PathBuf, questions: &[Question]) -> Result<()> {
         .map(|q| serde_json::json!({ "text": q.item.body() }).to_string() + "\n")
         .collect();
     std::fs::write(path, lines).map_err(|e| Error::io(path, e))
-}
-
-/// The cloze contexts of `questions` (what the gate decides on in the evaluation).
-pub fn cloze_contexts(lm: &LoadedModel, questions: &[Question]) -> Result<Vec<Vec<u32>>> {
-    questions
-        .iter()
-        .map(|q| {
-            let req = protocol::request(&lm.tokenizer, Protocol::Cloze, "", &q.item)?;
-            Ok(match req {
-                protocol::Request::Next { context, .. }
-                | protocol::Request::Continuations { context, .. } => context,
-            })
-        })
-        .collect()
 }
 
 /// Fits the guardrail of `cluster` and writes it to `<work>/guard.json` (kept: a later run reuses
