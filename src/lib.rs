@@ -21,5 +21,6 @@ pub mod output;
 pub mod runtime;
 pub mod sae;
 pub mod stats;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -31,7 +31,7 @@ mod documents;
 mod format;
 mod mcq;
 mod qa;
-mod rng;
+pub mod rng;
 pub mod rows;
 mod split;
 

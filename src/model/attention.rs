@@ -131,8 +131,8 @@ impl RopeTables {
 /// Multi-head (grouped-query) self-attention.
 pub struct Attention {
     /// `[q; k; v]` stacked into one map.
-    qkv: Linear,
-    o: Linear,
+    pub(super) qkv: Linear,
+    pub(super) o: Linear,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,

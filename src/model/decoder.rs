@@ -12,6 +12,7 @@ use super::config::{ModelConfig, Positions};
 use super::hooks::{HookContext, HookPoint, Hooks, Site};
 use super::kv::KvCache;
 use super::layers::{Linear, Mlp, Norm};
+use super::lora::DropoutRng;
 use super::weights::WeightSource;
 use crate::kernels::gemm;
 use crate::{Error, Result};
@@ -162,6 +163,8 @@ pub struct Model {
     pub(super) lm_head: Linear,
     device: Device,
     execution: Execution,
+    /// The random source of LoRA dropout (off unless training).
+    pub(super) lora_rng: DropoutRng,
 }
 
 impl Model {
@@ -250,7 +253,15 @@ impl Model {
             lm_head,
             device: device.clone(),
             execution: Execution::default(),
+            lora_rng: DropoutRng::default(),
         })
+    }
+
+    /// Turns LoRA dropout on, drawing from a generator seeded with `seed`, or off (`None`, the default).
+    pub fn set_lora_dropout_seed(&self, seed: Option<u64>) {
+        use rand::SeedableRng;
+        *self.lora_rng.lock().expect("dropout rng poisoned") =
+            seed.map(rand::rngs::StdRng::seed_from_u64);
     }
 
     /// The architecture and sizes the model was built from.

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::block::Execution;
 use super::config::{MlpActivation, ModelConfig, NormKind};
+use super::lora::{add_updates, FrozenMatmul, LoraPart};
 use super::weights::WeightSource;
 use crate::kernels::gemm;
 use crate::kernels::matvec::{matmul_f32, with_f32_slice};
@@ -31,13 +32,16 @@ enum QuantWeight {
     Q80(Q80Matrix),
 }
 
-/// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding.
+/// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding and low-rank
+/// (LoRA) updates applied on the fly.
 pub struct Linear {
     /// Weight, (out, in), f32.
     pub weight: Tensor,
     /// Bias, (out).
     pub bias: Option<Tensor>,
     quantized: Option<QuantWeight>,
+    /// LoRA updates, each over a range of the outputs.
+    pub(super) lora: Vec<LoraPart>,
 }
 
 impl Linear {
@@ -47,6 +51,7 @@ impl Linear {
             weight,
             bias,
             quantized: None,
+            lora: Vec::new(),
         }
     }
 
@@ -137,7 +142,38 @@ impl Linear {
             weight,
             bias,
             quantized,
+            lora: Vec::new(),
         })
+    }
+
+    /// Adds `part`'s update to the weight (`W[rows] += scale·B·A`) instead of applying it on the fly.
+    /// A quantised copy is re-quantised from the merged weight (Q8_0, within about 0.4%).
+    pub(super) fn merge(&mut self, part: &LoraPart) -> Result<()> {
+        let delta = part.weight_delta()?;
+        let (out, _) = self.weight.dims2()?;
+        let mut pieces = Vec::with_capacity(3);
+        if part.rows.start > 0 {
+            pieces.push(self.weight.narrow(0, 0, part.rows.start)?);
+        }
+        pieces.push((self.weight.narrow(0, part.rows.start, part.rows.len())? + delta)?);
+        if part.rows.end < out {
+            pieces.push(self.weight.narrow(0, part.rows.end, out - part.rows.end)?);
+        }
+        self.weight = Tensor::cat(&pieces, 0)?.contiguous()?;
+        if self.quantized.is_some() {
+            self.quantized = Some(Self::q8_0(&self.weight)?);
+        }
+        Ok(())
+    }
+
+    /// Drops the quantised copy (its weight is being trained, so the copy would go stale).
+    pub(super) fn drop_quantized(&mut self) {
+        self.quantized = None;
+    }
+
+    /// Rows (outputs) and columns (inputs) of the weight.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(self.weight.dims2()?)
     }
 
     /// Whether a quantised copy of the weight is available.
@@ -165,10 +201,22 @@ impl Linear {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
+            // Training through a frozen weight: only the input needs a gradient.
+            _ if x2.track_op() && !self.weight.track_op() && x2.device().is_cpu() => {
+                let frozen = FrozenMatmul {
+                    weight: self.weight.clone(),
+                };
+                x2.contiguous()?.apply_op1(frozen)?
+            }
             _ => match gemm::matmul_tensors(&x2, &self.weight, gemm::Layout::Rows)? {
                 Some(y) => y,
                 None => x2.matmul(&self.weight.t()?)?,
             },
+        };
+        let y = if self.lora.is_empty() {
+            y
+        } else {
+            add_updates(&self.lora, &x2, y)?
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -203,6 +251,15 @@ impl Linear {
             }
             _ => matmul_f32(&self.weight, x, m)?,
         };
+        if !self.lora.is_empty() {
+            let dev = self.weight.device();
+            let (n, k) = self.weight.dims2()?;
+            let xt = Tensor::from_slice(x, (m, k), dev)?;
+            let yt = Tensor::from_vec(y, (m, n), dev)?;
+            y = add_updates(&self.lora, &xt, yt)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+        }
         if let Some(b) = &self.bias {
             with_f32_slice(b, |b| {
                 y.chunks_mut(b.len())
@@ -253,6 +310,18 @@ impl Norm {
         })
     }
 
+    /// The scale and bias tensors, for training.
+    pub(super) fn tensors_mut(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
+        (&mut self.scale, self.bias.as_mut())
+    }
+
+    /// Re-reads the vectors the CPU pass uses from the (trained) tensors.
+    pub(super) fn sync(&mut self) -> Result<()> {
+        self.scale_raw = self.scale.to_vec1::<f32>()?;
+        self.bias_raw = self.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+        Ok(())
+    }
+
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor, exec: Execution) -> Result<Tensor> {
         use candle_nn::ops;
@@ -294,8 +363,8 @@ impl Norm {
 /// The feed-forward sublayer: gated (gate and up fused into one map, then down) or plain (fc/proj).
 pub struct Mlp {
     /// `[gate; up]` stacked (gated MLPs) or GPT-2's `c_fc`.
-    up: Linear,
-    down: Linear,
+    pub(super) up: Linear,
+    pub(super) down: Linear,
     gated: bool,
     activation: MlpActivation,
 }

@@ -1,5 +1,6 @@
 //! The hookable decoder: configuration, weights, forward pass, tokenizer, and loading from local files.
 
+pub mod adapter;
 pub mod attention;
 mod block;
 pub mod config;
@@ -9,9 +10,11 @@ pub mod gguf;
 pub mod hooks;
 pub mod kv;
 pub mod layers;
+pub mod lora;
 mod summary;
 mod tensor_pass;
 pub mod tokenizer;
+mod trainable;
 mod vector_pass;
 pub mod weights;
 
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+pub use adapter::{Adapter, AdapterConfig, AdapterMode};
 pub use block::Execution;
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{Batch, ForwardOptions, ForwardOutput, Logits, Model};

@@ -1,0 +1,172 @@
+//! Low-rank updates on a [`Linear`](super::layers::Linear) map (LoRA, Hu et al. 2021, as PEFT applies
+//! them): `y = x·Wᵀ + b + scale · dropout(x)·Aᵀ·Bᵀ`, for all of the map's outputs or for a range of them
+//! (dsg fuses q/k/v and gate/up into one map, and PEFT targets each part on its own).
+//!
+//! The frozen product `x·Wᵀ` runs as [`FrozenMatmul`], which gives candle a backward pass for `x` only:
+//! candle's own matmul would also compute (and keep) the gradient of every frozen weight.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use crate::kernels::gemm;
+use crate::kernels::matvec::with_f32_slice;
+use crate::Result;
+
+/// The random source of LoRA dropout, shared by every part of one model. `None` (the default, and
+/// outside training) turns dropout off; the trainer seeds it once per step so that a resumed run draws
+/// the same masks.
+pub type DropoutRng = Arc<Mutex<Option<StdRng>>>;
+
+/// One low-rank update, over the outputs `rows` of its map.
+pub struct LoraPart {
+    /// The outputs it adds to (all of them for an unfused map).
+    pub rows: Range<usize>,
+    /// `A`, (r, in).
+    pub a: Tensor,
+    /// `B`, (rows.len(), r).
+    pub b: Tensor,
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub scale: f64,
+    /// Dropout probability on the input, in training only.
+    pub dropout: f32,
+    /// The model's dropout source.
+    pub rng: DropoutRng,
+}
+
+impl LoraPart {
+    /// `scale · dropout(x)·Aᵀ·Bᵀ` for `x` (m, in): (m, rows.len()).
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match self.dropout_mask(x)? {
+            Some(mask) => (x * mask)?,
+            None => x.clone(),
+        };
+        let h = x.matmul(&self.a.t()?)?;
+        Ok((h.matmul(&self.b.t()?)? * self.scale)?)
+    }
+
+    /// An inverted-dropout mask shaped like `x` when training with dropout, else `None`.
+    fn dropout_mask(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.dropout <= 0.0 {
+            return Ok(None);
+        }
+        let mut guard = self.rng.lock().expect("dropout rng poisoned");
+        let Some(rng) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let keep = 1.0 - self.dropout;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Some(Tensor::from_vec(mask, x.shape(), x.device())?))
+    }
+
+    /// `scale · B·A`, (rows.len(), in): the part's update of the weight, for merging.
+    pub fn weight_delta(&self) -> Result<Tensor> {
+        Ok((self.b.matmul(&self.a)? * self.scale)?)
+    }
+}
+
+/// Adds the updates of `parts` to `y` (m, out), the frozen output of a map of `out` outputs on `x` (m, in).
+pub(super) fn add_updates(parts: &[LoraPart], x: &Tensor, y: Tensor) -> Result<Tensor> {
+    let out = y.dim(1)?;
+    let mut sorted: Vec<&LoraPart> = parts.iter().collect();
+    sorted.sort_by_key(|p| p.rows.start);
+    if let [p] = sorted.as_slice() {
+        if p.rows == (0..out) {
+            return Ok((y + p.delta(x)?)?);
+        }
+    }
+    // Outputs without an update get zeros, so one add covers every part (and stays differentiable).
+    let m = y.dim(0)?;
+    let mut pieces = Vec::with_capacity(2 * sorted.len() + 1);
+    let mut at = 0;
+    for p in sorted {
+        if p.rows.start > at {
+            pieces.push(Tensor::zeros(
+                (m, p.rows.start - at),
+                y.dtype(),
+                y.device(),
+            )?);
+        }
+        pieces.push(p.delta(x)?);
+        at = p.rows.end;
+    }
+    if at < out {
+        pieces.push(Tensor::zeros((m, out - at), y.dtype(), y.device())?);
+    }
+    Ok((y + Tensor::cat(&pieces, 1)?)?)
+}
+
+/// `x·Wᵀ` for a frozen weight `W` (out, in): differentiable in `x` only. The CPU runs dsg's tile kernel
+/// both ways when it can.
+pub(super) struct FrozenMatmul {
+    /// The weight, (out, in), contiguous.
+    pub(super) weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = layout.shape().dims2()?;
+        let n = self.weight.dim(0)?;
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul needs a contiguous input")
+        };
+        let x = &storage.as_slice::<f32>()?[a..b];
+        let y = product(x, m, k, &self.weight, gemm::Layout::Rows, n)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // d(x·Wᵀ)/dx applied to the gradient: grad · W, (m, out)·(out, in).
+        let (m, n) = grad.dims2()?;
+        let k = self.weight.dim(1)?;
+        let g = grad.contiguous()?;
+        let gs = g.flatten_all()?.to_vec1::<f32>()?;
+        let dx = product(&gs, m, n, &self.weight, gemm::Layout::Cols, k)?;
+        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
+    }
+}
+
+/// `x (m × k) · w` as `layout` reads `w`, with dsg's tile kernel where available, candle's otherwise.
+fn product(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Tensor,
+    layout: gemm::Layout,
+    n: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let err = |e: crate::Error| candle_core::Error::Msg(e.to_string());
+    if gemm::available() {
+        return with_f32_slice(w, |ws| gemm::matmul(x, m, k, ws, layout, n)).map_err(err);
+    }
+    let xt = Tensor::from_slice(x, (m, k), w.device())?;
+    let y = match layout {
+        gemm::Layout::Rows => xt.matmul(&w.t()?)?,
+        gemm::Layout::Cols => xt.matmul(w)?,
+    };
+    y.flatten_all()?.to_vec1::<f32>()
+}

@@ -1,0 +1,16 @@
+//! Training the language model itself through candle's autograd on dsg's own decoder (hooks
+//! included): full fine-tuning or LoRA, AdamW with decoupled weight decay, gradient accumulation and
+//! clipping, warm-up with cosine or linear decay, loss on answer tokens only, and checkpoints from
+//! which a run resumes exactly. LoRA runs write PEFT adapters ([`crate::model::Adapter`]).
+
+pub mod examples;
+pub mod optim;
+pub mod params;
+pub mod run;
+pub mod schedule;
+
+pub use examples::{batch_nll, mean_nll, Example};
+pub use optim::{AdamW, AdamWConfig};
+pub use params::{LoraSpec, Method};
+pub use run::{StepLog, TrainConfig, Trainer};
+pub use schedule::Decay;
