@@ -315,6 +315,15 @@ impl Norm {
         (&mut self.scale, self.bias.as_mut())
     }
 
+    /// The weight as Hugging Face stores it (Gemma's `w` of its `1 + w` scale), and the bias.
+    pub(super) fn hf_tensors(&self) -> Result<(Tensor, Option<Tensor>)> {
+        let w = match self.kind {
+            NormKind::RmsPlusOne => (&self.scale - 1.0)?,
+            _ => self.scale.clone(),
+        };
+        Ok((w, self.bias.clone()))
+    }
+
     /// Re-reads the vectors the CPU pass uses from the (trained) tensors.
     pub(super) fn sync(&mut self) -> Result<()> {
         self.scale_raw = self.scale.to_vec1::<f32>()?;

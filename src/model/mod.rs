@@ -59,6 +59,24 @@ impl LoadedModel {
 /// Loads a model from a GGUF file or a Hugging Face directory (`config.json`, safetensors,
 /// `tokenizer.json`).
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_with(path, None, device)
+}
+
+/// [`load`], with the tensors of `weights` (a safetensors file in Hugging Face naming, as full
+/// fine-tuning writes it) in place of the base model's.
+pub fn load_with(path: &Path, weights: Option<&Path>, device: &Device) -> Result<LoadedModel> {
+    let overlay = |src: WeightSource| -> Result<WeightSource> {
+        match weights {
+            None => Ok(src),
+            Some(w) => {
+                let top = WeightSource::open_safetensors(vec![w.to_path_buf()])?;
+                WeightSource::overlay(src, top)
+            }
+        }
+    };
+    if let Some(w) = weights.filter(|w| !w.is_file()) {
+        return Err(Error::missing(w, "fine-tuned weights file (safetensors)"));
+    }
     if !path.exists() {
         return Err(Error::missing(
             path,
@@ -72,8 +90,9 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         })?;
         let src = WeightSource::open_safetensors_dir(path)?;
         let tokenizer = Tokenizer::from_hf_dir(path)?;
-        let model = Model::load(cfg, &src, device)?;
-        (model, tokenizer, src.path().to_path_buf())
+        let weights_path = src.path().to_path_buf();
+        let model = Model::load(cfg, &overlay(src)?, device)?;
+        (model, tokenizer, weights_path)
     } else {
         let src = WeightSource::open_gguf(path)?;
         let WeightSource::Gguf { content, .. } = &src else {
@@ -90,7 +109,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
         let tokenizer = Tokenizer::new(inner, bos, eos, pad, template, add_bos);
-        let model = Model::load(cfg, &src, device)?;
+        let model = Model::load(cfg, &overlay(src)?, device)?;
         (model, tokenizer, path.to_path_buf())
     };
     let vocab = model.config().vocab_size;
@@ -107,4 +126,27 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         path: path.to_path_buf(),
         weights_path,
     })
+}
+
+/// [`load_with`] (`weights` over the base's), then each PEFT LoRA adapter in `adapters` applied in
+/// order as `mode` says. Every adapter folder is read and checked before the model is loaded.
+pub fn load_adapted(
+    path: &Path,
+    weights: Option<&Path>,
+    adapters: &[PathBuf],
+    mode: AdapterMode,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let read = adapters
+        .iter()
+        .map(|a| Adapter::load(a, device))
+        .collect::<Result<Vec<_>>>()?;
+    let mut lm = load_with(path, weights, device)?;
+    for (adapter, dir) in read.iter().zip(adapters) {
+        lm.model.apply_adapter(adapter, mode).map_err(|e| match e {
+            Error::Mismatch(m) => Error::Mismatch(format!("{}: {m}", dir.display())),
+            e => e,
+        })?;
+    }
+    Ok(lm)
 }

@@ -4,9 +4,10 @@
 
 use candle_core::{Tensor, Var};
 
+use super::config::Positions;
 use super::decoder::Model;
 use super::layers::{Linear, Norm};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Wraps `t` in a variable, replaces it by the variable's tensor, and records it.
 fn make_var(
@@ -90,5 +91,76 @@ impl Model {
             }
         }
         self.final_norm.sync()
+    }
+}
+
+impl Model {
+    /// Every weight under its Hugging Face name and layout (fused maps split, Gemma's norm offset
+    /// removed), as a fine-tuned model's `model.safetensors` holds them; [`WeightSource::overlay`]
+    /// reads them back over the base model. Llama-family layouts only.
+    ///
+    /// [`WeightSource::overlay`]: super::WeightSource::overlay
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.cfg.positions == Positions::Learned {
+            return Err(Error::Unsupported(
+                "writing GPT-2 weights after full fine-tuning (train a LoRA adapter instead)".into(),
+            ));
+        }
+        let c = &self.cfg;
+        let (qd, kvd, dff) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.d_ff);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        let norm = |out: &mut Vec<(String, Tensor)>, n: &Norm, name: String| -> Result<()> {
+            let (w, b) = n.hf_tensors()?;
+            if let Some(b) = b {
+                out.push((format!("{name}.bias"), b));
+            }
+            out.push((format!("{name}.weight"), w));
+            Ok(())
+        };
+        let split = |out: &mut Vec<(String, Tensor)>, l: &Linear, parts: &[(&str, usize)]| -> Result<()> {
+            let mut at = 0;
+            for (name, n) in parts {
+                out.push((format!("{name}.weight"), l.weight.narrow(0, at, *n)?));
+                if let Some(b) = &l.bias {
+                    out.push((format!("{name}.bias"), b.narrow(0, at, *n)?));
+                }
+                at += n;
+            }
+            Ok(())
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            norm(&mut out, &b.attn_norm, format!("{p}.input_layernorm"))?;
+            let (q, k, v) = (
+                format!("{p}.self_attn.q_proj"),
+                format!("{p}.self_attn.k_proj"),
+                format!("{p}.self_attn.v_proj"),
+            );
+            split(&mut out, &b.attn.qkv, &[(&q, qd), (&k, kvd), (&v, kvd)])?;
+            let o = format!("{p}.self_attn.o_proj");
+            split(&mut out, &b.attn.o, &[(&o, c.d_model)])?;
+            match (&b.post_attn_norm, &b.post_mlp_norm) {
+                (Some(pa), Some(pm)) => {
+                    norm(&mut out, pa, format!("{p}.post_attention_layernorm"))?;
+                    norm(&mut out, &b.mlp_norm, format!("{p}.pre_feedforward_layernorm"))?;
+                    norm(&mut out, pm, format!("{p}.post_feedforward_layernorm"))?;
+                }
+                _ => norm(&mut out, &b.mlp_norm, format!("{p}.post_attention_layernorm"))?,
+            }
+            let (g, u, d) = (
+                format!("{p}.mlp.gate_proj"),
+                format!("{p}.mlp.up_proj"),
+                format!("{p}.mlp.down_proj"),
+            );
+            split(&mut out, &b.mlp.up, &[(&g, dff), (&u, dff)])?;
+            split(&mut out, &b.mlp.down, &[(&d, c.d_model)])?;
+        }
+        norm(&mut out, &self.final_norm, "model.norm".into())?;
+        if !c.tie_embeddings {
+            out.push(("lm_head.weight".into(), self.lm_head.weight.clone()));
+        }
+        out.into_iter()
+            .map(|(n, t)| Ok((n, t.detach().contiguous()?)))
+            .collect()
     }
 }

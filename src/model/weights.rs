@@ -32,6 +32,13 @@ pub enum WeightSource {
         /// Parsed header and tensor directory.
         content: Box<gguf_file::Content>,
     },
+    /// Tensors of `top` (a fine-tuned model's weights) in place of `base`'s, the rest from `base`.
+    Overlay {
+        /// Where every tensor not in `top` comes from.
+        base: Box<WeightSource>,
+        /// The replacing tensors.
+        top: Box<WeightSource>,
+    },
 }
 
 /// Translates a Hugging Face Llama-style tensor name into its llama.cpp GGUF name.
@@ -162,7 +169,24 @@ impl WeightSource {
         match self {
             WeightSource::Safetensors { paths, .. } => &paths[0],
             WeightSource::Gguf { path, .. } => path,
+            WeightSource::Overlay { base, .. } => base.path(),
         }
+    }
+
+    /// `base` with the tensors of `top` replacing its own; every tensor of `top` must exist in
+    /// `base` (a file of another model's weights is refused).
+    pub fn overlay(base: WeightSource, top: WeightSource) -> Result<Self> {
+        if let Some(extra) = top.names().into_iter().find(|n| !base.has(n)) {
+            return Err(Error::Mismatch(format!(
+                "{}: tensor `{extra}` is not a tensor of the base model {}",
+                top.path().display(),
+                base.path().display()
+            )));
+        }
+        Ok(WeightSource::Overlay {
+            base: Box::new(base),
+            top: Box::new(top),
+        })
     }
 
     fn source_name(&self, hf: &str) -> Option<String> {
@@ -173,6 +197,7 @@ impl WeightSource {
             WeightSource::Gguf { content, .. } => {
                 gguf_name(hf).filter(|n| content.tensor_infos.contains_key(n))
             }
+            WeightSource::Overlay { base, top } => top.source_name(hf).or(base.source_name(hf)),
         }
     }
 
@@ -196,6 +221,7 @@ impl WeightSource {
                     format!("tensor `{hf}` (it has no llama.cpp name; GGUF files must use the llama layout)"),
                 ),
             },
+            WeightSource::Overlay { base, .. } => base.missing_tensor(hf),
         }
     }
 
@@ -209,11 +235,18 @@ impl WeightSource {
         match self {
             WeightSource::Safetensors { owner, .. } => owner.keys().cloned().collect(),
             WeightSource::Gguf { content, .. } => content.tensor_infos.keys().cloned().collect(),
+            WeightSource::Overlay { base, .. } => base.names(),
         }
     }
 
     /// Loads `hf` as f32 and checks its shape.
     pub fn tensor(&self, hf: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        if let WeightSource::Overlay { base, top } = self {
+            return match top.has(hf) {
+                true => top.tensor(hf, shape, device),
+                false => base.tensor(hf, shape, device),
+            };
+        }
         let name = self
             .source_name(hf)
             .ok_or_else(|| self.missing_tensor(hf))?;
@@ -232,6 +265,7 @@ impl WeightSource {
                 })?;
                 (t, path.clone())
             }
+            WeightSource::Overlay { .. } => unreachable!("overlays return above"),
         };
         if t.dims() != shape {
             return Err(Error::format(
@@ -248,6 +282,13 @@ impl WeightSource {
 
     /// The quantised tensor `hf` as stored in a GGUF file (`None` for safetensors or absent names).
     pub fn qtensor(&self, hf: &str, device: &Device) -> Result<Option<QTensor>> {
+        if let WeightSource::Overlay { base, top } = self {
+            // A replaced tensor has no quantised copy: the base's would be the old weights.
+            return match top.has(hf) {
+                true => Ok(None),
+                false => base.qtensor(hf, device),
+            };
+        }
         match (self, self.source_name(hf)) {
             (WeightSource::Gguf { .. }, Some(name)) => {
                 self.qtensor_by_name(&name, device).map(Some)

@@ -21,6 +21,7 @@ mod eval_cmd;
 mod explain;
 mod forgetting;
 mod guard_cmd;
+mod train_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,18 @@ struct ModelArgs {
     /// A GGUF file or a Hugging Face model directory; default: SmolLM2-135M-Instruct (fetched on first use).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to apply; repeat
+    /// to stack several, applied in order.
+    #[arg(long)]
+    adapter: Vec<PathBuf>,
+    /// Merge the adapters into the f32 weights instead of applying them on the fly (quantised copies
+    /// are re-quantised to Q8_0).
+    #[arg(long, requires = "adapter")]
+    merge_adapter: bool,
+    /// A safetensors file of fine-tuned weights (Hugging Face names, as `dsg train --full` writes
+    /// `model.safetensors`) that replace the base model's.
+    #[arg(long)]
+    weights: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -155,7 +168,21 @@ enum Command {
         /// Prompt lengths of the guard-overhead measurement.
         #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
         overhead: Vec<usize>,
+        /// Time training steps instead: `lora` (r 8, alpha 16, every projection) or `full`.
+        #[arg(long, value_parser = ["lora", "full"])]
+        train: Option<String>,
+        /// Rows per training step (with --train).
+        #[arg(long, default_value_t = 4)]
+        train_batch: usize,
+        /// Tokens per row (with --train).
+        #[arg(long, default_value_t = 128)]
+        train_seq: usize,
+        /// Timed training steps (with --train), after one untimed.
+        #[arg(long, default_value_t = 3)]
+        train_steps: usize,
     },
+    /// Fine-tune the model (LoRA adapter or every weight) on question-answer pairs or text.
+    Train(Box<train_cmd::TrainArgs>),
     /// Train and evaluate sparse autoencoders.
     Sae {
         #[command(subcommand)]
@@ -204,7 +231,26 @@ fn model_path(args: &ModelArgs) -> Result<PathBuf> {
 }
 
 fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
-    load_model_at(&model_path(args)?)
+    if args.adapter.is_empty() && args.weights.is_none() {
+        return load_model_at(&model_path(args)?);
+    }
+    let path = model_path(args)?;
+    let mode = if args.merge_adapter {
+        model::AdapterMode::Merged
+    } else {
+        model::AdapterMode::OnTheFly
+    };
+    let t = std::time::Instant::now();
+    let weights = args.weights.as_deref();
+    let loaded = model::load_adapted(&path, weights, &args.adapter, mode, &Device::Cpu)
+        .with_context(|| format!("loading model {} with its adapters", path.display()))?;
+    eprintln!(
+        "loaded {} with {} adapter(s) in {:.2}s",
+        loaded.name(),
+        args.adapter.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(loaded)
 }
 
 fn load_model_at(path: &Path) -> Result<LoadedModel> {
@@ -351,7 +397,41 @@ fn main() -> Result<()> {
             json,
             guard,
             overhead,
+            train,
+            train_batch,
+            train_seq,
+            train_steps,
         } => {
+            if let Some(mode) = train {
+                let mut lm = load_model(&model)?;
+                let method = match mode.as_str() {
+                    "full" => dsg::train::Method::Full,
+                    _ => dsg::train::Method::Lora(dsg::train::LoraSpec::all_projections(8, 16.0)),
+                };
+                let cfg = dsg::train::TrainConfig {
+                    method,
+                    epochs: 1,
+                    max_steps: None,
+                    batch_size: train_batch,
+                    grad_accum: 1,
+                    lr: 1e-4,
+                    warmup_steps: 0,
+                    decay: dsg::train::Decay::Constant,
+                    adamw: dsg::train::AdamWConfig::default(),
+                    max_grad_norm: Some(1.0),
+                    seed: 0,
+                };
+                let r = dsg::train::bench::training_throughput(
+                    &mut lm.model,
+                    cfg,
+                    &mode,
+                    train_seq,
+                    train_steps,
+                    1,
+                )?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
             let cfg = ThroughputConfig {
                 prefill,
                 decode_tokens,
@@ -391,6 +471,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Sae { command } => sae_cmd::run(command)?,
+        Command::Train(args) => train_cmd::run(&args)?,
         Command::Perplexity {
             model,
             file,

@@ -1,0 +1,193 @@
+//! `dsg train`: fine-tune the model (LoRA or full) on question–answer pairs or plain text.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use dsg::train::{
+    train_to_dir, AdamWConfig, Decay, Example, LoraSpec, Method, RunOptions, TrainConfig,
+};
+
+use crate::{load_model, ModelArgs};
+
+/// The options of `dsg train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON Lines of `{"question", "answer"}` (TOFU's format); chat-formatted, loss on the answer
+    /// (and end of turn) only. Repeatable.
+    #[arg(long)]
+    qa: Vec<PathBuf>,
+    /// Plain text, cut into rows of --seq tokens, loss on every token. Repeatable.
+    #[arg(long)]
+    text: Vec<PathBuf>,
+    /// Tokens per plain-text row.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// The run's folder (adapter/ or model.safetensors, train_log.jsonl, train.json, checkpoint/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Train every weight instead of a LoRA adapter.
+    #[arg(long)]
+    full: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// LoRA alpha.
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// LoRA dropout.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
+    /// Modules LoRA adapts.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    lora_targets: Vec<String>,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    #[arg(long)]
+    rslora: bool,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Stop after this many optimiser steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Rows per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Decay after warm-up: constant, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    schedule: Decay,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Clip the global gradient norm (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Seed of the data order, LoRA initialisation and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every this many steps (0: at the end only).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Continue the unfinished run in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Replace a finished run in --out.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Runs `dsg train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.qa.is_empty() && args.text.is_empty() {
+        bail!("dsg train: give the training data with --qa FILE or --text FILE");
+    }
+    let method = if args.full {
+        Method::Full
+    } else {
+        Method::Lora(LoraSpec {
+            rank: args.lora_rank,
+            alpha: args.lora_alpha,
+            dropout: args.lora_dropout,
+            targets: args.lora_targets.clone(),
+            use_rslora: args.rslora,
+        })
+    };
+    let cfg = TrainConfig {
+        method,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        batch_size: args.batch_size,
+        grad_accum: args.grad_accum,
+        lr: args.lr,
+        warmup_steps: args.warmup_steps,
+        decay: args.schedule,
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        seed: args.seed,
+    };
+    cfg.validate()?;
+    if args.seq < 2 {
+        bail!("--seq: {} is not allowed; expected at least 2 tokens", args.seq);
+    }
+    let mut qa = Vec::new();
+    for p in &args.qa {
+        qa.extend(dsg::data::tofu::read_tofu_qa(p)?);
+    }
+    let text = args
+        .text
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading --text {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let mut lm = load_model(&args.model)?;
+    let mut examples = Vec::new();
+    for item in &qa {
+        let e = dsg::eval::tofu::encode_qa(&lm.tokenizer, &item.question, &item.answer)?;
+        examples.push(Example {
+            loss_from: e.answer_start,
+            ids: e.ids,
+        });
+    }
+    for t in &text {
+        let ids = lm.tokenizer.encode(t, false)?;
+        examples.extend(ids.chunks(args.seq).filter(|c| c.len() >= 2).map(|c| Example::text(c.to_vec())));
+    }
+    let opts = RunOptions {
+        out: args.out.clone(),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume,
+        force: args.force,
+        base_model: lm.name(),
+    };
+    let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
+    eprintln!(
+        "{} examples, {tokens} tokens, {} steps",
+        examples.len(),
+        cfg.total_steps(examples.len())
+    );
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("train {bar:40} {pos}/{len} {elapsed}<{eta} {msg}")
+            .expect("valid template"),
+    );
+    let mut seen = (0usize, 0f64);
+    let summary = train_to_dir(
+        &mut lm.model,
+        &examples,
+        cfg,
+        &opts,
+        &mut dsg::model::NoHooks,
+        &mut |log, total| {
+            seen.0 += log.tokens;
+            seen.1 += log.seconds;
+            bar.set_length(total as u64);
+            bar.set_position(log.step as u64 + 1);
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                log.loss,
+                log.lr,
+                seen.0 as f64 / seen.1.max(1e-9)
+            ));
+        },
+    )?;
+    bar.finish();
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
