@@ -203,3 +203,413 @@ fn porter_stems_match_nltk() {
         stems.len()
     );
 }
+
+// --- the TOFU files ------------------------------------------------------------------------
+
+use dsg::data::tofu::{
+    authors, read_tofu_paraphrased, read_tofu_perturbed, read_tofu_qa, ForgetSplit, AUTHORS,
+};
+
+#[test]
+fn readers_on_the_shared_tofu_files() {
+    let Some(dir) = common::shared_data_or_skip("tofu") else {
+        return;
+    };
+    let full = read_tofu_qa(&dir.join("full.json")).unwrap();
+    assert_eq!(full.len(), 4000);
+    assert_eq!(
+        authors(&full, &dir.join("full.json")).unwrap().len(),
+        AUTHORS
+    );
+    let pairs = |items: &[dsg::data::QaItem]| -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|q| (q.question.clone(), q.answer.clone()))
+            .collect()
+    };
+    for split in ForgetSplit::ALL {
+        let forget = read_tofu_qa(&dir.join(format!("{}.json", split.name()))).unwrap();
+        assert_eq!(
+            pairs(&forget),
+            pairs(&full[split.row_range()]),
+            "{}",
+            split.name()
+        );
+        let retain = read_tofu_qa(&dir.join(format!("{}.json", split.retain_name()))).unwrap();
+        assert_eq!(pairs(&retain), pairs(&full[..split.row_range().start]));
+        let path = dir.join(format!("{}_perturbed.json", split.name()));
+        let perturbed = read_tofu_paraphrased(&path).unwrap();
+        assert_eq!(pairs(&perturbed), pairs(&forget));
+        assert!(perturbed.iter().all(|q| q.perturbed_answers.len() == 5));
+    }
+    let retain = read_tofu_paraphrased(&dir.join("retain_perturbed.json")).unwrap();
+    assert_eq!(pairs(&retain), pairs(&full[..400]));
+    for (name, rows) in [("real_authors", 100), ("world_facts", 117)] {
+        let path = dir.join(format!("{name}_perturbed.json"));
+        let items = read_tofu_perturbed(&path).unwrap();
+        assert_eq!(items.len(), rows, "{name}");
+        assert!(items.iter().all(|q| q.perturbed_answers.len() == 3));
+        let e = read_tofu_paraphrased(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: paraphrased_answer: expected a string"),
+            "{e}"
+        );
+    }
+    let sets = TofuSets::read_dir(&dir, ForgetSplit::Forget01).unwrap();
+    assert_eq!(sets.forget.items.len(), 40);
+    assert_eq!(sets.retain.items.len(), 400);
+    let e = read_tofu_perturbed(&dir.join("full.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("full.json: line 1: perturbed_answer"), "{e}");
+}
+
+// --- encoding and the evaluation on the tiny model -------------------------------------------
+
+use candle_core::{Device, Tensor};
+use dsg::data::{QaItem, SplitMix64};
+use dsg::eval::tofu::encode::end_of_turn;
+use dsg::eval::tofu::{
+    encode_chat_qa, encode_chat_question, encode_qa, encode_question, evaluate, RetainReference,
+    SetKind, SetSizes, TofuOptions, TofuSet, TofuSets, MODEL_UTILITY_METRICS,
+};
+use dsg::guard::file::ArtifactIdentity;
+use dsg::guard::hook::artifact_sha256;
+use dsg::guard::{
+    fit, FitConfig, Gate, Guardrail, Intervention, PercentileRule, SelectionRule, REFUSAL,
+};
+use dsg::model::{self, Batch, HookPoint, LoadedModel, NoHooks};
+use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
+
+fn tiny_lm() -> LoadedModel {
+    model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn encode_qa_is_the_prompt_then_answer_end_of_turn_and_eos() {
+    let lm = tiny_lm();
+    let tok = &lm.tokenizer;
+    let ex = encode_qa(tok, "Who is Bo?", "Bo is a cat.").unwrap();
+    let prompt = encode_question(tok, "Who is Bo?").unwrap();
+    assert_eq!(&ex.ids[..ex.answer_start], prompt.as_slice());
+    let answer = tok.decode(ex.answer_ids(), false).unwrap();
+    // ChatML: the rendering ends "<|im_end|>\n", so EOS (<|im_end|>) is appended, as
+    // open-unlearning's preprocess_chat_instance does.
+    assert_eq!(answer, "Bo is a cat.<|im_end|>\n<|im_end|>");
+    assert_eq!(ex.ids.last(), tok.eos_id().as_ref());
+    assert_eq!(end_of_turn(tok).unwrap(), tok.token_id("<|im_end|>"));
+    let rendered = tok
+        .apply_chat_template(&[model::Message::new("user", "Who is Bo?")], true)
+        .unwrap();
+    assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+    let with_system = encode_chat_qa(tok, Some("Be brief."), "Who is Bo?", "Bo is a cat.").unwrap();
+    let system_prompt = encode_chat_question(tok, Some("Be brief."), "Who is Bo?").unwrap();
+    assert_eq!(
+        &with_system.ids[..with_system.answer_start],
+        system_prompt.as_slice()
+    );
+    assert_eq!(with_system.answer_ids(), ex.answer_ids());
+    assert_ne!(system_prompt, prompt);
+}
+
+const SAE_SHA: &str = "abababababababababababababababababababababababababababababababab";
+
+/// A guardrail on the tiny model fitted on random token rows with a seeded random SAE (as in
+/// `tests/eval_quality.rs`).
+fn tiny_guardrail(lm: &LoadedModel) -> Guardrail {
+    let sha = artifact_sha256(&common::fixture("gguf/tiny_f32.gguf")).unwrap();
+    let mut rng = SplitMix64::new(7);
+    let mut draw = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u: f32 = (0..4)
+                    .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+                    .sum();
+                (u - 2.0) * scale
+            })
+            .collect()
+    };
+    let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+    let sae = Sae::from_parts(SaeParts {
+        w_enc: t(draw(64 * 32, 0.4), &[64, 32]),
+        b_enc: t(draw(32, 0.1), &[32]),
+        w_dec: t(draw(32 * 64, 0.3), &[32, 64]),
+        b_dec: t(vec![0.0; 64], &[64]),
+        activation: Activation::Relu,
+        apply_b_dec_to_input: false,
+        normalization: Normalization::None,
+        hook: Some(HookPoint::resid_post(0)),
+        meta: SaeMeta::default(),
+    })
+    .unwrap();
+    let rows = |lo: u32, hi: u32, seed: u64| -> Vec<Vec<u32>> {
+        let mut rng = SplitMix64::new(seed);
+        (0..8)
+            .map(|_| {
+                let mut r = vec![1];
+                r.extend((1..24).map(|_| lo + rng.below((hi - lo) as usize) as u32));
+                r
+            })
+            .collect()
+    };
+    let id = |name: &str, sha256: &str| ArtifactIdentity {
+        name: name.into(),
+        sha256: sha256.into(),
+    };
+    let mut cfg = FitConfig::paper(
+        id("tiny_f32.gguf", &sha),
+        id("random", SAE_SHA),
+        HookPoint::resid_post(0),
+    );
+    cfg.rule = SelectionRule::Percentile(PercentileRule::official(50.0));
+    cfg.n_features = 4;
+    cfg.special_ids = vec![1, 2];
+    cfg.batch_size = 3;
+    let (file, _, _) = fit(
+        &lm.model,
+        &sae,
+        &rows(3, 100, 1),
+        &rows(150, 256, 2),
+        &cfg,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    Guardrail::new(file, &sae, &sha, SAE_SHA, 64).unwrap()
+}
+
+fn item(index: usize, q: &str, a: &str, para: Option<&str>, wrong: &[&str]) -> QaItem {
+    QaItem {
+        index,
+        question: q.into(),
+        answer: a.into(),
+        paraphrased_question: None,
+        paraphrased_answer: para.map(String::from),
+        perturbed_answers: wrong.iter().map(|w| w.to_string()).collect(),
+    }
+}
+
+/// Small sets in TOFU's shapes whose prompts fit the tiny model's 128-token context.
+fn tiny_sets() -> TofuSets {
+    let set = |kind, items| TofuSet {
+        kind,
+        path: format!("{kind:?}.json").into(),
+        items,
+    };
+    let five = ["Al.", "Cy.", "Di.", "Ed.", "Fa."];
+    TofuSets {
+        forget: set(
+            SetKind::Forget,
+            vec![
+                item(0, "Who is Bo?", "Bo is a cat.", Some("A cat."), &five),
+                item(1, "Bo's age?", "Bo is 3.", Some("Three."), &five),
+                item(2, "Bo's town?", "Oslo.", Some("It is Oslo."), &five),
+            ],
+        ),
+        retain: set(
+            SetKind::Retain,
+            vec![
+                item(0, "Who is Ky?", "Ky is a dog.", Some("A dog."), &five),
+                item(1, "Ky's age?", "Ky is 5.", Some("Five."), &five),
+            ],
+        ),
+        real_authors: set(
+            SetKind::RealAuthors,
+            vec![
+                item(
+                    0,
+                    "Who wrote Emma?",
+                    "Jane Austen",
+                    None,
+                    &["Twain", "Woolf", "Poe"],
+                ),
+                item(
+                    1,
+                    "Who wrote Ulysses?",
+                    "James Joyce",
+                    None,
+                    &["Orwell", "Eco", "Poe"],
+                ),
+            ],
+        ),
+        world_facts: set(
+            SetKind::WorldFacts,
+            vec![item(
+                0,
+                "Capital of France?",
+                "Paris",
+                None,
+                &["Rome", "Oslo", "Bern"],
+            )],
+        ),
+    }
+}
+
+fn tiny_options(batch_size: usize) -> TofuOptions {
+    TofuOptions {
+        sizes: SetSizes::all(),
+        batch_size,
+        max_new_tokens: 6,
+        ..TofuOptions::default()
+    }
+}
+
+#[test]
+fn evaluation_end_to_end_on_the_tiny_model() {
+    let lm = tiny_lm();
+    let sets = tiny_sets();
+    let report = evaluate(&lm, &[], &sets, &tiny_options(4), None, &mut |_, _, _| {}).unwrap();
+    for set in report.sets() {
+        for s in &set.samples {
+            let probs = [s.answer]
+                .into_iter()
+                .chain(s.paraphrased)
+                .chain(s.perturbed.iter().copied());
+            for p in probs {
+                assert!(p.prob > 0.0 && p.prob <= 1.0, "{:?}: {p:?}", set.kind);
+                assert!((p.prob - (-p.avg_loss).exp()).abs() < 1e-12);
+            }
+            assert!(s.truth_ratio > 0.0 && s.truth_ratio.is_finite());
+            assert!((0.0..=1.0).contains(&s.generation.rouge.rouge_l.recall));
+            assert!(!s.generation.refused && s.generation.tokens <= 6);
+        }
+    }
+    // The scored probability is the model's own: one unbatched pass over the encoded pair.
+    let ex = encode_qa(&lm.tokenizer, "Who is Bo?", "Bo is a cat.").unwrap();
+    let lp = lm
+        .model
+        .token_logprobs(
+            &Batch::single(ex.ids.clone(), &Device::Cpu).unwrap(),
+            &mut NoHooks,
+        )
+        .unwrap();
+    let answer_lp: Vec<f64> = lp[0][ex.answer_start - 1..]
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let direct = dsg::eval::tofu::metrics::probability(&answer_lp);
+    assert!((report.forget.samples[0].answer.prob - direct.prob).abs() < 1e-5);
+    // Batching does not change a number.
+    let one = evaluate(&lm, &[], &sets, &tiny_options(1), None, &mut |_, _, _| {}).unwrap();
+    for (a, b) in report.sets().iter().zip(one.sets()) {
+        for (x, y) in a.samples.iter().zip(&b.samples) {
+            assert!((x.answer.prob - y.answer.prob).abs() < 1e-5);
+            assert!((x.truth_ratio - y.truth_ratio).abs() < 1e-4 * x.truth_ratio);
+            assert_eq!(x.generation.text, y.generation.text);
+        }
+    }
+    // open-unlearning's JSON shape.
+    let logs = report.eval_logs();
+    for key in [
+        "forget_Q_A_Prob",
+        "forget_Q_A_PARA_Prob",
+        "forget_Q_A_PERT_Prob",
+        "forget_truth_ratio",
+        "forget_Q_A_ROUGE",
+        "forget_quality",
+        "model_utility",
+        "retain_Q_A_Prob",
+        "retain_Truth_Ratio",
+        "ra_Q_A_Prob_normalised",
+        "wf_Q_A_ROUGE",
+        "forget_gibberish_rate",
+    ] {
+        assert!(
+            logs.contains_key(key),
+            "{key} missing from {:?}",
+            logs.keys()
+        );
+    }
+    assert!(logs["forget_quality"]["agg_value"].is_null());
+    let pert = &logs["forget_Q_A_PERT_Prob"]["value_by_index"]["2"]["prob"];
+    assert_eq!(pert.as_array().unwrap().len(), 5);
+    let rouge = &logs["forget_Q_A_ROUGE"]["value_by_index"]["0"];
+    assert_eq!(rouge["ground_truth"], "Bo is a cat.");
+    assert!(rouge["rougeL_recall"].is_number() && rouge["generation"].is_string());
+    let tr = &logs["retain_Truth_Ratio"];
+    assert!((tr["agg_value"].as_f64().unwrap() - report.retain.truth_ratio()).abs() < 1e-15);
+    let parts = report.model_utility_parts().unwrap();
+    assert_eq!(
+        parts.iter().map(|p| p.0).collect::<Vec<_>>(),
+        MODEL_UTILITY_METRICS
+    );
+    let mu = report.model_utility().unwrap();
+    let hm = parts.len() as f64 / parts.iter().map(|p| 1.0 / p.1).sum::<f64>();
+    assert!(
+        (0.0..=1.0).contains(&mu) && (mu - hm).abs() < 1e-12,
+        "{mu} vs {hm}"
+    );
+    // Forget quality against itself as the retain model: the same distribution, p = 1.
+    let mut again = report.clone();
+    again
+        .set_forget_quality(&RetainReference::from_report(&report))
+        .unwrap();
+    assert_eq!(again.forget_quality.as_ref().unwrap().ks.pvalue, 1.0);
+    let dir = common::scratch("tofu", "end_to_end");
+    let written = report.write(&dir).unwrap();
+    assert_eq!(written.len(), 3);
+    let read = RetainReference::read(&dir.join("TOFU_EVAL.json")).unwrap();
+    assert_eq!(read.truth_ratios, report.forget.truth_ratios());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("TOFU_SUMMARY.json")).unwrap())
+            .unwrap();
+    assert!(summary["model_utility"].is_number() && summary.get("forget_quality").is_none());
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"forget_Q_A_Prob\": {}}").unwrap();
+    let e = RetainReference::read(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("missing forget_truth_ratio.value_by_index"),
+        "{e}"
+    );
+}
+
+#[test]
+fn guarded_evaluation_clamps_in_the_scored_pass_and_refuses_in_answers() {
+    let lm = tiny_lm();
+    let mut sets = tiny_sets();
+    sets.retain.items.truncate(1);
+    let opts = TofuOptions {
+        sizes: SetSizes {
+            real_authors: Some(1),
+            ..SetSizes::all()
+        },
+        ..tiny_options(3)
+    };
+    let plain = evaluate(&lm, &[], &sets, &opts, None, &mut |_, _, _| {}).unwrap();
+    let guard = tiny_guardrail(&lm);
+    let on = guard.with_gate(Gate::Paper { tau: -1.0 }).unwrap();
+    let clamped = evaluate(
+        &lm,
+        std::slice::from_ref(&on),
+        &sets,
+        &opts,
+        None,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(clamped.guards.len(), 1);
+    assert!(clamped.sets().iter().all(|s| s.gated().rate == 1.0));
+    let changed = plain
+        .sets()
+        .iter()
+        .zip(clamped.sets())
+        .flat_map(|(a, b)| a.samples.iter().zip(&b.samples))
+        .filter(|(x, y)| (x.answer.prob - y.answer.prob).abs() > 1e-6)
+        .count();
+    assert!(
+        changed > 0,
+        "a gate that always fires must change some probability"
+    );
+    let refusing = on.with_intervention(Intervention::Refuse).unwrap();
+    let refused = evaluate(&lm, &[refusing], &sets, &opts, None, &mut |_, _, _| {}).unwrap();
+    for (a, b) in plain.sets().iter().zip(refused.sets()) {
+        for (x, y) in a.samples.iter().zip(&b.samples) {
+            assert_eq!(y.generation.text, REFUSAL);
+            assert!(y.generation.refused && y.generation.tokens == 0);
+            // A refusing guardrail edits nothing: the scored probabilities are the model's.
+            assert!((x.answer.prob - y.answer.prob).abs() < 1e-6);
+        }
+    }
+    let logs = refused.eval_logs();
+    assert_eq!(logs["forget_refusal_rate"]["agg_value"], 1.0);
+    assert!(logs["forget_gibberish_rate"]["agg_value"].is_null());
+}

@@ -1,6 +1,6 @@
 //! The one encoding of a TOFU question–answer pair that training and evaluation share, as
 //! open-unlearning's `preprocess_chat_instance` (`src/data/utils.py`) builds it with
-//! `apply_chat_template: True` and no system prompt:
+//! `apply_chat_template: True` (and, unless [`encode_chat_qa`] is given one, no system prompt):
 //!
 //! * the prompt is the chat `[user: question]` rendered with the model's template and the
 //!   generation prompt ([`encode_question`]);
@@ -36,21 +36,49 @@ impl QaExample {
 
 /// The chat prompt of `question` with the assistant's turn opened: what generation starts from.
 pub fn encode_question(tok: &Tokenizer, question: &str) -> Result<Vec<u32>> {
-    tok.encode_chat(&[Message::new("user", question)], true)
+    encode_chat_question(tok, None, question)
 }
 
 /// `question` and `answer` as one chat (see the [module documentation](self)).
 pub fn encode_qa(tok: &Tokenizer, question: &str, answer: &str) -> Result<QaExample> {
-    let prompt = encode_question(tok, question)?;
-    let chat = [
-        Message::new("user", question),
-        Message::new("assistant", answer),
-    ];
+    encode_chat_qa(tok, None, question, answer)
+}
+
+/// The chat `[system?, user: question]`.
+fn chat(system: Option<&str>, question: &str) -> Vec<Message> {
+    system
+        .map(|s| Message::new("system", s))
+        .into_iter()
+        .chain([Message::new("user", question)])
+        .collect()
+}
+
+/// [`encode_question`] after a system message, when given (open-unlearning's `system_prompt`
+/// of some model configs).
+pub fn encode_chat_question(
+    tok: &Tokenizer,
+    system: Option<&str>,
+    question: &str,
+) -> Result<Vec<u32>> {
+    tok.encode_chat(&chat(system, question), true)
+}
+
+/// [`encode_qa`] after a system message, when given.
+pub fn encode_chat_qa(
+    tok: &Tokenizer,
+    system: Option<&str>,
+    question: &str,
+    answer: &str,
+) -> Result<QaExample> {
+    let prompt = encode_chat_question(tok, system, question)?;
+    let mut chat = chat(system, question);
+    let turns = chat.len();
+    chat.push(Message::new("assistant", answer));
     let full = tok.encode_chat(&chat, false)?;
     let mut ids = if full.len() > prompt.len() && full.starts_with(&prompt) {
         full
     } else {
-        let prompt_text = tok.apply_chat_template(&chat[..1], true)?;
+        let prompt_text = tok.apply_chat_template(&chat[..turns], true)?;
         let full_text = tok.apply_chat_template(&chat, false)?;
         let rest = full_text.strip_prefix(&prompt_text).ok_or_else(|| {
             Error::Unsupported(format!(

@@ -12,15 +12,15 @@
 //!   `p_correct / (p_correct + Σ p_wrong + 1e-10)`;
 //! * [`harmonic_mean`]: `hm_aggregate` (`utility.py`) = `scipy.stats.hmean`;
 //! * [`ks_2samp`]: `ks_test` (`privacy.py`) = `scipy.stats.ks_2samp(...).pvalue`;
-//! * [`rouge`]: `eval_rouge_recall_batch` (`utils.py`) = `rouge-score` with the stemmer.
+//! * [`rouge()`]: `eval_rouge_recall_batch` (`utils.py`) = `rouge-score` with the stemmer.
 //!
 //! [`Metric`] is the JSON shape of one entry of open-unlearning's `TOFU_EVAL.json`:
 //! `{"agg_value": …, "value_by_index": {"0": …, "1": …}}`.
 
-mod kolmogorov;
-mod ks;
-mod porter;
-mod rouge;
+pub mod kolmogorov;
+pub mod ks;
+pub mod porter;
+pub mod rouge;
 
 use std::collections::BTreeMap;
 
