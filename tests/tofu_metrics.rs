@@ -613,3 +613,136 @@ fn guarded_evaluation_clamps_in_the_scored_pass_and_refuses_in_answers() {
     assert_eq!(logs["forget_refusal_rate"]["agg_value"], 1.0);
     assert!(logs["forget_gibberish_rate"]["agg_value"].is_null());
 }
+
+/// open-unlearning's own pipeline on SmolLM2 for a few real TOFU rows
+/// (`scripts/make_tofu_smollm2_reference.py`): the same token ids, answer probabilities within
+/// f32 noise, the same truth ratios and greedy answers.
+#[test]
+fn smollm2_matches_open_unlearning_on_tofu_rows() {
+    let path = model::fetch::ensure_default_model().expect("fetch the default model");
+    let lm = model::load(&path, &Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(common::fixture("tofu/smollm2.json")).unwrap();
+    let reference: Value = serde_json::from_str(&text).unwrap();
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    let set_of = |key: &str, kind: SetKind| -> TofuSet {
+        let items = reference["sets"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let answers = strs(&s["answers"]);
+                let para = kind == SetKind::Forget;
+                QaItem {
+                    index: s["index"].as_u64().unwrap() as usize,
+                    question: s["question"].as_str().unwrap().into(),
+                    answer: answers[0].clone(),
+                    paraphrased_question: None,
+                    paraphrased_answer: para.then(|| answers[1].clone()),
+                    perturbed_answers: answers[if para { 2 } else { 1 }..].to_vec(),
+                }
+            })
+            .collect();
+        TofuSet {
+            kind,
+            path: format!("{key}.json").into(),
+            items,
+        }
+    };
+    let empty = |kind| TofuSet {
+        kind,
+        path: "none.json".into(),
+        items: Vec::new(),
+    };
+    let sets = TofuSets {
+        forget: set_of("forget", SetKind::Forget),
+        retain: empty(SetKind::Retain),
+        real_authors: set_of("ra", SetKind::RealAuthors),
+        world_facts: empty(SetKind::WorldFacts),
+    };
+    for set in [&sets.forget, &sets.real_authors] {
+        let key = set.kind.prefix();
+        for (item, s) in set
+            .items
+            .iter()
+            .zip(reference["sets"][key].as_array().unwrap())
+        {
+            for (answer, want) in strs(&s["answers"])
+                .iter()
+                .zip(s["scored"].as_array().unwrap())
+            {
+                let ex = encode_qa(&lm.tokenizer, &item.question, answer).unwrap();
+                let ids: Vec<u32> = want["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect();
+                assert_eq!(ex.ids, ids, "{answer:?}");
+                assert_eq!(
+                    ex.answer_start as u64,
+                    want["answer_start"].as_u64().unwrap()
+                );
+            }
+        }
+    }
+    let opts = TofuOptions {
+        max_new_tokens: reference["max_new_tokens"].as_u64().unwrap() as usize,
+        ..TofuOptions::default()
+    };
+    let report = evaluate(&lm, &[], &sets, &opts, None, &mut |_, _, _| {}).unwrap();
+    for set in [&report.forget, &report.real_authors] {
+        let key = set.kind.prefix();
+        for (got, want) in set
+            .samples
+            .iter()
+            .zip(reference["sets"][key].as_array().unwrap())
+        {
+            let probs: Vec<_> = [got.answer]
+                .into_iter()
+                .chain(got.paraphrased)
+                .chain(got.perturbed.iter().copied())
+                .collect();
+            for (p, w) in probs.iter().zip(want["scored"].as_array().unwrap()) {
+                let (wp, wl) = (w["prob"].as_f64().unwrap(), w["avg_loss"].as_f64().unwrap());
+                assert!(
+                    (p.avg_loss - wl).abs() < 2e-4,
+                    "{key}: avg_loss {} vs {wl}",
+                    p.avg_loss
+                );
+                assert!(
+                    (p.prob - wp).abs() < 2e-4 * wp.max(1e-3),
+                    "{key}: prob {} vs {wp}",
+                    p.prob
+                );
+            }
+            let tr = want["truth_ratio"].as_f64().unwrap();
+            assert!(
+                (got.truth_ratio - tr).abs() < 1e-3 * tr,
+                "{key}: {} vs {tr}",
+                got.truth_ratio
+            );
+            let norm = want["normalised"].as_f64().unwrap();
+            assert!(
+                (got.normalised - norm).abs() < 1e-4,
+                "{key}: {} vs {norm}",
+                got.normalised
+            );
+            assert_eq!(
+                got.generation.text,
+                want["generation"].as_str().unwrap(),
+                "{key}"
+            );
+            close(
+                got.generation.rouge.rouge_l.recall,
+                want["rougeL_recall"].as_f64().unwrap(),
+                "rougeL_recall",
+            );
+        }
+    }
+}
