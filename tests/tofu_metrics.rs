@@ -560,6 +560,19 @@ fn evaluation_end_to_end_on_the_tiny_model() {
         e.contains("missing forget_truth_ratio.value_by_index"),
         "{e}"
     );
+    let mut unparaphrased = tiny_sets();
+    unparaphrased.forget.items[1].paraphrased_answer = None;
+    let e = evaluate(
+        &lm,
+        &[],
+        &unparaphrased,
+        &tiny_options(4),
+        None,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Forget.json: row 1: paraphrased_answer"), "{e}");
 }
 
 #[test]

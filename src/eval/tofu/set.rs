@@ -17,7 +17,7 @@ use crate::eval::quality::degenerate::{assess, DegenerateReport};
 use crate::generate::{answer, user_prompt, GenerateOptions};
 use crate::guard::Guardrail;
 use crate::model::LoadedModel;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Which TOFU set, with open-unlearning's metric-name prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -216,7 +216,14 @@ pub(super) fn evaluate_set(
     for item in &set.items {
         pairs.push((&item.question, &item.answer));
         if para {
-            let p = item.paraphrased_answer.as_deref().unwrap_or_default();
+            let p = item.paraphrased_answer.as_deref().ok_or_else(|| {
+                Error::format(
+                    &set.path,
+                    format!("row {}: paraphrased_answer", item.index),
+                    "a string (the truth ratio's correct answer)",
+                    "none",
+                )
+            })?;
             pairs.push((&item.question, p));
         }
         for w in &item.perturbed_answers {
