@@ -34,6 +34,7 @@ mod qa;
 pub mod rng;
 pub mod rows;
 mod split;
+pub mod tofu;
 
 pub use documents::{read_documents, read_documents_as};
 pub use format::Format;

@@ -27,4 +27,5 @@ pub mod prompts;
 pub mod quality;
 pub mod speed;
 pub mod suite;
+pub mod tofu;
 pub mod track;
