@@ -10,7 +10,10 @@ use std::process::{Command, Output};
 fn dsg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dsg"))
         .args(args)
-        .env("DSG_CACHE", std::env::temp_dir().join("dsg-train-cli-cache"))
+        .env(
+            "DSG_CACHE",
+            std::env::temp_dir().join("dsg-train-cli-cache"),
+        )
         .output()
         .expect("the dsg binary runs")
 }
@@ -54,8 +57,22 @@ fn a_lora_run_writes_an_adapter_other_commands_apply() {
     for model in ["tiny_f32.gguf", "tiny_q4_1.gguf"] {
         let m = common::fixture(&format!("gguf/{model}"));
         let args = [
-            "train", "--model", s(&m), "--text", s(&text), "--seq", "24", "--max-steps", "6",
-            "--batch-size", "2", "--lr", "1e-2", "--out", s(&out), "--force",
+            "train",
+            "--model",
+            s(&m),
+            "--text",
+            s(&text),
+            "--seq",
+            "24",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-2",
+            "--out",
+            s(&out),
+            "--force",
         ];
         let summary: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
         assert_eq!(summary["steps"], 6);
@@ -65,17 +82,39 @@ fn a_lora_run_writes_an_adapter_other_commands_apply() {
         let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
         assert_eq!(log.lines().count(), 6);
 
-        let base = perplexity(&["perplexity", "--model", s(&m), "--file", s(&text)]);
+        let base = perplexity(&["perplexity", "--model", s(&m), "--file", s(&text), "--window", "64"]);
         let adapter = out.join("adapter");
         let tuned = perplexity(&[
-            "perplexity", "--model", s(&m), "--adapter", s(&adapter), "--file", s(&text),
+            "perplexity",
+            "--model",
+            s(&m),
+            "--adapter",
+            s(&adapter),
+            "--file",
+            s(&text),
+            "--window",
+            "64",
         ]);
         let merged = perplexity(&[
-            "perplexity", "--model", s(&m), "--adapter", s(&adapter), "--merge-adapter", "--file",
+            "perplexity",
+            "--model",
+            s(&m),
+            "--adapter",
+            s(&adapter),
+            "--merge-adapter",
+            "--file",
             s(&text),
+            "--window",
+            "64",
         ]);
-        assert!(tuned < base, "{model}: trained on the text, perplexity {base} -> {tuned}");
-        assert!((merged - tuned).abs() < 0.02 * tuned, "{model}: merged {merged} vs {tuned}");
+        assert!(
+            tuned < base,
+            "{model}: trained on the text, perplexity {base} -> {tuned}"
+        );
+        assert!(
+            (merged - tuned).abs() < 0.02 * tuned,
+            "{model}: merged {merged} vs {tuned}"
+        );
 
         // A finished run is kept unless --force.
         let again = dsg(&args[..args.len() - 1]);
@@ -91,22 +130,57 @@ fn a_full_run_writes_weights_that_load_over_the_base() {
     let out = dir.join("run");
     let m = common::fixture("gguf/tiny_f32.gguf");
     ok(&[
-        "train", "--model", s(&m), "--full", "--text", s(&text), "--seq", "24", "--max-steps", "4",
-        "--batch-size", "2", "--lr", "1e-3", "--out", s(&out),
+        "train",
+        "--model",
+        s(&m),
+        "--full",
+        "--text",
+        s(&text),
+        "--seq",
+        "24",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--out",
+        s(&out),
     ]);
     let weights = out.join("model.safetensors");
     assert!(weights.is_file());
-    let base = perplexity(&["perplexity", "--model", s(&m), "--file", s(&text)]);
+    let base = perplexity(&["perplexity", "--model", s(&m), "--file", s(&text), "--window", "64"]);
     let tuned = perplexity(&[
-        "perplexity", "--model", s(&m), "--weights", s(&weights), "--file", s(&text),
+        "perplexity",
+        "--model",
+        s(&m),
+        "--weights",
+        s(&weights),
+        "--file",
+        s(&text),
+        "--window",
+        "64",
     ]);
     assert!(tuned < base, "{base} -> {tuned}");
     // Weights of another model are refused, naming the tensor.
     let other = common::fixture("tiny/llama_gqa/model.safetensors");
-    let bad = dsg(&["perplexity", "--model", s(&m), "--weights", s(&other), "--file", s(&text)]);
+    let bad = dsg(&[
+        "perplexity",
+        "--model",
+        s(&m),
+        "--weights",
+        s(&other),
+        "--file",
+        s(&text),
+        "--window",
+        "64",
+    ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("shape") || err.contains("not a tensor"), "{err}");
+    assert!(
+        err.contains("shape") || err.contains("not a tensor"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,7 +197,17 @@ fn bad_training_options_are_named() {
     ];
     for (extra, named) in cases {
         let out = dir.join("run");
-        let mut args = vec!["train", "--model", s(&m), "--text", s(&text), "--out", s(&out)];
+        let mut args = vec![
+            "train",
+            "--model",
+            s(&m),
+            "--text",
+            s(&text),
+            "--seq",
+            "24",
+            "--out",
+            s(&out),
+        ];
         args.extend_from_slice(extra);
         let r = dsg(&args);
         let err = String::from_utf8_lossy(&r.stderr);

@@ -103,7 +103,8 @@ impl Model {
     pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         if self.cfg.positions == Positions::Learned {
             return Err(Error::Unsupported(
-                "writing GPT-2 weights after full fine-tuning (train a LoRA adapter instead)".into(),
+                "writing GPT-2 weights after full fine-tuning (train a LoRA adapter instead)"
+                    .into(),
             ));
         }
         let c = &self.cfg;
@@ -117,17 +118,18 @@ impl Model {
             out.push((format!("{name}.weight"), w));
             Ok(())
         };
-        let split = |out: &mut Vec<(String, Tensor)>, l: &Linear, parts: &[(&str, usize)]| -> Result<()> {
-            let mut at = 0;
-            for (name, n) in parts {
-                out.push((format!("{name}.weight"), l.weight.narrow(0, at, *n)?));
-                if let Some(b) = &l.bias {
-                    out.push((format!("{name}.bias"), b.narrow(0, at, *n)?));
+        let split =
+            |out: &mut Vec<(String, Tensor)>, l: &Linear, parts: &[(&str, usize)]| -> Result<()> {
+                let mut at = 0;
+                for (name, n) in parts {
+                    out.push((format!("{name}.weight"), l.weight.narrow(0, at, *n)?));
+                    if let Some(b) = &l.bias {
+                        out.push((format!("{name}.bias"), b.narrow(0, at, *n)?));
+                    }
+                    at += n;
                 }
-                at += n;
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{i}");
             norm(&mut out, &b.attn_norm, format!("{p}.input_layernorm"))?;
@@ -142,10 +144,18 @@ impl Model {
             match (&b.post_attn_norm, &b.post_mlp_norm) {
                 (Some(pa), Some(pm)) => {
                     norm(&mut out, pa, format!("{p}.post_attention_layernorm"))?;
-                    norm(&mut out, &b.mlp_norm, format!("{p}.pre_feedforward_layernorm"))?;
+                    norm(
+                        &mut out,
+                        &b.mlp_norm,
+                        format!("{p}.pre_feedforward_layernorm"),
+                    )?;
                     norm(&mut out, pm, format!("{p}.post_feedforward_layernorm"))?;
                 }
-                _ => norm(&mut out, &b.mlp_norm, format!("{p}.post_attention_layernorm"))?,
+                _ => norm(
+                    &mut out,
+                    &b.mlp_norm,
+                    format!("{p}.post_attention_layernorm"),
+                )?,
             }
             let (g, u, d) = (
                 format!("{p}.mlp.gate_proj"),

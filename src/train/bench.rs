@@ -72,7 +72,11 @@ pub fn training_throughput(
     };
     let batch = cfg.batch_size * cfg.grad_accum;
     let mut trainer = Trainer::new(model, cfg, &examples)?;
-    let trainable_params = trainer.parameters().iter().map(|(_, t)| t.elem_count()).sum();
+    let trainable_params = trainer
+        .parameters()
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
     let mut times = Vec::new();
     let mut last = Instant::now();
     trainer.run(model, &examples, &mut NoHooks, &mut |t, _| {

@@ -8,6 +8,9 @@ use crate::data::rng::SplitMix64;
 use crate::model::{Batch, ForwardOptions, Hooks, Logits, Model};
 use crate::{Error, Result};
 
+/// Target positions whose logits are computed together.
+const LOGIT_CHUNK: usize = 64;
+
 /// One training sequence: the loss is the negative log-likelihood of `ids[loss_from..]`, each token
 /// given those before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,11 +94,23 @@ pub fn batch_nll(
     let n = targets.len();
     let dev = model.device();
     let flat = out.residual.reshape((b * l, d))?;
-    let h = flat.index_select(&Tensor::new(at, dev)?, 0)?;
-    let logits = model.logits_of(&h, false)?.to_dtype(DType::F32)?;
-    let logp = candle_nn::ops::log_softmax(&logits, 1)?;
-    let picked = logp.gather(&Tensor::new(targets, dev)?.reshape((n, 1))?, 1)?;
-    let nll = picked.sum_all()?.neg()?;
+    // Logits a chunk of positions at a time: each chunk's (chunk, vocab) buffers stay small enough
+    // for the allocator to reuse instead of mapping fresh pages for every one.
+    let mut nll: Option<Tensor> = None;
+    for start in (0..n).step_by(LOGIT_CHUNK) {
+        let m = LOGIT_CHUNK.min(n - start);
+        let at = Tensor::new(&at[start..start + m], dev)?;
+        let h = flat.index_select(&at, 0)?;
+        let logits = model.logits_of(&h, false)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?;
+        let t = Tensor::new(&targets[start..start + m], dev)?.reshape((m, 1))?;
+        let part = logp.gather(&t, 1)?.sum_all()?.neg()?;
+        nll = Some(match nll {
+            Some(acc) => (acc + part)?,
+            None => part,
+        });
+    }
+    let nll = nll.expect("at least one target");
     Ok((nll, n))
 }
 

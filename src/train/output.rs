@@ -84,12 +84,16 @@ pub fn train_to_dir(
     if ckpt.exists() && !opts.resume && !opts.force {
         return Err(Error::Output {
             path: ckpt,
-            reason: "an unfinished run is there; pass --resume to continue it or --force to restart"
-                .into(),
+            reason:
+                "an unfinished run is there; pass --resume to continue it or --force to restart"
+                    .into(),
         });
     }
     if opts.resume && !ckpt.exists() {
-        return Err(Error::missing(&opts.out, "checkpoint/ to resume from (--resume)"));
+        return Err(Error::missing(
+            &opts.out,
+            "checkpoint/ to resume from (--resume)",
+        ));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let mut trainer = if opts.resume {
@@ -140,13 +144,20 @@ pub fn train_to_dir(
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
         first_loss: trainer.log.first().map_or(f64::NAN, |l| l.loss),
         last_loss: trainer.log.last().map_or(f64::NAN, |l| l.loss),
-        trainable_params: trainer.parameters().iter().map(|(_, t)| t.elem_count()).sum(),
+        trainable_params: trainer
+            .parameters()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum(),
         peak_rss_mib: peak_rss_mib(),
         output: weights,
     };
     let json = opts.out.join("train.json");
     let record = serde_json::json!({ "config": trainer.config(), "summary": &summary });
-    std::fs::write(&json, serde_json::to_string_pretty(&record).expect("serialisable") + "\n")
-        .map_err(|e| Error::io(&json, e))?;
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&record).expect("serialisable") + "\n",
+    )
+    .map_err(|e| Error::io(&json, e))?;
     Ok(summary)
 }

@@ -11,6 +11,7 @@ use crate::{load_model, ModelArgs};
 use dsg::data::Split;
 use dsg::eval::track::hazard::{self, GuardSource, HazardConfig};
 use dsg::eval::track::knowledge::{self, KnowledgeConfig};
+use dsg::eval::track::tofu;
 use dsg::guard::recipe::{self, FREE_FORM_CALIBRATION};
 use dsg::guard::{Gate, Intervention};
 
@@ -21,6 +22,59 @@ pub enum ForgettingCommand {
     Hazard(HazardArgs),
     /// Track K: knowledge the model has (measure, choose a cluster, fit, evaluate).
     Knowledge(KnowledgeArgs),
+    /// Track T: TOFU (fine-tune a target and a retain model, fit DSG, open-unlearning's metrics).
+    Tofu(TofuArgs),
+}
+
+/// Options of `dsg forgetting tofu`.
+#[derive(Args, Clone)]
+pub struct TofuArgs {
+    /// The shared data folder (default: DSG_SHARED_DATA, else ../shared/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The SAE (default: the built-in one).
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// Output folder (report.md, report.json, guard.json, each model's TOFU_EVAL.json; work/ keeps
+    /// adapters and evaluations for reuse).
+    #[arg(long, default_value = "results/forgetting/tofu")]
+    pub out: PathBuf,
+    /// Replace existing reports.
+    #[arg(long)]
+    pub force: bool,
+    /// Forget split: forget01, forget05 or forget10.
+    #[arg(long, default_value = "forget01")]
+    pub split: dsg::data::tofu::ForgetSplit,
+    /// Retain authors (the first ones of full.json) trained on and evaluated.
+    #[arg(long, default_value_t = 4)]
+    pub retain_authors: usize,
+    /// Fine-tuning epochs.
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// LoRA rank (alpha is twice the rank).
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// Rows per optimiser step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Real-author and world-fact rows evaluated (0: all).
+    #[arg(long, default_value_t = 40)]
+    pub utility_rows: usize,
+    /// Greedy answers' length limit.
+    #[arg(long, default_value_t = 80)]
+    pub max_tokens: usize,
+    /// WikiText-2 training documents in the retain corpus.
+    #[arg(long, default_value_t = 200)]
+    pub wikitext_docs: usize,
+    /// Gate calibration percentile on the retain questions.
+    #[arg(long, default_value_t = 95.0)]
+    pub p_dyn: f64,
+    /// Interventions compared (repeatable): clamp:C, farrell:C, norm:S, refuse.
+    #[arg(long = "intervention", default_values = ["clamp:500", "norm:0.5", "refuse"], value_parser = parse_intervention)]
+    pub interventions: Vec<Intervention>,
 }
 
 /// Options of `dsg forgetting hazard`.
@@ -212,7 +266,7 @@ pub fn run(model: &ModelArgs, command: &ForgettingCommand) -> Result<()> {
             };
             cfg.check()?;
             let lm = load_model(model)?;
-            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let command = command_line();
             let mut bar = progress_bar();
             let report = knowledge::run(&lm, &cfg, &command, &mut |s, d, t| bar(s, d, t))?;
             print!("{}", report.markdown());
@@ -221,6 +275,63 @@ pub fn run(model: &ModelArgs, command: &ForgettingCommand) -> Result<()> {
                 cfg.out.display()
             );
         }
+        ForgettingCommand::Tofu(a) => {
+            if !model.adapter.is_empty() || model.weights.is_some() {
+                anyhow::bail!("dsg forgetting tofu trains its own adapters: give --model only");
+            }
+            let sae = match &a.sae {
+                Some(p) => p.clone(),
+                None => dsg::assets::default_sae_dir()?,
+            };
+            let train = dsg::train::TrainConfig {
+                method: dsg::train::Method::Lora(dsg::train::LoraSpec::all_projections(
+                    a.lora_rank,
+                    2.0 * a.lora_rank as f64,
+                )),
+                epochs: a.epochs,
+                max_steps: None,
+                batch_size: a.batch_size,
+                grad_accum: 1,
+                lr: a.lr,
+                warmup_steps: 2,
+                decay: dsg::train::Decay::Cosine,
+                adamw: dsg::train::AdamWConfig::default(),
+                max_grad_norm: Some(1.0),
+                seed: 0,
+            };
+            let cfg = tofu::TofuTrackConfig {
+                model: crate::model_path(model)?,
+                data: dsg::runtime::shared_data_dir(a.data.as_deref())?,
+                sae,
+                out: a.out.clone(),
+                overwrite: overwrite(a.force),
+                split: a.split,
+                retain_authors: a.retain_authors,
+                train,
+                utility_rows: (a.utility_rows > 0).then_some(a.utility_rows),
+                max_new_tokens: a.max_tokens,
+                wikitext_docs: a.wikitext_docs,
+                p_dyn: a.p_dyn,
+                interventions: a.interventions.clone(),
+            };
+            let mut bar = progress_bar();
+            let files = tofu::run(&cfg, &command_line(), &mut |s, d, t| bar(s, d, t))?;
+            files.write(&cfg.out)?;
+            print!("{}", files.markdown);
+            eprintln!(
+                "wrote {}/report.md, report.json, guard.json",
+                cfg.out.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The command line, as recorded in reports (the binary's path shortened to `dsg`).
+fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        *first = "dsg".into();
+    }
+    args.join(" ")
 }

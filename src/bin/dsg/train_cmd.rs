@@ -125,7 +125,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     cfg.validate()?;
     if args.seq < 2 {
-        bail!("--seq: {} is not allowed; expected at least 2 tokens", args.seq);
+        bail!(
+            "--seq: {} is not allowed; expected at least 2 tokens",
+            args.seq
+        );
     }
     let mut qa = Vec::new();
     for p in &args.qa {
@@ -134,7 +137,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let text = args
         .text
         .iter()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading --text {}", p.display())))
+        .map(|p| {
+            std::fs::read_to_string(p).with_context(|| format!("reading --text {}", p.display()))
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut lm = load_model(&args.model)?;
     let mut examples = Vec::new();
@@ -147,7 +152,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     for t in &text {
         let ids = lm.tokenizer.encode(t, false)?;
-        examples.extend(ids.chunks(args.seq).filter(|c| c.len() >= 2).map(|c| Example::text(c.to_vec())));
+        examples.extend(
+            ids.chunks(args.seq)
+                .filter(|c| c.len() >= 2)
+                .map(|c| Example::text(c.to_vec())),
+        );
     }
     let opts = RunOptions {
         out: args.out.clone(),

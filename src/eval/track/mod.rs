@@ -9,6 +9,7 @@
 
 pub mod hazard;
 pub mod knowledge;
+pub mod tofu;
 pub mod topics;
 
 use std::path::Path;
