@@ -82,7 +82,15 @@ fn a_lora_run_writes_an_adapter_other_commands_apply() {
         let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
         assert_eq!(log.lines().count(), 6);
 
-        let base = perplexity(&["perplexity", "--model", s(&m), "--file", s(&text), "--window", "64"]);
+        let base = perplexity(&[
+            "perplexity",
+            "--model",
+            s(&m),
+            "--file",
+            s(&text),
+            "--window",
+            "64",
+        ]);
         let adapter = out.join("adapter");
         let tuned = perplexity(&[
             "perplexity",
@@ -114,6 +122,25 @@ fn a_lora_run_writes_an_adapter_other_commands_apply() {
         assert!(
             (merged - tuned).abs() < 0.02 * tuned,
             "{model}: merged {merged} vs {tuned}"
+        );
+
+        // The adapted model is another model to a guardrail: its identity differs from the base's.
+        let dev = candle_core::Device::Cpu;
+        let base_lm = dsg::model::load(&m, &dev).unwrap();
+        let adapted = dsg::model::load_adapted(
+            &m,
+            None,
+            &[adapter.clone()],
+            dsg::model::AdapterMode::OnTheFly,
+            &dev,
+        )
+        .unwrap();
+        let id = |lm| dsg::guard::ArtifactIdentity::of_model(lm).unwrap();
+        assert_ne!(id(&base_lm).sha256, id(&adapted).sha256);
+        assert!(
+            id(&adapted).name.contains("adapter"),
+            "{}",
+            id(&adapted).name
         );
 
         // A finished run is kept unless --force.
@@ -149,7 +176,15 @@ fn a_full_run_writes_weights_that_load_over_the_base() {
     ]);
     let weights = out.join("model.safetensors");
     assert!(weights.is_file());
-    let base = perplexity(&["perplexity", "--model", s(&m), "--file", s(&text), "--window", "64"]);
+    let base = perplexity(&[
+        "perplexity",
+        "--model",
+        s(&m),
+        "--file",
+        s(&text),
+        "--window",
+        "64",
+    ]);
     let tuned = perplexity(&[
         "perplexity",
         "--model",

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use candle_core::Device;
 
 use super::file::ArtifactIdentity;
-use super::hook::artifact_sha256;
+use super::hook::{artifact_sha256, listing_sha256};
 use super::{Guardrail, GuardrailFile};
 use crate::model::{HookPoint, LoadedModel};
 use crate::sae::Sae;
@@ -42,6 +42,25 @@ impl ArtifactIdentity {
         Ok(ArtifactIdentity {
             name: name.into(),
             sha256: artifact_sha256(path)?,
+        })
+    }
+
+    /// The identity of a loaded model: its file's digest, or, when fine-tuned weights or adapters
+    /// were applied, the digest of the base's and theirs in order.
+    pub fn of_model(lm: &LoadedModel) -> Result<Self> {
+        let base = artifact_sha256(&lm.path)?;
+        let sha256 = if lm.modifications.is_empty() {
+            base
+        } else {
+            let mut parts = vec![("0 base".to_string(), base)];
+            for (i, m) in lm.modifications.iter().enumerate() {
+                parts.push((format!("{} modification", i + 1), artifact_sha256(m)?));
+            }
+            listing_sha256(parts)
+        };
+        Ok(ArtifactIdentity {
+            name: lm.name(),
+            sha256,
         })
     }
 }
@@ -122,7 +141,7 @@ impl Guardrail {
             None => sae.with_hook(file.hook_point),
         };
         let sae_sha = artifact_sha256(&sae_path)?;
-        let model_sha = artifact_sha256(&lm.path)?;
+        let model_sha = ArtifactIdentity::of_model(lm)?.sha256;
         Guardrail::new(file, &sae, &model_sha, &sae_sha, lm.model.config().d_model).map_err(|e| {
             match e {
                 Error::Mismatch(m) => Error::Mismatch(format!("guardrail {}: {m}", path.display())),

@@ -28,7 +28,7 @@ pub mod stats_files;
 
 pub use calibrate::{calibrate, Calibration, CalibrationSummary};
 pub use clamp::{clamp_mask, clamp_residual, ClampSpec};
-pub use file::{Evidence, GuardrailFile};
+pub use file::{ArtifactIdentity, Evidence, GuardrailFile};
 pub use fit::{fit, FitConfig, FitObserver, FitOutcome, FitRequest};
 pub use gate::{Gate, GateDecision, GateStream};
 pub use hook::{Guardrail, PassRecord, RowRecord};

@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::block::Execution;
 use super::config::{MlpActivation, ModelConfig, NormKind};
-use super::lora::{add_updates, FrozenMatmul, LoraPart};
+use super::lora::{add_updates, LoraPart};
+use super::train_ops::{FrozenMatmul, TrainedMatmul};
 use super::weights::WeightSource;
 use crate::kernels::gemm;
 use crate::kernels::matvec::{matmul_f32, with_f32_slice};
@@ -207,6 +208,14 @@ impl Linear {
                     weight: self.weight.clone(),
                 };
                 x2.contiguous()?.apply_op1(frozen)?
+            }
+            // Training the weight itself (full fine-tuning).
+            _ if self.weight.track_op()
+                && x2.device().is_cpu()
+                && gemm::available()
+                && self.weight.dtype() == DType::F32 =>
+            {
+                x2.contiguous()?.apply_op2(&self.weight, TrainedMatmul)?
             }
             _ => match gemm::matmul_tensors(&x2, &self.weight, gemm::Layout::Rows)? {
                 Some(y) => y,

@@ -1,19 +1,14 @@
 //! Low-rank updates on a [`Linear`](super::layers::Linear) map (LoRA, Hu et al. 2021, as PEFT applies
 //! them): `y = x·Wᵀ + b + scale · dropout(x)·Aᵀ·Bᵀ`, for all of the map's outputs or for a range of them
 //! (dsg fuses q/k/v and gate/up into one map, and PEFT targets each part on its own).
-//!
-//! The frozen product `x·Wᵀ` runs as [`FrozenMatmul`], which gives candle a backward pass for `x` only:
-//! candle's own matmul would also compute (and keep) the gradient of every frozen weight.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use crate::kernels::gemm;
-use crate::kernels::matvec::with_f32_slice;
 use crate::Result;
 
 /// The random source of LoRA dropout, shared by every part of one model. `None` (the default, and
@@ -105,68 +100,4 @@ pub(super) fn add_updates(parts: &[LoraPart], x: &Tensor, y: Tensor) -> Result<T
         pieces.push(Tensor::zeros((m, out - at), y.dtype(), y.device())?);
     }
     Ok((y + Tensor::cat(&pieces, 1)?)?)
-}
-
-/// `x·Wᵀ` for a frozen weight `W` (out, in): differentiable in `x` only. The CPU runs dsg's tile kernel
-/// both ways when it can.
-pub(super) struct FrozenMatmul {
-    /// The weight, (out, in), contiguous.
-    pub(super) weight: Tensor,
-}
-
-impl candle_core::CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, k) = layout.shape().dims2()?;
-        let n = self.weight.dim(0)?;
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul needs a contiguous input")
-        };
-        let x = &storage.as_slice::<f32>()?[a..b];
-        let y = product(x, m, k, &self.weight, gemm::Layout::Rows, n)?;
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        // d(x·Wᵀ)/dx applied to the gradient: grad · W, (m, out)·(out, in).
-        let (m, n) = grad.dims2()?;
-        let k = self.weight.dim(1)?;
-        let g = grad.contiguous()?;
-        let gs = g.flatten_all()?.to_vec1::<f32>()?;
-        let dx = product(&gs, m, n, &self.weight, gemm::Layout::Cols, k)?;
-        Ok(Some(Tensor::from_vec(dx, (m, k), grad.device())?))
-    }
-}
-
-/// `x (m × k) · w` as `layout` reads `w`, with dsg's tile kernel where available, candle's otherwise.
-fn product(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &Tensor,
-    layout: gemm::Layout,
-    n: usize,
-) -> candle_core::Result<Vec<f32>> {
-    let err = |e: crate::Error| candle_core::Error::Msg(e.to_string());
-    if gemm::available() {
-        return with_f32_slice(w, |ws| gemm::matmul(x, m, k, ws, layout, n)).map_err(err);
-    }
-    let xt = Tensor::from_slice(x, (m, k), w.device())?;
-    let y = match layout {
-        gemm::Layout::Rows => xt.matmul(&w.t()?)?,
-        gemm::Layout::Cols => xt.matmul(w)?,
-    };
-    y.flatten_all()?.to_vec1::<f32>()
 }

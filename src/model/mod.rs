@@ -14,6 +14,7 @@ pub mod lora;
 mod summary;
 mod tensor_pass;
 pub mod tokenizer;
+mod train_ops;
 mod trainable;
 mod vector_pass;
 pub mod weights;
@@ -44,15 +45,30 @@ pub struct LoadedModel {
     pub path: PathBuf,
     /// The file holding the weights (the GGUF file, or the first safetensors shard).
     pub weights_path: PathBuf,
+    /// What changed the base model after loading, in order: a fine-tuned weights file, then adapter
+    /// folders. Part of the model's identity (a guardrail fitted on an adapted model refuses the
+    /// base model, and the reverse).
+    pub modifications: Vec<PathBuf>,
 }
 
 impl LoadedModel {
-    /// A short name: the file or directory name.
+    /// A short name: the file or directory name, with the names of its weights file and adapters.
     pub fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.path.display().to_string())
+        let short = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        };
+        let mut name = short(&self.path);
+        for m in &self.modifications {
+            let what = if m.is_dir() {
+                short(m.parent().unwrap_or(m)) + "/" + &short(m)
+            } else {
+                short(m)
+            };
+            name.push_str(&format!(" + {what}"));
+        }
+        name
     }
 }
 
@@ -125,6 +141,7 @@ pub fn load_with(path: &Path, weights: Option<&Path>, device: &Device) -> Result
         tokenizer,
         path: path.to_path_buf(),
         weights_path,
+        modifications: weights.map(Path::to_path_buf).into_iter().collect(),
     })
 }
 
@@ -142,6 +159,7 @@ pub fn load_adapted(
         .map(|a| Adapter::load(a, device))
         .collect::<Result<Vec<_>>>()?;
     let mut lm = load_with(path, weights, device)?;
+    lm.modifications.extend(adapters.iter().cloned());
     for (adapter, dir) in read.iter().zip(adapters) {
         lm.model.apply_adapter(adapter, mode).map_err(|e| match e {
             Error::Mismatch(m) => Error::Mismatch(format!("{}: {m}", dir.display())),

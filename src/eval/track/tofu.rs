@@ -115,6 +115,9 @@ pub struct TofuTrackReport {
     pub train: TrainConfig,
     /// Both runs' summaries (`train.json` of each).
     pub train_runs: Vec<serde_json::Value>,
+    /// sha256 of the target's and the retain model's adapter folders (training is deterministic:
+    /// the command reproduces them).
+    pub adapter_sha256: [String; 2],
     /// The guardrail's features, gate and threshold.
     pub guard: String,
     /// Every evaluated configuration.
@@ -535,6 +538,10 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
         train_examples: [target_rows.len(), retain_rows.len()],
         train: cfg.train.clone(),
         train_runs: vec![target_run, retain_run],
+        adapter_sha256: [
+            crate::guard::hook::artifact_sha256(&work.join("target/adapter"))?,
+            crate::guard::hook::artifact_sha256(&work.join("retain/adapter"))?,
+        ],
         guard: format!(
             "{} features at {}, gate {:?}, evidence {:?}",
             file.feature_ids().len(),
@@ -568,6 +575,21 @@ fn markdown(r: &TofuTrackReport) -> String {
         r.train_examples[0], r.retain_authors, r.forget_authors, r.train_examples[1]
     );
     s += &format!("Guardrail: {}.\n\n", r.guard);
+    s += &format!(
+        "Adapters (not committed, about 20 MB each; the command reproduces them bit for bit): target sha256 `{}`, \
+         retain model `{}`.\n\n",
+        r.adapter_sha256[0], r.adapter_sha256[1]
+    );
+    for run in &r.train_runs {
+        let s2 = &run["summary"];
+        s += &format!(
+            "- training run: {} steps in {:.0} s ({:.0} tokens/s), loss {:.3} -> {:.3}, peak memory {:.0} MiB\n",
+            s2["steps"], s2["seconds"].as_f64().unwrap_or(f64::NAN), s2["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            s2["first_loss"].as_f64().unwrap_or(f64::NAN), s2["last_loss"].as_f64().unwrap_or(f64::NAN),
+            s2["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    s += "\n";
     s += "| model | forget ROUGE-L | forget prob | forget truth ratio | forget quality | model utility | retain ROUGE-L | gibberish (forget) | refused (forget) | gated forget / retain / real / world |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for row in &r.rows {
         s += &format!(

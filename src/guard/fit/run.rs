@@ -205,12 +205,8 @@ fn check_against_model(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<
 }
 
 fn fit_config(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<FitConfig> {
-    // The digest identifies the model; its folder is this machine's business, not the file's.
-    let model_name = lm.path.file_name().map_or_else(
-        || lm.path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let model = ArtifactIdentity::of(&lm.path, model_name)?;
+    // The digest identifies the model (adapters included); its folder is this machine's business.
+    let model = ArtifactIdentity::of_model(lm)?;
     let folder = req.out.parent().unwrap_or(Path::new(""));
     let sae_name = relative_path(&req.sae, folder).display().to_string();
     let hook = sae
