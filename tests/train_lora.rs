@@ -185,6 +185,7 @@ fn config(method: Method) -> TrainConfig {
         adamw: AdamWConfig::default(),
         max_grad_norm: Some(1.0),
         seed: 7,
+        objective: dsg::train::Objective::Nll,
     }
 }
 
@@ -389,4 +390,91 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
         assert!(e.to_string().contains("other examples"), "{e}");
         let _ = Path::new(&dir);
     }
+}
+
+fn split_examples() -> (Vec<Example>, Vec<Example>) {
+    let ex = examples();
+    (ex[..3].to_vec(), ex[3..].to_vec())
+}
+
+/// Gradient ascent, GradDiff and NPO raise the forget set's NLL; GradDiff and NPO, which also descend
+/// on the retain set, end with a lower retain NLL than gradient ascent.
+#[test]
+fn unlearning_objectives_raise_the_forget_loss() {
+    use dsg::train::Objective;
+    let (forget, retain) = split_examples();
+    let mut retain_after = Vec::new();
+    for objective in [
+        Objective::GradAscent,
+        Objective::GradDiff {
+            alpha: 1.0,
+            gamma: 1.0,
+        },
+        Objective::Npo {
+            beta: 0.5,
+            alpha: 1.0,
+            gamma: 1.0,
+        },
+    ] {
+        let mut model = tiny("llama_gqa");
+        let f0 = mean_nll(&model, &forget, 4).unwrap();
+        let mut cfg = config(lora());
+        cfg.epochs = 6;
+        cfg.lr = 5e-3;
+        cfg.objective = objective;
+        let mut t = Trainer::unlearn(&mut model, cfg, &forget, &retain).unwrap();
+        t.run(&mut model, &forget, &mut NoHooks, &mut |_, _| Ok(()))
+            .unwrap();
+        let (f1, r1) = (
+            mean_nll(&model, &forget, 4).unwrap(),
+            mean_nll(&model, &retain, 4).unwrap(),
+        );
+        assert!(f1 > f0 + 0.5, "{objective:?}: forget NLL {f0} -> {f1}");
+        retain_after.push(r1);
+    }
+    assert!(
+        retain_after[1] < retain_after[0] && retain_after[2] < retain_after[0],
+        "retain NLL after (GA, GradDiff, NPO): {retain_after:?}"
+    );
+    // An unlearning objective without a retain set is refused before any work.
+    let mut cfg = config(lora());
+    cfg.objective = Objective::GradDiff {
+        alpha: 1.0,
+        gamma: 1.0,
+    };
+    let e = Trainer::unlearn(&mut tiny("llama_gqa"), cfg, &forget, &[])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("retain"), "{e}");
+}
+
+/// NPO's first step sees the model equal to its reference: the step's objective is
+/// `(2/β)·ln 2` per forget sequence (plus the retain NLL term), and per-row NLLs add up to the
+/// batch NLL.
+#[test]
+fn npo_starts_at_two_over_beta_ln_two() {
+    use dsg::train::{row_nll, Objective};
+    let (forget, retain) = split_examples();
+    let model = tiny("llama_gqa");
+    let refs: Vec<&Example> = forget.iter().collect();
+    let rows = row_nll(&model, &refs, &mut NoHooks).unwrap();
+    let (sum, _) = batch_nll(&model, &refs, &mut NoHooks).unwrap();
+    let total: f32 = rows.to_vec1::<f32>().unwrap().iter().sum();
+    assert!((total - sum.to_scalar::<f32>().unwrap()).abs() < 1e-3);
+
+    let mut model = tiny("llama_gqa");
+    let mut cfg = config(lora());
+    let beta = 0.5;
+    cfg.objective = Objective::Npo {
+        beta,
+        alpha: 0.0,
+        gamma: 1.0,
+    };
+    cfg.batch_size = 3;
+    cfg.grad_accum = 1;
+    let mut t = Trainer::unlearn(&mut model, cfg, &forget, &retain).unwrap();
+    model.set_execution(Execution::Autograd);
+    let log = t.step(&model, &forget, &mut NoHooks).unwrap();
+    let want = 2.0 / beta * 2f64.ln();
+    assert!((log.loss - want).abs() < 1e-4, "{} vs {want}", log.loss);
 }

@@ -64,14 +64,15 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// The summed negative log-likelihood of the targets of `examples` (one padded batch) under `model`
-/// with `hooks`, as a differentiable scalar, and the number of target tokens. Logits are computed at
-/// target positions only.
-pub fn batch_nll(
+/// The log-probability of every target token of `examples` (one padded batch) under `model` with
+/// `hooks`, as a differentiable (targets,) tensor, with the row of each target. Logits are computed
+/// at target positions only, a chunk at a time: each chunk's (chunk, vocab) buffers stay small
+/// enough for the allocator to reuse instead of mapping fresh pages for every one.
+fn target_logprobs(
     model: &Model,
     examples: &[&Example],
     hooks: &mut dyn Hooks,
-) -> Result<(Tensor, usize)> {
+) -> Result<(Tensor, Vec<usize>)> {
     let rows: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
     let batch = Batch::new(rows, model.device())?;
     let opts = ForwardOptions {
@@ -85,18 +86,18 @@ pub fn batch_nll(
     // Position t predicts token t + 1: rows r, positions loss_from - 1 .. len - 1.
     let mut at = Vec::new();
     let mut targets = Vec::new();
+    let mut row_of = Vec::new();
     for (r, e) in examples.iter().enumerate() {
         for t in e.loss_from - 1..e.ids.len() - 1 {
             at.push((r * l + t) as u32);
             targets.push(e.ids[t + 1]);
+            row_of.push(r);
         }
     }
     let n = targets.len();
     let dev = model.device();
     let flat = out.residual.reshape((b * l, d))?;
-    // Logits a chunk of positions at a time: each chunk's (chunk, vocab) buffers stay small enough
-    // for the allocator to reuse instead of mapping fresh pages for every one.
-    let mut nll: Option<Tensor> = None;
+    let mut parts = Vec::new();
     for start in (0..n).step_by(LOGIT_CHUNK) {
         let m = LOGIT_CHUNK.min(n - start);
         let at = Tensor::new(&at[start..start + m], dev)?;
@@ -104,14 +105,33 @@ pub fn batch_nll(
         let logits = model.logits_of(&h, false)?.to_dtype(DType::F32)?;
         let logp = candle_nn::ops::log_softmax(&logits, 1)?;
         let t = Tensor::new(&targets[start..start + m], dev)?.reshape((m, 1))?;
-        let part = logp.gather(&t, 1)?.sum_all()?.neg()?;
-        nll = Some(match nll {
-            Some(acc) => (acc + part)?,
-            None => part,
-        });
+        parts.push(logp.gather(&t, 1)?.squeeze(1)?);
     }
-    let nll = nll.expect("at least one target");
-    Ok((nll, n))
+    Ok((Tensor::cat(&parts, 0)?, row_of))
+}
+
+/// The summed negative log-likelihood of the targets of `examples` (one padded batch) under `model`
+/// with `hooks`, as a differentiable scalar, and the number of target tokens.
+pub fn batch_nll(
+    model: &Model,
+    examples: &[&Example],
+    hooks: &mut dyn Hooks,
+) -> Result<(Tensor, usize)> {
+    let (logp, rows) = target_logprobs(model, examples, hooks)?;
+    Ok((logp.sum_all()?.neg()?, rows.len()))
+}
+
+/// Each example's summed NLL (differentiable, (rows,)) in one padded batch.
+pub fn row_nll(model: &Model, examples: &[&Example], hooks: &mut dyn Hooks) -> Result<Tensor> {
+    let (logp, rows) = target_logprobs(model, examples, hooks)?;
+    // Sum per row: a (rows × targets) indicator times the log-probabilities.
+    let n = rows.len();
+    let mut ind = vec![0f32; examples.len() * n];
+    for (j, &r) in rows.iter().enumerate() {
+        ind[r * n + j] = 1.0;
+    }
+    let ind = Tensor::from_vec(ind, (examples.len(), n), logp.device())?;
+    Ok(ind.matmul(&logp.unsqueeze(1)?)?.squeeze(1)?.neg()?)
 }
 
 /// The mean per-token NLL of `examples` (no gradient), in batches of `batch_size`.

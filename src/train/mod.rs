@@ -5,13 +5,15 @@
 
 pub mod bench;
 pub mod examples;
+pub mod objective;
 pub mod optim;
 pub mod output;
 pub mod params;
 pub mod run;
 pub mod schedule;
 
-pub use examples::{batch_nll, mean_nll, Example};
+pub use examples::{batch_nll, mean_nll, row_nll, Example};
+pub use objective::Objective;
 pub use optim::{AdamW, AdamWConfig};
 pub use output::{train_to_dir, RunOptions, RunSummary};
 pub use params::{LoraSpec, Method};

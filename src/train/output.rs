@@ -61,12 +61,14 @@ fn weights_out(out: &Path, cfg: &TrainConfig) -> PathBuf {
     }
 }
 
-/// Trains `model` on `examples` as `cfg` says and writes the run into `opts.out` (see the module
+/// Trains `model` on `examples` (with `retain`, for an unlearning objective) as `cfg` says and writes the run into `opts.out` (see the module
 /// docs); `progress` sees every step and the run's total. A finished run in `out` is refused unless
 /// `force`; an unfinished one (a checkpoint) unless `resume`.
+#[allow(clippy::too_many_arguments)]
 pub fn train_to_dir(
     model: &mut Model,
     examples: &[Example],
+    retain: &[Example],
     cfg: TrainConfig,
     opts: &RunOptions,
     hooks: &mut dyn Hooks,
@@ -97,7 +99,7 @@ pub fn train_to_dir(
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let mut trainer = if opts.resume {
-        let t = Trainer::resume(model, &ckpt, examples)?;
+        let t = Trainer::resume_unlearning(model, &ckpt, examples, retain)?;
         if t.config() != &cfg {
             return Err(Error::Mismatch(format!(
                 "{}: the checkpoint's training options differ from this command's; resume with the \
@@ -107,7 +109,7 @@ pub fn train_to_dir(
         }
         t
     } else {
-        Trainer::new(model, cfg, examples)?
+        Trainer::unlearn(model, cfg, examples, retain)?
     };
     let total = trainer.config().total_steps(examples.len());
     let started_at = trainer.step_count();

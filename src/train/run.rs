@@ -9,7 +9,8 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::examples::{batch_nll, check_examples, epoch_order, Example};
+use super::examples::{batch_nll, check_examples, epoch_order, row_nll, Example};
+use super::objective::{npo_forget_term, Objective};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::params::{attach, to_adapter, Method};
 use super::schedule::{lr_multiplier, Decay};
@@ -41,6 +42,9 @@ pub struct TrainConfig {
     pub max_grad_norm: Option<f64>,
     /// Seed of the data order, the LoRA initialisation and dropout.
     pub seed: u64,
+    /// What is minimised (fine-tuning NLL unless an unlearning objective is chosen).
+    #[serde(default, skip_serializing_if = "Objective::is_nll")]
+    pub objective: Objective,
 }
 
 impl TrainConfig {
@@ -82,7 +86,7 @@ impl TrainConfig {
         if let Method::Lora(spec) = &self.method {
             spec.validate()?;
         }
-        Ok(())
+        self.objective.validate()
     }
 
     /// Optimiser steps in one epoch over `n` examples.
@@ -104,8 +108,10 @@ pub struct StepLog {
     pub step: usize,
     /// Epoch it belongs to.
     pub epoch: usize,
-    /// Mean NLL per target token.
+    /// The step's objective (for fine-tuning, the mean NLL per target token).
     pub loss: f64,
+    /// Mean NLL per target token of the step's (forget, for unlearning) examples.
+    pub nll: f64,
     /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -124,6 +130,10 @@ pub struct Trainer {
     opt: AdamW,
     step: usize,
     data_sha: String,
+    /// Retain examples of an unlearning objective.
+    retain: Vec<Example>,
+    /// Each example's summed NLL under the model before training (NPO's reference).
+    reference: Vec<f64>,
     /// Every step's log so far.
     pub log: Vec<StepLog>,
 }
@@ -138,9 +148,9 @@ struct CheckpointState {
 }
 
 /// sha256 of the examples (ids and loss starts), so a run resumes only on the data it began with.
-fn examples_sha(examples: &[Example]) -> String {
+fn examples_sha(examples: &[Example], retain: &[Example]) -> String {
     let mut h = Sha256::new();
-    for e in examples {
+    for e in examples.iter().chain(retain) {
         h.update((e.ids.len() as u64).to_le_bytes());
         h.update((e.loss_from as u64).to_le_bytes());
         for t in &e.ids {
@@ -154,27 +164,69 @@ impl Trainer {
     /// Starts a run on `model` (LoRA factors are attached to it, or its weights made trainable) over
     /// `examples`, which are checked first.
     pub fn new(model: &mut Model, cfg: TrainConfig, examples: &[Example]) -> Result<Self> {
+        Trainer::unlearn(model, cfg, examples, &[])
+    }
+
+    /// Starts a run whose objective may read a retain set besides `examples` (the forget set of an
+    /// unlearning objective); NPO's reference NLLs are computed here, on the model as given.
+    pub fn unlearn(
+        model: &mut Model,
+        cfg: TrainConfig,
+        examples: &[Example],
+        retain: &[Example],
+    ) -> Result<Self> {
         cfg.validate()?;
         check_examples(examples, model.config().max_positions)?;
+        if cfg.objective.uses_retain() {
+            check_examples(retain, model.config().max_positions).map_err(|e| {
+                Error::Invalid(format!(
+                    "the {:?} objective needs retain examples: {e}",
+                    cfg.objective
+                ))
+            })?;
+        }
+        let reference = if cfg.objective.uses_reference() {
+            let mut out = Vec::with_capacity(examples.len());
+            for chunk in examples.chunks(cfg.batch_size) {
+                let refs: Vec<&Example> = chunk.iter().collect();
+                let r = row_nll(model, &refs, &mut crate::model::NoHooks)?;
+                out.extend(r.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?);
+            }
+            out
+        } else {
+            Vec::new()
+        };
         let params = attach(model, &cfg.method, cfg.seed)?;
         let opt = AdamW::new(cfg.adamw, params)?;
         Ok(Trainer {
             cfg,
             opt,
             step: 0,
-            data_sha: examples_sha(examples),
+            data_sha: examples_sha(examples, retain),
+            retain: retain.to_vec(),
+            reference,
             log: Vec::new(),
         })
     }
 
     /// Continues the run saved in `dir` on a freshly loaded `model` and the same `examples`.
     pub fn resume(model: &mut Model, dir: &Path, examples: &[Example]) -> Result<Self> {
+        Trainer::resume_unlearning(model, dir, examples, &[])
+    }
+
+    /// [`Trainer::resume`] for a run started with [`Trainer::unlearn`] (the same retain examples).
+    pub fn resume_unlearning(
+        model: &mut Model,
+        dir: &Path,
+        examples: &[Example],
+        retain: &[Example],
+    ) -> Result<Self> {
         let json = dir.join("state.json");
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;
         let state: CheckpointState = serde_json::from_str(&text).map_err(|e| {
             Error::format(&json, "(root)", "a dsg training checkpoint", e.to_string())
         })?;
-        let mut t = Trainer::new(model, state.config, examples)?;
+        let mut t = Trainer::unlearn(model, state.config, examples, retain)?;
         if t.data_sha != state.data_sha256 {
             return Err(Error::Mismatch(format!(
                 "{}: the checkpoint was trained on other examples (sha256 {}, these are {})",
@@ -267,21 +319,19 @@ impl Trainer {
         let (epoch, within) = (self.step / spe, self.step % spe);
         let order = epoch_order(n, cfg.seed, epoch);
         let per_step = cfg.batch_size * cfg.grad_accum;
-        let chosen: Vec<&Example> = order[within * per_step..((within + 1) * per_step).min(n)]
-            .iter()
-            .map(|&i| &examples[i])
-            .collect();
-        let target_tokens: usize = chosen.iter().map(|e| e.target_count()).sum();
-        let tokens: usize = chosen.iter().map(|e| e.ids.len()).sum();
+        let chosen: Vec<usize> =
+            order[within * per_step..((within + 1) * per_step).min(n)].to_vec();
+        let target_tokens: usize = chosen.iter().map(|&i| examples[i].target_count()).sum();
+        let mut tokens: usize = chosen.iter().map(|&i| examples[i].ids.len()).sum();
         model.set_lora_dropout_seed(Some(
             cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ self.step as u64,
         ));
         let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.slots.len()];
-        let mut loss_sum = 0f64;
-        for micro in chosen.chunks(cfg.batch_size) {
-            let (nll, _) = batch_nll(model, micro, hooks)?;
-            loss_sum += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let store = (nll / target_tokens as f64)?.backward()?;
+        let (mut loss_sum, mut nll_sum) = (0f64, 0f64);
+        let scalar =
+            |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+        let backward = |loss: Tensor, grads: &mut Vec<Option<Tensor>>| -> Result<f64> {
+            let store = loss.backward()?;
             for (acc, slot) in grads.iter_mut().zip(&self.opt.slots) {
                 if let Some(g) = store.get(slot.var.as_tensor()) {
                     *acc = Some(match acc.take() {
@@ -289,6 +339,41 @@ impl Trainer {
                         None => g.clone(),
                     });
                 }
+            }
+            scalar(&loss)
+        };
+        for micro in chosen.chunks(cfg.batch_size) {
+            let rows: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
+            let loss = match cfg.objective {
+                Objective::Npo { beta, gamma, .. } => {
+                    let per_row = row_nll(model, &rows, hooks)?;
+                    nll_sum += scalar(&per_row.sum_all()?)?;
+                    let refs: Vec<f64> = micro.iter().map(|&i| self.reference[i]).collect();
+                    npo_forget_term(&per_row, &refs, beta, gamma, chosen.len())?
+                }
+                objective => {
+                    let (nll, _) = batch_nll(model, &rows, hooks)?;
+                    nll_sum += scalar(&nll)?;
+                    (nll * objective.forget_nll_weight(target_tokens))?
+                }
+            };
+            loss_sum += backward(loss, &mut grads)?;
+        }
+        if cfg.objective.uses_retain() {
+            // The retain set is walked in its own seeded order, per_step examples a step.
+            let r = self.retain.len();
+            let picked: Vec<&Example> = (0..per_step)
+                .map(|j| {
+                    let k = self.step * per_step + j;
+                    &self.retain[epoch_order(r, cfg.seed ^ 0xA5A5_A5A5, k / r)[k % r]]
+                })
+                .collect();
+            let retain_tokens: usize = picked.iter().map(|e| e.target_count()).sum();
+            tokens += picked.iter().map(|e| e.ids.len()).sum::<usize>();
+            for micro in picked.chunks(cfg.batch_size) {
+                let (nll, _) = batch_nll(model, micro, hooks)?;
+                let loss = (nll * cfg.objective.retain_nll_weight(retain_tokens))?;
+                loss_sum += backward(loss, &mut grads)?;
             }
         }
         model.set_lora_dropout_seed(None);
@@ -299,7 +384,8 @@ impl Trainer {
         let log = StepLog {
             step: self.step,
             epoch,
-            loss: loss_sum / target_tokens.max(1) as f64,
+            loss: loss_sum,
+            nll: nll_sum / target_tokens.max(1) as f64,
             lr,
             grad_norm,
             target_tokens,

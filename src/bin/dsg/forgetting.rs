@@ -298,6 +298,7 @@ pub fn run(model: &ModelArgs, command: &ForgettingCommand) -> Result<()> {
                 adamw: dsg::train::AdamWConfig::default(),
                 max_grad_norm: Some(1.0),
                 seed: 0,
+                objective: dsg::train::Objective::Nll,
             };
             let cfg = tofu::TofuTrackConfig {
                 model: crate::model_path(model)?,

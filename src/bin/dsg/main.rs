@@ -420,6 +420,7 @@ fn main() -> Result<()> {
                     adamw: dsg::train::AdamWConfig::default(),
                     max_grad_norm: Some(1.0),
                     seed: 0,
+                    objective: dsg::train::Objective::Nll,
                 };
                 let r = dsg::train::bench::training_throughput(
                     &mut lm.model,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dsg::train::{
-    train_to_dir, AdamWConfig, Decay, Example, LoraSpec, Method, RunOptions, TrainConfig,
+    train_to_dir, AdamWConfig, Decay, Example, LoraSpec, Method, Objective, RunOptions, TrainConfig,
 };
 
 use crate::{load_model, ModelArgs};
@@ -19,6 +19,22 @@ pub struct TrainArgs {
     /// (and end of turn) only. Repeatable.
     #[arg(long)]
     qa: Vec<PathBuf>,
+    /// Retain QA pairs (JSON Lines) for the grad-diff and npo objectives. Repeatable.
+    #[arg(long)]
+    retain_qa: Vec<PathBuf>,
+    /// What to minimise: nll (fine-tuning), grad-ascent, grad-diff or npo (unlearning the --qa/--text
+    /// examples, as open-unlearning defines them).
+    #[arg(long, default_value = "nll", value_parser = ["nll", "grad-ascent", "grad-diff", "npo"])]
+    objective: String,
+    /// NPO's beta.
+    #[arg(long, default_value_t = 0.1)]
+    npo_beta: f64,
+    /// Weight of the retain term (grad-diff, npo).
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f64,
+    /// Weight of the forget term (grad-diff, npo).
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
     /// Plain text, cut into rows of --seq tokens, loss on every token. Repeatable.
     #[arg(long)]
     text: Vec<PathBuf>,
@@ -122,6 +138,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         },
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
+        objective: match args.objective.as_str() {
+            "grad-ascent" => Objective::GradAscent,
+            "grad-diff" => Objective::GradDiff {
+                alpha: args.alpha,
+                gamma: args.gamma,
+            },
+            "npo" => Objective::Npo {
+                beta: args.npo_beta,
+                alpha: args.alpha,
+                gamma: args.gamma,
+            },
+            _ => Objective::Nll,
+        },
     };
     cfg.validate()?;
     if args.seq < 2 {
@@ -130,9 +159,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.seq
         );
     }
+    if cfg.objective.uses_retain() && args.retain_qa.is_empty() {
+        bail!(
+            "--objective {}: give the retain set with --retain-qa FILE",
+            args.objective
+        );
+    }
     let mut qa = Vec::new();
     for p in &args.qa {
         qa.extend(dsg::data::tofu::read_tofu_qa(p)?);
+    }
+    let mut retain_qa = Vec::new();
+    for p in &args.retain_qa {
+        retain_qa.extend(dsg::data::tofu::read_tofu_qa(p)?);
     }
     let text = args
         .text
@@ -142,14 +181,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut lm = load_model(&args.model)?;
-    let mut examples = Vec::new();
-    for item in &qa {
-        let e = dsg::eval::tofu::encode_qa(&lm.tokenizer, &item.question, &item.answer)?;
-        examples.push(Example {
-            loss_from: e.answer_start,
-            ids: e.ids,
-        });
-    }
+    let encode = |items: &[dsg::data::QaItem]| -> Result<Vec<Example>> {
+        let mut out = Vec::new();
+        for item in items {
+            let e = dsg::eval::tofu::encode_qa(&lm.tokenizer, &item.question, &item.answer)?;
+            out.push(Example {
+                loss_from: e.answer_start,
+                ids: e.ids,
+            });
+        }
+        Ok(out)
+    };
+    let mut examples = encode(&qa)?;
+    let retain = encode(&retain_qa)?;
     for t in &text {
         let ids = lm.tokenizer.encode(t, false)?;
         examples.extend(
@@ -180,6 +224,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let summary = train_to_dir(
         &mut lm.model,
         &examples,
+        &retain,
         cfg,
         &opts,
         &mut dsg::model::NoHooks,

@@ -189,6 +189,7 @@ fn train_run(
     train_to_dir(
         &mut lm.model,
         &ex,
+        &[],
         cfg.train.clone(),
         &opts,
         &mut NoHooks,
