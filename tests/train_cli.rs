@@ -130,7 +130,7 @@ fn a_lora_run_writes_an_adapter_other_commands_apply() {
         let adapted = dsg::model::load_adapted(
             &m,
             None,
-            &[adapter.clone()],
+            std::slice::from_ref(&adapter),
             dsg::model::AdapterMode::OnTheFly,
             &dev,
         )
