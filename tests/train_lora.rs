@@ -478,3 +478,77 @@ fn npo_starts_at_two_over_beta_ln_two() {
     let want = 2.0 / beta * 2f64.ln();
     assert!((log.loss - want).abs() < 1e-4, "{} vs {want}", log.loss);
 }
+
+/// RMU moves the forget text's activations after its layer toward the control vector and keeps the
+/// retain text's near the frozen model's, training only the named down-projections.
+#[test]
+fn rmu_steers_forget_activations_and_trains_only_its_weights() {
+    use dsg::train::rmu::{control_direction, residual_after, rmu_parameters};
+    use dsg::train::Objective;
+    let (forget, retain) = split_examples();
+    let layer = 1;
+    let steering = 20.0;
+    let mut model = tiny("llama_gqa");
+    let before = model.hf_tensors().unwrap();
+    let dist = |m: &Model, ex: &[Example], target: Option<&Tensor>| -> Vec<f32> {
+        let refs: Vec<&Example> = ex.iter().collect();
+        let (h, mask) = residual_after(m, &refs, layer).unwrap();
+        let t = target.cloned().unwrap_or_else(|| h.zeros_like().unwrap());
+        let d = h
+            .broadcast_sub(&t)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .broadcast_mul(&mask)
+            .unwrap();
+        d.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let d = model.config().d_model;
+    let control = (Tensor::new(control_direction(d, 7), &Device::Cpu).unwrap() * steering).unwrap();
+    let sum = |v: Vec<f32>| v.iter().map(|&x| x as f64).sum::<f64>();
+    let forget_before = sum(dist(&model, &forget, Some(&control)));
+    let refs: Vec<&Example> = retain.iter().collect();
+    let (retain_h0, _) = residual_after(&model, &refs, layer).unwrap();
+
+    let mut cfg = config(Method::Weights(rmu_parameters(layer)));
+    cfg.epochs = 20;
+    cfg.lr = 5e-3;
+    cfg.objective = Objective::Rmu {
+        layer,
+        steering,
+        alpha: 10.0,
+        adaptive: false,
+    };
+    let mut t = Trainer::unlearn(&mut model, cfg, &forget, &retain).unwrap();
+    t.run(&mut model, &forget, &mut NoHooks, &mut |_, _| Ok(()))
+        .unwrap();
+    let forget_after = sum(dist(&model, &forget, Some(&control)));
+    assert!(
+        forget_after < 0.5 * forget_before,
+        "forget distance to c·u: {forget_before} -> {forget_after}"
+    );
+    let (retain_h1, mask) = residual_after(&model, &refs, layer).unwrap();
+    let moved = sum((&retain_h1 - &retain_h0)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .broadcast_mul(&mask)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap());
+    assert!(
+        moved < 0.1 * (forget_before - forget_after),
+        "retain activations moved {moved}, forget ones {}",
+        forget_before - forget_after
+    );
+    // Only blocks 0 and 1's down-projections changed (Hugging Face names of dsg's blocks.i.mlp.down).
+    let after = model.hf_tensors().unwrap();
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        let changed = max_abs_diff(a, b) > 0.0;
+        let named = name == "model.layers.0.mlp.down_proj.weight"
+            || name == "model.layers.1.mlp.down_proj.weight";
+        assert_eq!(changed, named, "{name}: changed {changed}");
+    }
+}

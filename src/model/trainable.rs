@@ -9,33 +9,53 @@ use super::decoder::Model;
 use super::layers::{Linear, Norm};
 use crate::{Error, Result};
 
-/// Wraps `t` in a variable, replaces it by the variable's tensor, and records it.
+/// The names of the weights to make trainable.
+type Keep<'a> = &'a dyn Fn(&str) -> bool;
+
+/// Wraps `t` in a variable (if `keep` names it), replaces it by the variable's tensor, and records it.
 fn make_var(
     t: &mut Tensor,
     name: String,
     decay: bool,
     out: &mut Vec<(String, Var, bool)>,
+    keep: Keep,
 ) -> Result<()> {
+    if !keep(&name) {
+        return Ok(());
+    }
     let var = Var::from_tensor(t)?;
     *t = var.as_tensor().clone();
     out.push((name, var, decay));
     Ok(())
 }
 
-fn linear_vars(l: &mut Linear, name: &str, out: &mut Vec<(String, Var, bool)>) -> Result<()> {
-    l.drop_quantized();
-    make_var(&mut l.weight, format!("{name}.weight"), true, out)?;
+fn linear_vars(
+    l: &mut Linear,
+    name: &str,
+    out: &mut Vec<(String, Var, bool)>,
+    keep: Keep,
+) -> Result<()> {
+    let before = out.len();
+    make_var(&mut l.weight, format!("{name}.weight"), true, out, keep)?;
     if let Some(b) = l.bias.as_mut() {
-        make_var(b, format!("{name}.bias"), false, out)?;
+        make_var(b, format!("{name}.bias"), false, out, keep)?;
+    }
+    if out.len() > before {
+        l.drop_quantized();
     }
     Ok(())
 }
 
-fn norm_vars(n: &mut Norm, name: &str, out: &mut Vec<(String, Var, bool)>) -> Result<()> {
+fn norm_vars(
+    n: &mut Norm,
+    name: &str,
+    out: &mut Vec<(String, Var, bool)>,
+    keep: Keep,
+) -> Result<()> {
     let (scale, bias) = n.tensors_mut();
-    make_var(scale, format!("{name}.scale"), false, out)?;
+    make_var(scale, format!("{name}.scale"), false, out, keep)?;
     if let Some(b) = bias {
-        make_var(b, format!("{name}.bias"), false, out)?;
+        make_var(b, format!("{name}.bias"), false, out, keep)?;
     }
     Ok(())
 }
@@ -46,34 +66,40 @@ impl Model {
     /// Face's rule for biases and norms; embeddings as PyTorch's default groups leave them, decayed,
     /// would shrink rare tokens' rows).
     pub fn full_parameters(&mut self) -> Result<Vec<(String, Var, bool)>> {
+        self.parameters_where(&|_| true)
+    }
+
+    /// [`Model::full_parameters`] for the weights whose names `keep` accepts only; the others stay
+    /// frozen (and quantised).
+    pub fn parameters_where(&mut self, keep: Keep) -> Result<Vec<(String, Var, bool)>> {
         let mut out = Vec::new();
         let tied = self.cfg.tie_embeddings;
-        make_var(&mut self.embed, "embed".into(), false, &mut out)?;
-        if tied {
+        make_var(&mut self.embed, "embed".into(), false, &mut out, keep)?;
+        if tied && keep("embed") {
             self.lm_head.drop_quantized();
             self.lm_head.weight = self.embed.clone();
         }
         if let Some(p) = self.pos_embed.as_mut() {
-            make_var(p, "pos_embed".into(), false, &mut out)?;
+            make_var(p, "pos_embed".into(), false, &mut out, keep)?;
         }
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let p = format!("blocks.{i}");
-            norm_vars(&mut b.attn_norm, &format!("{p}.attn_norm"), &mut out)?;
-            linear_vars(&mut b.attn.qkv, &format!("{p}.attn.qkv"), &mut out)?;
-            linear_vars(&mut b.attn.o, &format!("{p}.attn.o"), &mut out)?;
+            norm_vars(&mut b.attn_norm, &format!("{p}.attn_norm"), &mut out, keep)?;
+            linear_vars(&mut b.attn.qkv, &format!("{p}.attn.qkv"), &mut out, keep)?;
+            linear_vars(&mut b.attn.o, &format!("{p}.attn.o"), &mut out, keep)?;
             if let Some(n) = b.post_attn_norm.as_mut() {
-                norm_vars(n, &format!("{p}.post_attn_norm"), &mut out)?;
+                norm_vars(n, &format!("{p}.post_attn_norm"), &mut out, keep)?;
             }
-            norm_vars(&mut b.mlp_norm, &format!("{p}.mlp_norm"), &mut out)?;
-            linear_vars(&mut b.mlp.up, &format!("{p}.mlp.up"), &mut out)?;
-            linear_vars(&mut b.mlp.down, &format!("{p}.mlp.down"), &mut out)?;
+            norm_vars(&mut b.mlp_norm, &format!("{p}.mlp_norm"), &mut out, keep)?;
+            linear_vars(&mut b.mlp.up, &format!("{p}.mlp.up"), &mut out, keep)?;
+            linear_vars(&mut b.mlp.down, &format!("{p}.mlp.down"), &mut out, keep)?;
             if let Some(n) = b.post_mlp_norm.as_mut() {
-                norm_vars(n, &format!("{p}.post_mlp_norm"), &mut out)?;
+                norm_vars(n, &format!("{p}.post_mlp_norm"), &mut out, keep)?;
             }
         }
-        norm_vars(&mut self.final_norm, "final_norm", &mut out)?;
+        norm_vars(&mut self.final_norm, "final_norm", &mut out, keep)?;
         if !tied {
-            linear_vars(&mut self.lm_head, "lm_head", &mut out)?;
+            linear_vars(&mut self.lm_head, "lm_head", &mut out, keep)?;
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@ pub mod objective;
 pub mod optim;
 pub mod output;
 pub mod params;
+pub mod rmu;
 pub mod run;
 pub mod schedule;
 

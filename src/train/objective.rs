@@ -29,6 +29,18 @@ pub enum Objective {
         /// Weight of the forget term.
         gamma: f64,
     },
+    /// RMU: forget activations after block `layer` pushed to a random direction, retain ones held
+    /// at the frozen model's ([`super::rmu`]).
+    Rmu {
+        /// The block whose output is steered.
+        layer: usize,
+        /// Steering coefficient `c` (adaptive: the multiple of the frozen mean norm).
+        steering: f64,
+        /// Weight of the retain term.
+        alpha: f64,
+        /// Adaptive RMU: `c = steering × ` the frozen model's mean activation norm on forget text.
+        adaptive: bool,
+    },
     /// Negative preference optimisation on forget, NLL on retain.
     Npo {
         /// Inverse temperature β.
@@ -48,7 +60,10 @@ impl Objective {
 
     /// Whether the objective reads a retain set.
     pub fn uses_retain(&self) -> bool {
-        matches!(self, Objective::GradDiff { .. } | Objective::Npo { .. })
+        matches!(
+            self,
+            Objective::GradDiff { .. } | Objective::Npo { .. } | Objective::Rmu { .. }
+        )
     }
 
     /// Whether the objective needs the reference model's sequence NLLs.
@@ -86,6 +101,12 @@ impl Objective {
                 check("--alpha", alpha, false)?;
                 check("--gamma", gamma, false)
             }
+            Objective::Rmu {
+                steering, alpha, ..
+            } => {
+                check("--steering", steering, true)?;
+                check("--alpha", alpha, false)
+            }
         }
     }
 
@@ -97,7 +118,7 @@ impl Objective {
             Objective::Nll => 1.0 / t,
             Objective::GradAscent => -1.0 / t,
             Objective::GradDiff { gamma, .. } => -gamma / t,
-            Objective::Npo { .. } => 0.0,
+            Objective::Npo { .. } | Objective::Rmu { .. } => 0.0,
         }
     }
 

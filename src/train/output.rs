@@ -57,7 +57,7 @@ pub struct RunSummary {
 fn weights_out(out: &Path, cfg: &TrainConfig) -> PathBuf {
     match cfg.method {
         super::Method::Lora(_) => out.join("adapter"),
-        super::Method::Full => out.join("model.safetensors"),
+        super::Method::Full | super::Method::Weights(_) => out.join("model.safetensors"),
     }
 }
 

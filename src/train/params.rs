@@ -99,6 +99,9 @@ pub enum Method {
     Full,
     /// LoRA factors only; the model stays frozen.
     Lora(LoraSpec),
+    /// These weights only (dsg's names, as [`Model::full_parameters`] gives them:
+    /// `blocks.5.mlp.down.weight`); the rest stays frozen.
+    Weights(Vec<String>),
 }
 
 /// The trained parameters as (name, variable, decays?): PEFT tensor names for LoRA.
@@ -109,6 +112,20 @@ pub(super) fn attach(
 ) -> Result<Vec<(String, Var, bool)>> {
     match method {
         Method::Full => model.full_parameters(),
+        Method::Weights(names) => {
+            let params = model.parameters_where(&|n| names.iter().any(|k| k == n))?;
+            if let Some(missing) = names
+                .iter()
+                .find(|k| !params.iter().any(|(n, _, _)| n == *k))
+            {
+                return Err(Error::OutOfRange {
+                    field: "trained weight".into(),
+                    value: missing.clone(),
+                    allowed: "a weight of this model (e.g. blocks.0.mlp.down.weight)".into(),
+                });
+            }
+            Ok(params)
+        }
         Method::Lora(spec) => {
             spec.validate()?;
             let modules = model.lora_modules(&spec.targets)?;

@@ -13,6 +13,7 @@ use super::examples::{batch_nll, check_examples, epoch_order, row_nll, Example};
 use super::objective::{npo_forget_term, Objective};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use super::params::{attach, to_adapter, Method};
+use super::rmu;
 use super::schedule::{lr_multiplier, Decay};
 use crate::model::{Adapter, Execution, Hooks, Model};
 use crate::{Error, Result};
@@ -134,6 +135,8 @@ pub struct Trainer {
     retain: Vec<Example>,
     /// Each example's summed NLL under the model before training (NPO's reference).
     reference: Vec<f64>,
+    /// RMU's scaled control vector (d) and the frozen retain activations.
+    rmu: Option<(Tensor, Vec<Tensor>)>,
     /// Every step's log so far.
     pub log: Vec<StepLog>,
 }
@@ -196,6 +199,33 @@ impl Trainer {
         } else {
             Vec::new()
         };
+        let rmu = match cfg.objective {
+            Objective::Rmu {
+                layer,
+                steering,
+                adaptive,
+                ..
+            } => {
+                if layer >= model.config().n_layers {
+                    return Err(Error::OutOfRange {
+                        field: "--rmu-layer".into(),
+                        value: layer.to_string(),
+                        allowed: format!("a block below {}", model.config().n_layers),
+                    });
+                }
+                let c = if adaptive {
+                    let forget = rmu::frozen_residuals(model, examples, layer, cfg.batch_size)?;
+                    steering * rmu::mean_norm(&forget)?
+                } else {
+                    steering
+                };
+                let u = rmu::control_direction(model.config().d_model, cfg.seed);
+                let control = (Tensor::new(u, model.device())? * c)?;
+                let frozen = rmu::frozen_residuals(model, retain, layer, cfg.batch_size)?;
+                Some((control, frozen))
+            }
+            _ => None,
+        };
         let params = attach(model, &cfg.method, cfg.seed)?;
         let opt = AdamW::new(cfg.adamw, params)?;
         Ok(Trainer {
@@ -205,6 +235,7 @@ impl Trainer {
             data_sha: examples_sha(examples, retain),
             retain: retain.to_vec(),
             reference,
+            rmu,
             log: Vec::new(),
         })
     }
@@ -323,6 +354,7 @@ impl Trainer {
             order[within * per_step..((within + 1) * per_step).min(n)].to_vec();
         let target_tokens: usize = chosen.iter().map(|&i| examples[i].target_count()).sum();
         let mut tokens: usize = chosen.iter().map(|&i| examples[i].ids.len()).sum();
+        let forget_tokens = tokens;
         model.set_lora_dropout_seed(Some(
             cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ self.step as u64,
         ));
@@ -345,6 +377,13 @@ impl Trainer {
         for micro in chosen.chunks(cfg.batch_size) {
             let rows: Vec<&Example> = micro.iter().map(|&i| &examples[i]).collect();
             let loss = match cfg.objective {
+                Objective::Rmu { layer, .. } => {
+                    let (control, _) = self.rmu.as_ref().expect("set for RMU");
+                    let (h, mask) = rmu::residual_after(model, &rows, layer)?;
+                    let d = h.dim(2)?;
+                    let err = rmu::masked_sq_err(&h, control, &mask)?;
+                    (err / (forget_tokens * d) as f64)?
+                }
                 Objective::Npo { beta, gamma, .. } => {
                     let per_row = row_nll(model, &rows, hooks)?;
                     nll_sum += scalar(&per_row.sum_all()?)?;
@@ -362,17 +401,30 @@ impl Trainer {
         if cfg.objective.uses_retain() {
             // The retain set is walked in its own seeded order, per_step examples a step.
             let r = self.retain.len();
-            let picked: Vec<&Example> = (0..per_step)
+            let picked: Vec<usize> = (0..per_step)
                 .map(|j| {
                     let k = self.step * per_step + j;
-                    &self.retain[epoch_order(r, cfg.seed ^ 0xA5A5_A5A5, k / r)[k % r]]
+                    epoch_order(r, cfg.seed ^ 0xA5A5_A5A5, k / r)[k % r]
                 })
                 .collect();
-            let retain_tokens: usize = picked.iter().map(|e| e.target_count()).sum();
-            tokens += picked.iter().map(|e| e.ids.len()).sum::<usize>();
+            let retain_tokens: usize = picked.iter().map(|&i| self.retain[i].target_count()).sum();
+            let retain_len: usize = picked.iter().map(|&i| self.retain[i].ids.len()).sum();
+            tokens += retain_len;
             for micro in picked.chunks(cfg.batch_size) {
-                let (nll, _) = batch_nll(model, micro, hooks)?;
-                let loss = (nll * cfg.objective.retain_nll_weight(retain_tokens))?;
+                let rows: Vec<&Example> = micro.iter().map(|&i| &self.retain[i]).collect();
+                let loss = match (cfg.objective, &self.rmu) {
+                    (Objective::Rmu { layer, alpha, .. }, Some((_, frozen))) => {
+                        let (h, mask) = rmu::residual_after(model, &rows, layer)?;
+                        let (_, len, d) = h.dims3()?;
+                        let target = rmu::padded(frozen, micro, len)?;
+                        let err = rmu::masked_sq_err(&h, &target, &mask)?;
+                        (err * (alpha / (retain_len * d) as f64))?
+                    }
+                    _ => {
+                        let (nll, _) = batch_nll(model, &rows, hooks)?;
+                        (nll * cfg.objective.retain_nll_weight(retain_tokens))?
+                    }
+                };
                 loss_sum += backward(loss, &mut grads)?;
             }
         }

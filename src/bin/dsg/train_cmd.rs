@@ -24,8 +24,18 @@ pub struct TrainArgs {
     retain_qa: Vec<PathBuf>,
     /// What to minimise: nll (fine-tuning), grad-ascent, grad-diff or npo (unlearning the --qa/--text
     /// examples, as open-unlearning defines them).
-    #[arg(long, default_value = "nll", value_parser = ["nll", "grad-ascent", "grad-diff", "npo"])]
+    /// rmu trains the MLP down-projections of blocks L-2..L, as the reference does.
+    #[arg(long, default_value = "nll", value_parser = ["nll", "grad-ascent", "grad-diff", "npo", "rmu"])]
     objective: String,
+    /// RMU's layer L (the block whose output is steered).
+    #[arg(long, default_value_t = 7)]
+    rmu_layer: usize,
+    /// RMU's steering coefficient (with --adaptive, the multiple of the frozen mean norm).
+    #[arg(long, default_value_t = 6.5)]
+    steering: f64,
+    /// Adaptive RMU: steering proportional to the frozen model's activation norm at the layer.
+    #[arg(long)]
+    adaptive: bool,
     /// NPO's beta.
     #[arg(long, default_value_t = 0.1)]
     npo_beta: f64,
@@ -112,7 +122,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if args.qa.is_empty() && args.text.is_empty() {
         bail!("dsg train: give the training data with --qa FILE or --text FILE");
     }
-    let method = if args.full {
+    let method = if args.objective == "rmu" {
+        Method::Weights(dsg::train::rmu::rmu_parameters(args.rmu_layer))
+    } else if args.full {
         Method::Full
     } else {
         Method::Lora(LoraSpec {
@@ -148,6 +160,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 beta: args.npo_beta,
                 alpha: args.alpha,
                 gamma: args.gamma,
+            },
+            "rmu" => Objective::Rmu {
+                layer: args.rmu_layer,
+                steering: args.steering,
+                alpha: args.alpha,
+                adaptive: args.adaptive,
             },
             _ => Objective::Nll,
         },
