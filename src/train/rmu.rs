@@ -22,7 +22,7 @@ pub fn rmu_parameters(layer: usize) -> Vec<String> {
 
 /// The unit control direction `u` for `seed`: uniform in [0, 1)^d, normalised.
 pub fn control_direction(d: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed ^ 0x524D_55);
+    let mut rng = SplitMix64::new(seed ^ 0x0052_4D55);
     let v: Vec<f64> = (0..d)
         .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
         .collect();
