@@ -26,7 +26,7 @@ pub struct LoraSpec {
 }
 
 impl LoraSpec {
-    /// Rank 8, alpha 16, no dropout, every projection of a Llama-style block.
+    /// Rank `rank`, alpha `alpha`, no dropout, every projection of a Llama-style block.
     pub fn all_projections(rank: usize, alpha: f64) -> Self {
         LoraSpec {
             rank,
