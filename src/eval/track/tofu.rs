@@ -27,6 +27,7 @@ use crate::eval::tofu::{
     encode_qa, evaluate, RetainReference, SetSizes, TofuOptions, TofuReport, TofuSets,
 };
 use crate::guard::fit::run as fit_run;
+use crate::guard::recipe::WIKITEXT_FILE;
 use crate::guard::{
     calibrate, load_sae, Evidence, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile,
     Intervention,
@@ -291,7 +292,7 @@ fn fit_guard(
         std::fs::write(&p, lines).map_err(|e| Error::io(&p, e))?;
         Ok(p)
     };
-    let wiki_path = cfg.data.join("wikitext/wikitext-2-raw-v1.train.raw");
+    let wiki_path = cfg.data.join(WIKITEXT_FILE);
     let wiki: Vec<String> = crate::data::read_documents(&wiki_path, Split::Selection)?
         .into_iter()
         .filter(|d| d.len() > 200)
@@ -409,6 +410,17 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
         cfg.overwrite,
     )?;
     let full = read_tofu_qa(&tofu.join("full.json"))?;
+    // Every input is checked before the first (long) training run.
+    let sae = load_sae(&cfg.sae, None)?;
+    let base = model::load(&cfg.model, &candle_core::Device::Cpu)?;
+    sae.check_model(base.model.config().d_model, base.model.config().n_layers)?;
+    drop(base);
+    if !(0.0..=100.0).contains(&cfg.p_dyn) {
+        return Err(Error::out_of_range("--p-dyn", cfg.p_dyn, "0 to 100"));
+    }
+    if !cfg.data.join(WIKITEXT_FILE).is_file() {
+        return Err(Error::missing(&cfg.data, WIKITEXT_FILE));
+    }
     let forget_authors: Vec<usize> = cfg.split.author_range().collect();
     if cfg.retain_authors == 0 || cfg.retain_authors > 20 {
         return Err(Error::out_of_range(
