@@ -49,7 +49,7 @@ pub struct TofuArgs {
     #[arg(long, default_value_t = 4)]
     pub retain_authors: usize,
     /// Fine-tuning epochs.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 6)]
     pub epochs: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]

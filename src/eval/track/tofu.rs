@@ -584,12 +584,12 @@ fn markdown(r: &TofuTrackReport) -> String {
     s += &format!(
         "Target: the base model with a LoRA adapter trained on {} QA pairs (retain authors {:?} and forget authors {:?}); \
          retain model: the same training on the {} retain pairs only. Forget quality is the KS p-value of each model's \
-         forget truth ratios against the retain model's (1.0 for the retain model itself).\n\n",
+         forget truth ratios against the retain model's (the reference itself, so none for its own row).\n\n",
         r.train_examples[0], r.retain_authors, r.forget_authors, r.train_examples[1]
     );
     s += &format!("Guardrail: {}.\n\n", r.guard);
     s += &format!(
-        "Adapters (not committed, about 20 MB each; the command reproduces them bit for bit): target sha256 `{}`, \
+        "Adapters (not committed, about 20 MB each; the command reproduces them, bit for bit on this machine class): target sha256 `{}`, \
          retain model `{}`.\n\n",
         r.adapter_sha256[0], r.adapter_sha256[1]
     );
@@ -626,9 +626,19 @@ fn markdown(r: &TofuTrackReport) -> String {
     for (g, met) in &r.goals {
         s += &format!("- {} {g}\n", if *met { "met:" } else { "missed:" });
     }
-    s += "\n## Time (2 cores)\n\n| stage | seconds |\n|---|---|\n";
-    for st in &r.stages {
-        s += &format!("| {} | {:.0} |\n", st.name, st.seconds);
+    s += "\n## Time (2 cores)\n\nEach stage as first computed (a rerun reuses `work/`):\n\n| stage | seconds |\n|---|---|\n";
+    for (name, run) in ["train target", "train retain model"]
+        .iter()
+        .zip(&r.train_runs)
+    {
+        let secs = run["summary"]["seconds"].as_f64().unwrap_or(f64::NAN);
+        s += &format!("| {name} | {secs:.0} |\n");
+    }
+    for row in &r.rows {
+        s += &format!("| evaluate {} | {:.0} |\n", row.name, row.seconds);
+    }
+    if let Some(fit) = r.stages.iter().find(|st| st.name == "fit guardrail") {
+        s += &format!("| fit guardrail (this run) | {:.0} |\n", fit.seconds);
     }
     s
 }
