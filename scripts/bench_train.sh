@@ -19,7 +19,8 @@ done
 "$PYTHON" - "$out" <<'PY'
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1])
-torch = {r["mode"]: r for r in map(json.loads, (d / "torch.jsonl").read_text().split("\n")) if r}
+lines = [l for l in (d / "torch.jsonl").read_text().splitlines() if l.startswith("{")]
+torch = {r["mode"]: r for r in map(json.loads, lines)}
 print(f"| mode | batch x seq | dsg tok/s | PyTorch tok/s | ratio | dsg peak MiB | PyTorch peak MiB |")
 print("|---|---|---|---|---|---|---|")
 for mode in ("lora", "full"):

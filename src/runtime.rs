@@ -28,8 +28,8 @@ pub fn configure_threads() {
     });
 }
 
-/// Makes glibc's allocator keep freed blocks of up to 32 MiB in the heap instead of returning them to
-/// the system. A training step allocates and frees hundreds of activation and gradient buffers of a
+/// Makes glibc's allocator keep freed blocks of up to 32 MiB in the heap, and the heap itself, instead
+/// of returning them to the system (trimming off: a process keeps its peak heap). A training step allocates and frees hundreds of activation and gradient buffers of a
 /// few MiB; by default each came back from `mmap` as fresh pages the kernel had to zero, which took a
 /// quarter of the step's time and halved training throughput. Variables the user set
 /// (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`) win.
@@ -38,7 +38,7 @@ fn keep_freed_memory() {
     {
         let settings = [
             ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 32 << 20),
-            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 1 << 30),
+            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, -1),
             ("MALLOC_TOP_PAD_", libc::M_TOP_PAD, 64 << 20),
         ];
         for (var, param, value) in settings {
