@@ -401,10 +401,15 @@ impl Trainer {
         if cfg.objective.uses_retain() {
             // The retain set is walked in its own seeded order, per_step examples a step.
             let r = self.retain.len();
+            let mut orders: Vec<(usize, Vec<usize>)> = Vec::new();
             let picked: Vec<usize> = (0..per_step)
                 .map(|j| {
                     let k = self.step * per_step + j;
-                    epoch_order(r, cfg.seed ^ 0xA5A5_A5A5, k / r)[k % r]
+                    let epoch = k / r;
+                    if orders.last().is_none_or(|(e, _)| *e != epoch) {
+                        orders.push((epoch, epoch_order(r, cfg.seed ^ 0xA5A5_A5A5, epoch)));
+                    }
+                    orders.last().expect("pushed above").1[k % r]
                 })
                 .collect();
             let retain_tokens: usize = picked.iter().map(|&i| self.retain[i].target_count()).sum();

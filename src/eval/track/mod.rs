@@ -20,6 +20,18 @@ use serde::Serialize;
 use crate::output::{check_output_dir, Overwrite};
 use crate::{Error, Result};
 
+/// A track's progress callback: (stage, done, total).
+pub type Progress<'a> = dyn FnMut(&str, usize, usize) + 'a;
+
+/// Passes a fit's progress on to a track's callback, its stages prefixed `fit: `.
+pub(crate) struct FitRelay<'a, 'b>(pub(crate) &'a mut Progress<'b>);
+
+impl crate::guard::FitObserver for FitRelay<'_, '_> {
+    fn progress(&mut self, stage: &str, done: usize, total: usize) {
+        (self.0)(&format!("fit: {stage}"), done, total);
+    }
+}
+
 /// Wall-clock time of a track's stages, in order.
 #[derive(Debug, Clone)]
 pub struct Stopwatch {

@@ -39,8 +39,7 @@ use crate::stats::prompts::free_form_prompt;
 use crate::train::{train_to_dir, Example, RunOptions, TrainConfig};
 use crate::{Error, Result};
 
-/// Progress: (stage, done, total).
-pub type Progress<'a> = dyn FnMut(&str, usize, usize) + 'a;
+pub use super::Progress;
 
 /// Track T's options.
 #[derive(Debug, Clone)]
@@ -175,7 +174,8 @@ fn train_run(
     let opts = RunOptions {
         out: dir.to_path_buf(),
         checkpoint_every: 10,
-        resume: dir.join("checkpoint/state.json").is_file(),
+        // An unfinished run (a checkpoint, no adapter yet) continues; a finished one is redone.
+        resume: dir.join("checkpoint/state.json").is_file() && !dir.join("adapter").is_dir(),
         force: true,
         base_model: lm.name(),
     };
@@ -183,10 +183,6 @@ fn train_run(
         "train {}",
         dir.file_name().unwrap_or_default().to_string_lossy()
     );
-    let opts = RunOptions {
-        resume: opts.resume && !dir.join("adapter").is_dir(),
-        ..opts
-    };
     train_to_dir(
         &mut lm.model,
         &ex,
@@ -260,14 +256,6 @@ fn row(name: &str, r: &TofuReport) -> TrackRow {
     }
 }
 
-struct Relay<'a, 'b>(&'a mut Progress<'b>);
-
-impl crate::guard::FitObserver for Relay<'_, '_> {
-    fn progress(&mut self, stage: &str, done: usize, total: usize) {
-        (self.0)(&format!("fit: {stage}"), done, total);
-    }
-}
-
 /// Fits the guardrail on the target (or reads `<work>/guard.json` back).
 fn fit_guard(
     cfg: &TofuTrackConfig,
@@ -323,7 +311,7 @@ fn fit_guard(
         out: work.join("guard-corpus.json"),
         overwrite: Overwrite::Force,
     };
-    let mut relay = Relay(progress);
+    let mut relay = super::FitRelay(progress);
     let FitOutcome::Guardrail { .. } = fit_run(lm, &req, Some(&mut relay))? else {
         return Err(Error::Invalid("the track's fit wrote a shard".into()));
     };

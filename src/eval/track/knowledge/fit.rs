@@ -13,9 +13,7 @@ use crate::data::Split;
 use crate::eval::mcq::{protocol, Protocol, Question};
 use crate::eval::metrics::Rate;
 use crate::guard::fit::run as fit_run;
-use crate::guard::{
-    calibrate, load_sae, Evidence, FitObserver, FitOutcome, FitRequest, Gate, GuardrailFile,
-};
+use crate::guard::{calibrate, load_sae, Evidence, FitOutcome, FitRequest, Gate, GuardrailFile};
 use crate::model::LoadedModel;
 use crate::output::Overwrite;
 use crate::stats::collect::{keep_evidence, prompt_activity};
@@ -219,14 +217,6 @@ pub fn cloze_prompts<'a>(
         .collect()
 }
 
-struct Relay<'a, 'b>(&'a mut Progress<'b>);
-
-impl FitObserver for Relay<'_, '_> {
-    fn progress(&mut self, stage: &str, done: usize, total: usize) {
-        (self.0)(&format!("fit: {stage}"), done, total);
-    }
-}
-
 fn write_documents(path: &PathBuf, questions: &[Question]) -> Result<()> {
     let lines: String = questions
         .iter()
@@ -295,7 +285,9 @@ pub fn fit_guard(
         out: work.join("guard-corpus.json"),
         overwrite: Overwrite::Force,
     };
-    let FitOutcome::Guardrail { file, .. } = fit_run(lm, &req, Some(&mut Relay(progress)))? else {
+    let FitOutcome::Guardrail { file, .. } =
+        fit_run(lm, &req, Some(&mut super::super::FitRelay(progress)))?
+    else {
         return Err(Error::Invalid(
             "the track's fit wrote a shard, not a guardrail".into(),
         ));

@@ -164,8 +164,7 @@ pub(crate) fn checkpoint<T: Serialize + DeserializeOwned>(
     Ok(v)
 }
 
-/// Stage progress: (stage, done, total).
-pub type Progress<'a> = dyn FnMut(&str, usize, usize) + 'a;
+pub use super::Progress;
 
 /// Runs the track: measure, choose the cluster, fit, evaluate each intervention, and write the
 /// report into `cfg.out`; `command` is recorded as the command that reproduces it.
