@@ -10,7 +10,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use dsg::data::SplitMix64;
 use dsg::eval::quality::{
-    assess, generation_quality, next_token_kl, DegenerateThresholds, FreePrompt,
+    assess, generation_quality, next_token_kl, next_token_kl_between, DegenerateThresholds,
+    FreePrompt,
 };
 use dsg::generate::GenerateOptions;
 use dsg::guard::file::ArtifactIdentity;
@@ -115,6 +116,44 @@ fn kl_under_a_residual_shift_matches_a_direct_computation() {
         "{} vs {ppl}",
         r.guarded_perplexity
     );
+}
+
+/// The KL between two models (the trade-off's KL of an unlearned copy to its base): a Q4_0 copy
+/// of the tiny model against the f32 one, each position checked against a direct computation.
+#[test]
+fn kl_between_two_models_matches_a_direct_computation() {
+    let base = tiny();
+    let other = model::load(&common::fixture("gguf/tiny_q4_0.gguf"), &Device::Cpu)
+        .unwrap()
+        .model;
+    let ids = tokens(&base, 19);
+    let window = 8;
+    let r =
+        next_token_kl_between((&base, &mut NoHooks), (&other, &mut NoHooks), &ids, window).unwrap();
+    let mut direct = Vec::new();
+    for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
+        let p = all_logits(&base, chunk, &mut NoHooks);
+        let q = all_logits(&other, chunk, &mut NoHooks);
+        for t in 0..chunk.len() - 1 {
+            let (lp, lq) = (log_softmax(&p[t]), log_softmax(&q[t]));
+            direct.push(
+                (0..lp.len())
+                    .map(|v| lp[v].exp() * (lp[v] - lq[v]))
+                    .sum::<f64>(),
+            );
+        }
+    }
+    assert_eq!(direct.len(), r.kl.len());
+    for (i, (a, b)) in r.kl.iter().zip(&direct).enumerate() {
+        assert!((a - b).abs() <= 1e-6, "position {i}: {a} vs {b}");
+    }
+    assert!(
+        r.mean_kl > 0.0,
+        "quantisation changes the distribution: {r:?}"
+    );
+    let same =
+        next_token_kl_between((&base, &mut NoHooks), (&base, &mut NoHooks), &ids, window).unwrap();
+    assert!(same.max_kl <= 1e-9);
 }
 
 #[test]

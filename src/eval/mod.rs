@@ -10,6 +10,7 @@
 //! * [`layers`]: which layer to put an SAE at (short SAEs compared).
 //! * [`suite`]: the prompt sets of a forget domain's gate evaluation.
 //! * [`track`]: the `dsg forgetting` tracks (one command, one report folder each).
+//! * [`tradeoff`](mod@tradeoff): `dsg bench tradeoff`, DSG against the unlearning baselines.
 //! * [`mcq`]: MCQ accuracy (paper, lm-eval and cloze protocols), the option-order filters.
 //! * [`quality`]: output quality under a guardrail: the gibberish, refusal and gate rates of free
 //!   generations, next-token KL to the unguarded model, the `dsg eval quality` report.
@@ -29,3 +30,4 @@ pub mod speed;
 pub mod suite;
 pub mod tofu;
 pub mod track;
+pub mod tradeoff;

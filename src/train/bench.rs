@@ -44,6 +44,12 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Resets the process's peak resident memory (Linux: `5` to `/proc/self/clear_refs`), so that
+/// [`peak_rss_mib`] afterwards reports the peak of what runs next; false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Times `steps` optimiser steps (after `warmup` untimed ones) of `cfg` (its batch size; one
 /// micro-batch per step) on `model`, each on a fresh batch of `seq` random ids from a seeded generator.
 pub fn training_throughput(

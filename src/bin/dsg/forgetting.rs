@@ -329,7 +329,7 @@ pub fn run(model: &ModelArgs, command: &ForgettingCommand) -> Result<()> {
 }
 
 /// The command line, as recorded in reports (the binary's path shortened to `dsg`).
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     let mut args: Vec<String> = std::env::args().collect();
     if let Some(first) = args.first_mut() {
         *first = "dsg".into();

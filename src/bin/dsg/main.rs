@@ -21,6 +21,7 @@ mod eval_cmd;
 mod explain;
 mod forgetting;
 mod guard_cmd;
+mod tradeoff_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -143,10 +144,14 @@ enum Command {
         #[command(subcommand)]
         command: forgetting::ForgettingCommand,
     },
-    /// Prefill and decode throughput (tokens/s), printed as a table (or JSON).
+    /// Prefill and decode throughput (tokens/s), printed as a table (or JSON); `dsg bench
+    /// tradeoff TRACK`: DSG against the unlearning baselines.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(subcommand)]
+        command: Option<tradeoff_cmd::BenchCommand>,
         /// Text to take prompt tokens from; default: WikiText-2 test from ../shared/data, else a built-in text.
         #[arg(long)]
         text: Option<PathBuf>,
@@ -390,6 +395,12 @@ fn main() -> Result<()> {
         Command::Forgetting { model, command } => forgetting::run(&model, &command)?,
         Command::Bench {
             model,
+            command: Some(command),
+            ..
+        } => tradeoff_cmd::run(&model, &command)?,
+        Command::Bench {
+            model,
+            command: None,
             text,
             prefill,
             decode_tokens,

@@ -97,6 +97,17 @@ pub fn next_token_kl(
     base_hooks: &mut dyn Hooks,
     guarded_hooks: &mut dyn Hooks,
 ) -> Result<KlReport> {
+    next_token_kl_between((model, base_hooks), (model, guarded_hooks), ids, window)
+}
+
+/// [`next_token_kl`] between two models sharing a tokenizer (a base model and an unlearned copy of
+/// it, each under its own hooks): KL(p_base ‖ p_other) at every predicted position of `ids`.
+pub fn next_token_kl_between(
+    base: (&Model, &mut dyn Hooks),
+    other: (&Model, &mut dyn Hooks),
+    ids: &[u32],
+    window: usize,
+) -> Result<KlReport> {
     check_window(window)?;
     if ids.len() < 2 {
         return Err(Error::Invalid(format!(
@@ -104,18 +115,27 @@ pub fn next_token_kl(
             ids.len()
         )));
     }
+    let (base_model, base_hooks) = base;
+    let (other_model, other_hooks) = other;
+    if base_model.config().vocab_size != other_model.config().vocab_size {
+        return Err(Error::Mismatch(format!(
+            "next-token KL between models with vocabularies of {} and {} tokens",
+            base_model.config().vocab_size,
+            other_model.config().vocab_size
+        )));
+    }
     let mut kl = Vec::with_capacity(ids.len());
     let (mut base_nll, mut guarded_nll) = (0.0f64, 0.0f64);
     let mut n_windows = 0;
     for chunk in windows(ids, window) {
-        let batch = Batch::single(chunk.to_vec(), model.device())?;
-        let base = residual(model, &batch, base_hooks)?;
-        let guarded = residual(model, &batch, guarded_hooks)?;
+        let batch = Batch::single(chunk.to_vec(), base_model.device())?;
+        let base = residual(base_model, &batch, base_hooks)?;
+        let guarded = residual(other_model, &batch, other_hooks)?;
         let n = chunk.len() - 1;
         for start in (0..n).step_by(CHUNK) {
             let m = CHUNK.min(n - start);
-            let p = chunk_logits(model, &base, start, m)?;
-            let q = chunk_logits(model, &guarded, start, m)?;
+            let p = chunk_logits(base_model, &base, start, m)?;
+            let q = chunk_logits(other_model, &guarded, start, m)?;
             for (i, (p, q)) in p.iter().zip(&q).enumerate() {
                 let target = chunk[start + i + 1] as usize;
                 let (lp, lq) = (log_softmax_f64(p), log_softmax_f64(q));

@@ -15,5 +15,5 @@ pub use degenerate::{
     REASON_WORD_SALAD, SALAD_CONJUNCTIONS, SALAD_MIN_WORDS,
 };
 pub use generation::{generation_quality, question_stems, FreePrompt, GenerationQuality, Sample};
-pub use kl::{next_token_kl, KlReport, KL_CHANGED};
+pub use kl::{next_token_kl, next_token_kl_between, KlReport, KL_CHANGED};
 pub use report::{QualityConfig, QualityReport, WikiWindows};

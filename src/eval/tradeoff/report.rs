@@ -1,0 +1,408 @@
+//! The trade-off report: every number (JSON), a table shaped like the paper's Table 1, the cost
+//! of each method against DSG's, the goals, and Pareto plots (SVG) of forget accuracy against
+//! each utility measure with every point labelled by its knob.
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::methods::is_dsg;
+use super::{dominates, pareto_front, PointResult};
+use crate::eval::track::TrackFiles;
+use crate::{Error, Result};
+
+/// A method's cost against DSG's (the paper configuration's fit).
+#[derive(Debug, Clone, Serialize)]
+pub struct CostRatio {
+    /// The method and knob.
+    pub point: String,
+    /// Its seconds.
+    pub seconds: f64,
+    /// Its seconds over DSG's.
+    pub time_ratio: f64,
+    /// Its peak memory over DSG's.
+    pub memory_ratio: Option<f64>,
+}
+
+/// One goal and whether the measurement meets it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    /// The goal.
+    pub goal: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether it is met.
+    pub met: bool,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TradeoffReport {
+    /// The track (`knowledge`).
+    pub track: String,
+    /// The model.
+    pub model: String,
+    /// The command that reproduces it.
+    pub command: String,
+    /// Data, sets and fitted guardrails.
+    pub info: serde_json::Value,
+    /// Every point, base first.
+    pub points: Vec<PointResult>,
+    /// Training baselines' costs against DSG's.
+    pub costs: Vec<CostRatio>,
+    /// The goals.
+    pub goals: Vec<Goal>,
+    /// Wall-clock seconds of the whole command.
+    pub seconds: f64,
+}
+
+fn label(p: &PointResult) -> String {
+    format!("{} {}", p.method, p.knob)
+}
+
+/// Training costs against the DSG (paper) fit.
+pub fn cost_ratios(points: &[PointResult]) -> Vec<CostRatio> {
+    let Some(dsg) = points
+        .iter()
+        .find(|p| p.method == "DSG (paper)")
+        .and_then(|p| p.cost)
+    else {
+        return Vec::new();
+    };
+    points
+        .iter()
+        .filter(|p| !is_dsg(&p.method) && p.method != "base")
+        .filter(|p| !p.method.contains("clamp"))
+        .filter_map(|p| {
+            p.cost.map(|c| CostRatio {
+                point: label(p),
+                seconds: c.seconds,
+                time_ratio: c.seconds / dsg.seconds.max(1e-9),
+                memory_ratio: c.peak_mib.zip(dsg.peak_mib).map(|(a, b)| a / b),
+            })
+        })
+        .collect()
+}
+
+/// The goals: a DSG point on or beyond every baseline's front (for retain accuracy and for MMLU),
+/// and DSG at least 20× cheaper than RMU.
+pub fn goals(points: &[PointResult], costs: &[CostRatio]) -> Vec<Goal> {
+    let mut out = Vec::new();
+    let utilities: [(&str, fn(&PointResult) -> f64); 2] = [
+        ("retain accuracy", |p| p.retain.rate),
+        ("MMLU outside the domain", |p| p.mmlu.rate),
+    ];
+    for (name, utility) in utilities {
+        let xy = |p: &PointResult| (p.forget.rate, utility(p));
+        let baselines: Vec<&PointResult> = points
+            .iter()
+            .filter(|p| !is_dsg(&p.method) && p.method != "base")
+            .collect();
+        let mut lines = Vec::new();
+        let mut any = false;
+        for d in points.iter().filter(|p| is_dsg(&p.method)) {
+            let by: Vec<String> = baselines
+                .iter()
+                .filter(|b| dominates(xy(b), xy(d)))
+                .map(|b| label(b))
+                .collect();
+            any |= by.is_empty();
+            lines.push(if by.is_empty() {
+                format!("{}: not dominated", label(d))
+            } else {
+                format!("{}: dominated by {}", label(d), by.join(", "))
+            });
+        }
+        out.push(Goal {
+            goal: format!(
+                "a DSG point on or beyond every baseline's Pareto front (forget accuracy vs {name})"
+            ),
+            measured: lines.join("; "),
+            met: any,
+        });
+    }
+    let rmu: Vec<&CostRatio> = costs
+        .iter()
+        .filter(|c| c.point.starts_with("RMU"))
+        .collect();
+    if !rmu.is_empty() {
+        let min = rmu
+            .iter()
+            .map(|c| c.time_ratio)
+            .fold(f64::INFINITY, f64::min);
+        out.push(Goal {
+            goal: "DSG's fit at least 20× cheaper than RMU's training".into(),
+            measured: format!(
+                "RMU takes {} DSG's fit time",
+                rmu.iter()
+                    .map(|c| format!("{:.1}× ({})", c.time_ratio, c.point))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            met: min >= 20.0,
+        });
+    }
+    out
+}
+
+fn pct(r: &crate::eval::metrics::Rate) -> String {
+    format!(
+        "{:.1} [{:.1}, {:.1}]",
+        100.0 * r.rate,
+        100.0 * r.lo,
+        100.0 * r.hi
+    )
+}
+
+impl TradeoffReport {
+    /// The Markdown report.
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "# Forget–utility trade-off, track {} ({})\n\nCommand: `{}`\n\nTotal time on this \
+             machine: {:.0} s.\n\n",
+            self.track, self.model, self.command, self.seconds
+        );
+        md.push_str(&format!(
+            "Data: `{}`\n\n",
+            serde_json::to_string(&self.info["sets"]).unwrap_or_default()
+        ));
+        md.push_str(
+            "## Table 1 (accuracy %, Wilson 95% intervals)\n\n| method | knob | forget (known, \
+             held-out) ↓ | retain (known, held-out) ↑ | MMLU outside the domain ↑ | gibberish on \
+             forget prompts ↓ | KL to base, WikiText (nats) ↓ | gated forget / retain | fit (s) | \
+             peak MiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for p in &self.points {
+            let gated = match (&p.gated_forget, &p.gated_retain) {
+                (Some(f), Some(r)) => format!("{:.0}% / {:.0}%", 100.0 * f.rate, 100.0 * r.rate),
+                _ => "-".into(),
+            };
+            let (secs, mib) = match p.cost {
+                Some(c) => (
+                    format!("{:.0}", c.seconds),
+                    c.peak_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} |\n",
+                p.method,
+                p.knob,
+                pct(&p.forget),
+                pct(&p.retain),
+                pct(&p.mmlu),
+                pct(&p.gibberish),
+                p.kl,
+                gated,
+                secs,
+                mib
+            ));
+        }
+        md.push_str(
+            "\n## Cost against DSG's fit (the paper configuration: one statistics pass, selection, \
+             calibration)\n\n| point | seconds | × DSG time | × DSG peak memory |\n|---|---|---|---|\n",
+        );
+        for c in &self.costs {
+            md.push_str(&format!(
+                "| {} | {:.0} | {:.1} | {} |\n",
+                c.point,
+                c.seconds,
+                c.time_ratio,
+                c.memory_ratio.map_or("-".into(), |m| format!("{m:.2}"))
+            ));
+        }
+        md.push_str("\n## Goals\n\n| goal | measured | met |\n|---|---|---|\n");
+        for g in &self.goals {
+            md.push_str(&format!(
+                "| {} | {} | {} |\n",
+                g.goal,
+                g.measured,
+                if g.met { "yes" } else { "no" }
+            ));
+        }
+        md.push_str(
+            "\nFigures: `pareto-retain.svg`, `pareto-mmlu.svg` (each method's points and its own \
+             front; labels are knob settings). Every free answer is in report.json \
+             (`points[].samples`).\n",
+        );
+        md
+    }
+
+    /// The report's files.
+    pub fn files(&self) -> Result<TrackFiles> {
+        Ok(TrackFiles {
+            json: crate::eval::track::to_json(self)?,
+            markdown: self.markdown(),
+            figures: vec![
+                (
+                    "pareto-retain.svg".into(),
+                    pareto_svg(&self.points, "retain accuracy (known, held-out)", |p| {
+                        p.retain.rate
+                    })?,
+                ),
+                (
+                    "pareto-mmlu.svg".into(),
+                    pareto_svg(&self.points, "MMLU outside the domain", |p| p.mmlu.rate)?,
+                ),
+            ],
+        })
+    }
+}
+
+const COLORS: [RGBColor; 9] = [
+    RGBColor(90, 90, 90),
+    RGBColor(200, 30, 30),
+    RGBColor(240, 110, 60),
+    RGBColor(30, 90, 200),
+    RGBColor(120, 60, 170),
+    RGBColor(20, 150, 60),
+    RGBColor(230, 170, 0),
+    RGBColor(0, 160, 170),
+    RGBColor(160, 90, 40),
+];
+
+fn plot_err(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("drawing the Pareto plot failed: {e}"))
+}
+
+/// Forget accuracy (y, lower is better) against `utility` (x, higher is better): one colour per
+/// method, each point labelled by its knob, each method's own front as a line.
+pub fn pareto_svg(
+    points: &[PointResult],
+    x_label: &str,
+    utility: fn(&PointResult) -> f64,
+) -> Result<String> {
+    let mut methods: Vec<&str> = Vec::new();
+    for p in points {
+        if !methods.contains(&p.method.as_str()) {
+            methods.push(&p.method);
+        }
+    }
+    let xs: Vec<f64> = points.iter().map(utility).collect();
+    let (x_lo, x_hi) = xs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let pad = ((x_hi - x_lo) * 0.08).max(0.02);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("forget vs {x_label} (lower right is better)"),
+                ("sans-serif", 18),
+            )
+            .margin(14)
+            .x_label_area_size(42)
+            .y_label_area_size(56)
+            .build_cartesian_2d((x_lo - pad).max(0.0)..(x_hi + pad).min(1.0), 0f64..1.05f64)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("forget accuracy (known questions)")
+            .draw()
+            .map_err(plot_err)?;
+        for (m, method) in methods.iter().enumerate() {
+            let color = COLORS[m % COLORS.len()];
+            let mine: Vec<&PointResult> = points.iter().filter(|p| p.method == *method).collect();
+            let xy: Vec<(f64, f64)> = mine.iter().map(|p| (utility(p), p.forget.rate)).collect();
+            let front: Vec<(f64, f64)> =
+                pareto_front(&xy.iter().map(|&(u, f)| (f, u)).collect::<Vec<_>>())
+                    .into_iter()
+                    .map(|i| xy[i])
+                    .collect();
+            if front.len() > 1 {
+                chart
+                    .draw_series(LineSeries::new(front, color.stroke_width(1)))
+                    .map_err(plot_err)?;
+            }
+            chart
+                .draw_series(xy.iter().map(|&p| Circle::new(p, 5, color.filled())))
+                .map_err(plot_err)?
+                .label(*method)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+            chart
+                .draw_series(mine.iter().zip(&xy).map(|(p, &xy)| {
+                    Text::new(
+                        p.knob.clone(),
+                        xy,
+                        ("sans-serif", 11).into_font().color(&color),
+                    )
+                }))
+                .map_err(plot_err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::metrics::Rate;
+    use crate::eval::tradeoff::Cost;
+
+    fn point(method: &str, knob: &str, forget: usize, retain: usize, secs: f64) -> PointResult {
+        PointResult {
+            method: method.into(),
+            knob: knob.into(),
+            id: format!("{method}-{knob}"),
+            forget: Rate::new(forget, 100),
+            retain: Rate::new(retain, 100),
+            mmlu: Rate::new(30, 100),
+            gated_forget: None,
+            gated_retain: None,
+            gibberish: Rate::new(0, 10),
+            kl: 0.0,
+            perplexity: (10.0, 10.0),
+            cost: (secs > 0.0).then_some(Cost {
+                seconds: secs,
+                peak_mib: Some(100.0),
+            }),
+            eval_seconds: 1.0,
+            samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn goals_and_costs_follow_the_points() {
+        let points = vec![
+            point("base", "-", 100, 100, 0.0),
+            point("DSG (paper)", "c=500", 60, 95, 10.0),
+            point("RMU", "s=2", 50, 97, 300.0),
+            point("NPO", "β=0.1", 70, 90, 100.0),
+        ];
+        let costs = cost_ratios(&points);
+        assert_eq!(costs.len(), 2);
+        assert!((costs[0].time_ratio - 30.0).abs() < 1e-12);
+        let g = goals(&points, &costs);
+        // RMU dominates the DSG point on retain; MMLU is equal for all, so RMU dominates there too.
+        assert!(!g[0].met && g[0].measured.contains("dominated by RMU s=2"));
+        assert!(!g[1].met);
+        assert!(g[2].met, "30× ≥ 20×");
+        let report = TradeoffReport {
+            track: "knowledge".into(),
+            model: "m".into(),
+            command: "dsg bench tradeoff knowledge".into(),
+            info: serde_json::json!({"sets": {}}),
+            points,
+            costs,
+            goals: g,
+            seconds: 1.0,
+        };
+        let files = report.files().unwrap();
+        assert!(files.markdown.contains("| RMU | s=2 | 50.0 ["));
+        for (_, svg) in &files.figures {
+            assert!(svg.starts_with("<svg") && svg.contains("NPO") && svg.contains("s=2"));
+        }
+    }
+}
