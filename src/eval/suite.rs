@@ -412,7 +412,10 @@ impl PromptSuite {
     /// Cuts per-prompt values in [`PromptSuite::groups`] order into positives, negatives,
     /// calibration and variants.
     #[allow(clippy::type_complexity)]
-    fn split<T>(&self, flat: Vec<T>) -> (Vec<T>, Vec<(String, Vec<T>)>, Vec<T>, Vec<(String, Vec<T>)>) {
+    fn split<T>(
+        &self,
+        flat: Vec<T>,
+    ) -> (Vec<T>, Vec<(String, Vec<T>)>, Vec<T>, Vec<(String, Vec<T>)>) {
         let mut rest = flat.into_iter();
         let mut take = |n: usize| -> Vec<T> { rest.by_ref().take(n).collect() };
         let positives = take(self.positives.len());

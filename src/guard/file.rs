@@ -300,7 +300,11 @@ impl GuardrailFile {
             ));
         }
         if let Some(w) = probe.weights.iter().find(|w| !w.is_finite()) {
-            return Some(Problem::new("probe.weights", "finite numbers", w.to_string()));
+            return Some(Problem::new(
+                "probe.weights",
+                "finite numbers",
+                w.to_string(),
+            ));
         }
         non_finite([("probe.bias", probe.bias)])
     }

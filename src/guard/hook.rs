@@ -330,9 +330,7 @@ impl Hooks for Guardrail {
             let (len, start) = (ctx.lengths[b], ctx.start_positions[b]);
             // A probe never scores absolute position 0; the SAE gate counts it (as inactive).
             let pushed: Vec<bool> = (0..len)
-                .map(|t| {
-                    evidence.is_none_or(|e| e[b][t]) && (logits.is_none() || start + t != 0)
-                })
+                .map(|t| evidence.is_none_or(|e| e[b][t]) && (logits.is_none() || start + t != 0))
                 .collect();
             let record = self.row(
                 b,

@@ -76,15 +76,17 @@ impl Data {
     fn transpose_times(&self, u: &[f64]) -> Vec<f64> {
         const BLOCK: usize = 64;
         let mut out = vec![0.0; self.d];
-        out.par_chunks_mut(BLOCK).enumerate().for_each(|(k, block)| {
-            let j0 = k * BLOCK;
-            for (i, &ui) in u.iter().enumerate() {
-                let row = &self.row(i)[j0..j0 + block.len()];
-                for (o, &x) in block.iter_mut().zip(row) {
-                    *o += x * ui;
+        out.par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(k, block)| {
+                let j0 = k * BLOCK;
+                for (i, &ui) in u.iter().enumerate() {
+                    let row = &self.row(i)[j0..j0 + block.len()];
+                    for (o, &x) in block.iter_mut().zip(row) {
+                        *o += x * ui;
+                    }
                 }
-            }
-        });
+            });
         out
     }
 
@@ -209,7 +211,11 @@ pub fn fit(x: &[Vec<f32>], y: &[bool], solver: Solver) -> Result<Fitted> {
 /// Gradient `(g_w, g_b)` and curvature weights `C·p(1−p)` at margins `m`.
 fn gradient(data: &Data, m: &[f64], w: &[f64]) -> (Vec<f64>, f64, Vec<f64>) {
     let p: Vec<f64> = m.iter().map(|&z| sigmoid(z)).collect();
-    let r: Vec<f64> = p.iter().zip(&data.y).map(|(p, y)| data.c * (p - y)).collect();
+    let r: Vec<f64> = p
+        .iter()
+        .zip(&data.y)
+        .map(|(p, y)| data.c * (p - y))
+        .collect();
     let mut gw = data.transpose_times(&r);
     gw.iter_mut().zip(w).for_each(|(g, w)| *g += w);
     let gb = r.iter().sum();

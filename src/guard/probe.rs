@@ -288,12 +288,19 @@ mod tests {
         assert_eq!(parse_pooling("mean").unwrap(), Gate::Paper { tau: 0.0 });
         assert_eq!(
             parse_pooling("max-rolling-mean:96").unwrap(),
-            Gate::Window { width: 96, tau: 0.0 }
+            Gate::Window {
+                width: 96,
+                tau: 0.0
+            }
         );
         for bad in ["max", "max-rolling-mean:0", "max-rolling-mean:x", "mean:3"] {
             assert!(parse_pooling(bad).is_err(), "{bad}");
         }
-        assert!(check_probe_gate(&Gate::Window { width: 8, tau: -3.0 }).is_ok());
+        assert!(check_probe_gate(&Gate::Window {
+            width: 8,
+            tau: -3.0
+        })
+        .is_ok());
         let cusum = Gate::Cusum {
             drift: 0.1,
             threshold: 1.0,

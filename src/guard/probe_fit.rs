@@ -179,9 +179,15 @@ pub fn train_and_calibrate(
         probes: &probes,
         ..Default::default()
     };
-    let logits = prompt_signals(model, sae, hook, data.calibration, cfg.batch, req, &mut |d, t| {
-        progress("calibration", d, t)
-    })?
+    let logits = prompt_signals(
+        model,
+        sae,
+        hook,
+        data.calibration,
+        cfg.batch,
+        req,
+        &mut |d, t| progress("calibration", d, t),
+    )?
     .logits
     .remove(0);
     let calibration = calibrate(cfg.pooling, &logits, cfg.p_dyn)?;

@@ -112,12 +112,13 @@ fn own_subject(q: &McqItem) -> &str {
 }
 
 /// The request's training and calibration prompts, and the calibration prompts' description.
-pub fn probe_prompts(
-    lm: &LoadedModel,
-    req: &ProbeRequest,
-) -> Result<[(Vec<Vec<u32>>, String); 3]> {
+pub fn probe_prompts(lm: &LoadedModel, req: &ProbeRequest) -> Result<[(Vec<Vec<u32>>, String); 3]> {
     let tok = &lm.tokenizer;
-    let forget = sampled(read_mcq(&req.forget, Split::Selection)?, req.limit, req.seed);
+    let forget = sampled(
+        read_mcq(&req.forget, Split::Selection)?,
+        req.limit,
+        req.seed,
+    );
     let positives = forget
         .iter()
         .map(|q| mcq_prompt(tok, &req.subject, q))

@@ -112,7 +112,10 @@ pub fn tiny_llama() -> (dsg::model::Model, String) {
     let cfg = dsg::model::ModelConfig::from_hf_json(&dir.join("config.json")).unwrap();
     let src = dsg::model::WeightSource::open_safetensors_dir(&dir).unwrap();
     let sha = dsg::guard::hook::artifact_sha256(&dir).unwrap();
-    (dsg::model::Model::load(cfg, &src, &Device::Cpu).unwrap(), sha)
+    (
+        dsg::model::Model::load(cfg, &src, &Device::Cpu).unwrap(),
+        sha,
+    )
 }
 
 /// A ReLU SAE of `d_sae` latents reading 64-wide residuals at `hook`, with seeded normal-ish

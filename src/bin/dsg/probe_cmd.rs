@@ -108,8 +108,15 @@ pub fn run(model: &ModelArgs, cmd: &GuardCommand) -> Result<()> {
         eprintln!(
             "probe on {}: {} forget vs {} benign prompts, converged {}, training AUROC {:.4}; \
              threshold {:.4} (P{} of {} calibration prompts, FPR {:.3})",
-            args.input, t.n_pos, t.n_neg, t.converged, t.train_auroc, c.threshold, c.percentile,
-            c.n_rows, c.false_positive_rate
+            args.input,
+            t.n_pos,
+            t.n_neg,
+            t.converged,
+            t.train_auroc,
+            c.threshold,
+            c.percentile,
+            c.n_rows,
+            c.false_positive_rate
         );
     }
     eprintln!("wrote {}", args.out.display());
