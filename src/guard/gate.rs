@@ -345,7 +345,7 @@ mod tests {
             }
         );
         assert!(Gate::Paper { tau: 0.49 }.decide(&row).fired);
-        assert_eq!(gate.decide(&[]).score, 0.0);
+        assert_eq!(gate.decide::<bool>(&[]).score, 0.0);
         assert!(
             Gate::Paper { tau: -1.0 }.decide(&flags("000")).fired,
             "static clamping"

@@ -342,14 +342,15 @@ mod tests {
             .map(|&v| vec![v])
             .collect();
         let y = [false, false, true, false, true, false, true, true];
-        let fit = fit(&x, &y, Solver::default()).unwrap();
-        assert!(fit.converged && fit.weights[0] > 0.0);
+        let fitted = fit(&x, &y, Solver::default()).unwrap();
+        assert!(fitted.converged && fitted.weights[0] > 0.0);
         // Raw-space gradient of the standardised objective: C·Σ(p − y) = 0 for the intercept.
         let r: f64 = x
             .iter()
             .zip(&y)
             .map(|(xi, &yi)| {
-                sigmoid(fit.bias + fit.weights[0] * f64::from(xi[0])) - f64::from(u8::from(yi))
+                sigmoid(fitted.bias + fitted.weights[0] * f64::from(xi[0]))
+                    - f64::from(u8::from(yi))
             })
             .sum();
         assert!(r.abs() < 1e-8, "{r}");
