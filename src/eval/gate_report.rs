@@ -280,15 +280,15 @@ pub fn evaluate_gates(
                 .iter()
                 .map(|f| f.iter().map(|&i| i as usize).collect())
                 .collect();
-            let (activity, logits) = suite.signals(
-                &lm.model,
-                sae,
-                hook,
-                &sets,
-                &probes,
-                cfg.batch,
-                &mut |d, t| progress("prompts", d, t),
-            )?;
+            let req = SignalRequest {
+                feature_sets: &sets,
+                probes: &probes,
+                ..Default::default()
+            };
+            let (activity, logits) =
+                suite.signals(&lm.model, sae, hook, req, cfg.batch, &mut |d, t| {
+                    progress("prompts", d, t)
+                })?;
             for (a, path) in activity.iter().zip(guard_paths) {
                 a.save(&activity_path(&cfg.out, path))?;
             }

@@ -27,7 +27,6 @@ use super::detection::{Activity, EvalActivity};
 use super::prompts::{detokenize_wikitext, mcq_variant, text_prompt, Filler, Variant};
 use crate::data::rows::MIN_DOC_CHARS;
 use crate::data::{read_mcq, McqItem, Split, SplitMix64};
-use crate::guard::probe::Probe;
 use crate::guard::probe_fit::{prompt_signals, SignalRequest};
 use crate::model::{HookPoint, Model, Tokenizer};
 use crate::sae::Sae;
@@ -86,6 +85,15 @@ fn sampled<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Vec<T> {
     items
 }
 
+/// Prompts as token ids.
+pub type Prompts = Vec<Vec<u32>>;
+
+/// Named sets of per-prompt values.
+type Named<T> = Vec<(String, Vec<T>)>;
+
+/// Per-prompt values cut into the suite's layout: positives, negatives, calibration, variants.
+type Layout<T> = (Vec<T>, Named<T>, Vec<T>, Named<T>);
+
 /// Where the probes' training prompts come from, besides the suite's own files.
 #[derive(Debug, Clone)]
 pub struct ProbeTrainConfig {
@@ -117,7 +125,7 @@ pub fn probe_training_prompts(
     tok: &Tokenizer,
     cfg: &SuiteConfig,
     probe: &ProbeTrainConfig,
-) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+) -> Result<(Prompts, Prompts)> {
     if cfg.positives_split != Split::Heldout {
         return Err(Error::Invalid(
             "probe gates train on the selection split's forget questions; evaluate them on              held-out positives (--positives heldout)"
@@ -351,30 +359,27 @@ impl PromptSuite {
         batch_size: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<SuiteActivity>> {
-        let (activity, _) =
-            self.signals(model, sae, hook, feature_sets, &[], batch_size, progress)?;
+        let req = SignalRequest {
+            feature_sets,
+            ..Default::default()
+        };
+        let (activity, _) = self.signals(model, sae, hook, req, batch_size, progress)?;
         Ok(activity)
     }
 
-    /// [`PromptSuite::activity`], and from the same pass each probe's per-token logits (position
-    /// 0 left out) in the suite's layout.
-    #[allow(clippy::too_many_arguments)]
+    /// Each of `req.feature_sets`' activity and, from the same pass, each of `req.probes`'
+    /// per-token logits (position 0 left out), in the suite's layout.
     pub fn signals(
         &self,
         model: &Model,
         sae: &Sae,
         hook: HookPoint,
-        feature_sets: &[Vec<usize>],
-        probes: &[Probe],
+        req: SignalRequest,
         batch_size: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Vec<SuiteActivity>, Vec<SuiteLogits>)> {
         let all: Vec<Vec<u32>> = self.groups().flatten().cloned().collect();
-        let req = SignalRequest {
-            feature_sets,
-            probes,
-            ..Default::default()
-        };
+        let feature_sets = req.feature_sets;
         let signals = prompt_signals(model, sae, hook, &all, batch_size, req, progress)?;
         let activity = signals
             .activity
@@ -411,11 +416,7 @@ impl PromptSuite {
 
     /// Cuts per-prompt values in [`PromptSuite::groups`] order into positives, negatives,
     /// calibration and variants.
-    #[allow(clippy::type_complexity)]
-    fn split<T>(
-        &self,
-        flat: Vec<T>,
-    ) -> (Vec<T>, Vec<(String, Vec<T>)>, Vec<T>, Vec<(String, Vec<T>)>) {
+    fn split<T>(&self, flat: Vec<T>) -> Layout<T> {
         let mut rest = flat.into_iter();
         let mut take = |n: usize| -> Vec<T> { rest.by_ref().take(n).collect() };
         let positives = take(self.positives.len());
