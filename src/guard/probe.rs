@@ -10,7 +10,7 @@
 //! `LogisticRegression(C)` on standardised features ([`super::logistic`]), one mean-pooled
 //! vector per prompt; the standardisation is folded into `weights` and `bias`, so a logit is a
 //! plain dot product on raw inputs. The threshold is calibrated by the same percentile rule as
-//! the SAE gates ([`super::calibrate`]) on the probe's pooled scores of the calibration prompts
+//! the SAE gates ([`super::calibrate()`]) on the probe's pooled scores of the calibration prompts
 //! ([`super::probe_fit`]).
 
 use std::fmt;
