@@ -405,3 +405,50 @@ fn probe_decides_during_generation_as_the_batch_gate_over_the_whole_sequence() {
         }
     }
 }
+
+#[test]
+fn dsg_guard_probe_names_the_bad_option_before_any_model_work() {
+    let dir = common::scratch("probe_gate", "cli");
+    let file = dir.join("questions.jsonl");
+    std::fs::write(&file, "{}\n").unwrap();
+    let f = file.to_str().unwrap();
+    let out = dir.join("p.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "guard",
+            "--model",
+            "/nonexistent/model.gguf",
+            "probe",
+            "--guard",
+            f,
+            "--forget",
+            f,
+            "--retain",
+            f,
+            "--calibrate-mcq",
+            f,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dsg"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    for (extra, named) in [
+        (&["--pooling", "max-rolling-mean:0"][..], "--pooling"),
+        (&["--input", "dense"][..], "--input"),
+        (&["--p-dyn", "101"][..], "--p-dyn"),
+        (&["--batch", "0"][..], "--batch"),
+        (&["--retain", "/nonexistent/wiki.txt"][..], "--retain"),
+    ] {
+        let e = run(extra);
+        assert!(
+            e.contains(named) && !e.contains("loading model"),
+            "{extra:?}: {e}"
+        );
+    }
+}
