@@ -10,10 +10,11 @@
 //! calibrated on the same prompts as the SAE gate it replaces.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::file::GuardrailFile;
 use super::gate::Gate;
+use super::load::relative_path;
 use super::logistic::Solver;
 use super::probe::ProbeInput;
 use super::probe_fit::{fit_probe_gate, ProbeData, ProbeGateConfig};
@@ -197,7 +198,12 @@ pub fn run(
         solver: Solver::default(),
         batch: req.batch,
     };
-    let file = fit_probe_gate(&lm.model, sae, guard, data, &cfg, progress)?;
+    let mut file = fit_probe_gate(&lm.model, sae, guard, data, &cfg, progress)?;
+    // The SAE path is relative to the guardrail's own folder, as `dsg fit` writes it.
+    if let Some(origin) = sae.origin() {
+        let folder = req.out.parent().unwrap_or(Path::new(""));
+        file.sae.name = relative_path(origin, folder).display().to_string();
+    }
     file.save(&req.out)?;
     Ok(file)
 }
