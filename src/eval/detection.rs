@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::metrics::{auroc_with_ci, Estimate, Rate};
 use crate::guard::calibrate::calibrate;
+use crate::guard::gate::TokenSignal;
 use crate::guard::Gate;
 use crate::{Error, Result};
 
@@ -30,25 +31,26 @@ pub struct ScoreSet {
 }
 
 impl ScoreSet {
-    /// `gate`'s scores on `activity`.
-    pub fn new(name: &str, gate: &Gate, activity: &[Vec<bool>]) -> ScoreSet {
+    /// `gate`'s scores on each prompt's token signal (activity or probe logits).
+    pub fn new<S: TokenSignal>(name: &str, gate: &Gate, signal: &[Vec<S>]) -> ScoreSet {
         ScoreSet {
             name: name.to_string(),
-            scores: activity.iter().map(|a| gate.score(a)).collect(),
+            scores: signal.iter().map(|a| gate.score(a)).collect(),
         }
     }
 }
 
-/// The activity a gate is evaluated on: positives, negatives and bypass variants of the positives
-/// (each aligned with `positives`, prompt for prompt).
+/// The token signal a gate is evaluated on (SAE activity by default, or probe logits):
+/// positives, negatives and bypass variants of the positives (each aligned with `positives`,
+/// prompt for prompt).
 #[derive(Debug, Clone, Copy)]
-pub struct EvalActivity<'a> {
-    /// Forget prompts (name, activity).
-    pub positives: (&'a str, &'a [Vec<bool>]),
+pub struct EvalActivity<'a, S = bool> {
+    /// Forget prompts (name, signal).
+    pub positives: (&'a str, &'a [Vec<S>]),
     /// Benign prompt sets.
-    pub negatives: &'a [(String, Activity)],
+    pub negatives: &'a [(String, Vec<Vec<S>>)],
     /// Rewritten positives.
-    pub variants: &'a [(String, Activity)],
+    pub variants: &'a [(String, Vec<Vec<S>>)],
 }
 
 /// A bypass variant's outcome.
@@ -85,10 +87,10 @@ pub struct GateEval {
 impl GateEval {
     /// Evaluates `gate` (with its threshold set) on `data`; AUROC intervals use `bootstrap`
     /// resamples seeded with `seed`.
-    pub fn new(
+    pub fn new<S: TokenSignal>(
         label: &str,
         gate: Gate,
-        data: EvalActivity,
+        data: EvalActivity<S>,
         bootstrap: usize,
         seed: u64,
     ) -> Result<GateEval> {
@@ -140,13 +142,13 @@ impl GateEval {
         })
     }
 
-    /// Calibrates `gate` at `p_dyn` on `calibration` activity, then evaluates it.
-    pub fn calibrated(
+    /// Calibrates `gate` at `p_dyn` on the `calibration` prompts' signal, then evaluates it.
+    pub fn calibrated<S: TokenSignal>(
         label: &str,
         gate: Gate,
-        calibration: &[Vec<bool>],
+        calibration: &[Vec<S>],
         p_dyn: f64,
-        data: EvalActivity,
+        data: EvalActivity<S>,
         bootstrap: usize,
         seed: u64,
     ) -> Result<GateEval> {

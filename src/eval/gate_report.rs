@@ -1,6 +1,12 @@
 //! The `dsg eval gate` report: each guardrail's token activity on a [`suite`](mod@super::suite) (or
 //! the activity saved by an earlier run), its own gate and the compared gates evaluated on it,
-//! and the report files (`report.md`, `report.json`, `rho-<guard>.svg`, `activity-<guard>.json`).
+//! probe gates beside them, and the report files (`report.md`, `report.json`, `rho-<guard>.svg`,
+//! `probe-<input>.svg`, `activity-<guard>.json`).
+//!
+//! Probe gates: one probe per input (residual, SAE latents) is trained on the suite's probe
+//! training prompts ([`probe_training_prompts`], one model pass), and every pooling (mean, max of
+//! rolling means) of its logits is calibrated at `p_dyn` on the suite's calibration prompts, by
+//! the rule the SAE gates use. Their logits come from the suite's one pass with the activity.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +14,13 @@ use serde::Serialize;
 
 use super::detection::{markdown_table, GateEval};
 use super::plot::score_histograms;
-use super::suite::{build_suite, SuiteActivity, SuiteConfig};
-use crate::guard::{Evidence, Gate, Guardrail};
+use super::suite::{
+    build_suite, probe_training_prompts, ProbeTrainConfig, SuiteActivity, SuiteConfig, SuiteLogits,
+};
+use crate::guard::logistic::Solver;
+use crate::guard::probe::{check_probe_gate, ProbeTraining};
+use crate::guard::probe_fit::{prompt_signals, SignalRequest};
+use crate::guard::{Evidence, Gate, Guardrail, Probe, ProbeInput};
 use crate::model::LoadedModel;
 use crate::output::{check_output_dir, Overwrite};
 use crate::{Error, Result};
@@ -26,6 +37,13 @@ pub struct GateReportConfig {
     pub gates: Vec<Gate>,
     /// Calibration percentile of the compared gates.
     pub p_dyn: f64,
+    /// Probe poolings to compare (paper: mean, window: max of rolling means), for each of
+    /// `probe_inputs`; empty: no probes.
+    pub probes: Vec<Gate>,
+    /// What the probes read.
+    pub probe_inputs: Vec<ProbeInput>,
+    /// The probes' training prompts besides the suite's files.
+    pub probe_train: ProbeTrainConfig,
     /// Bootstrap resamples for AUROC intervals.
     pub bootstrap: usize,
     /// Seed of the bootstrap.
@@ -75,6 +93,34 @@ impl GateReportConfig {
         if self.suite.limit == Some(0) {
             return Err(Error::out_of_range("limit (--limit)", 0, "at least 1"));
         }
+        for g in &self.probes {
+            check_probe_gate(g).map_err(|e| Error::Invalid(format!("--probe: {e}")))?;
+        }
+        if !self.probes.is_empty() {
+            if self.probe_inputs.is_empty() {
+                return Err(Error::Invalid(
+                    "--probe needs at least one --probe-input (residual, sae)".into(),
+                ));
+            }
+            if self.from_activity.is_some() {
+                return Err(Error::Unsupported(
+                    "--probe with --from-activity: probes need the model pass".into(),
+                ));
+            }
+            if self.suite.positives_split != crate::data::Split::Heldout {
+                return Err(Error::Invalid(
+                    "--probe trains on selection-split forget questions; use --positives heldout"
+                        .into(),
+                ));
+            }
+            if self.probe_train.limit == Some(0) {
+                return Err(Error::out_of_range(
+                    "probe_train.limit (--probe-train-limit)",
+                    0,
+                    "at least 1",
+                ));
+            }
+        }
         if self.suite.calibration_limit == Some(0) {
             return Err(Error::out_of_range(
                 "calibration_limit (--calibration-limit)",
@@ -94,6 +140,9 @@ impl GateReportConfig {
                 names.push(format!("activity-{}.json", stem(g)));
             }
         }
+        if self.probes.iter().any(|g| matches!(g, Gate::Paper { .. })) {
+            names.extend(self.probe_inputs.iter().map(|i| format!("probe-{i}.svg")));
+        }
         names
     }
 
@@ -112,6 +161,9 @@ impl GateReportConfig {
         if let Some(s) = &self.sae {
             inputs.push(s);
         }
+        if let Some(t) = &self.probe_train.benign_text_file {
+            inputs.push(t);
+        }
         check_output_dir(&self.out, "--out", &names, &inputs, self.overwrite)
     }
 }
@@ -127,6 +179,15 @@ pub struct GuardReport {
     pub gates: Vec<GateEval>,
 }
 
+/// A probe of the report: what it read and how it was trained (its weights are not kept).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeSummary {
+    /// What it read.
+    pub input: ProbeInput,
+    /// The training record.
+    pub training: ProbeTraining,
+}
+
 /// The whole report (`report.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct GateReport {
@@ -136,6 +197,8 @@ pub struct GateReport {
     pub sets: Vec<(String, usize)>,
     /// Calibration percentile of the compared gates.
     pub p_dyn: f64,
+    /// The probes trained for probe gates.
+    pub probes: Vec<ProbeSummary>,
     /// One part per guardrail.
     pub guards: Vec<GuardReport>,
     /// `report.md`'s text.
@@ -148,6 +211,13 @@ fn gate_label(g: &Gate) -> String {
         Gate::Paper { .. } => "paper ρ".into(),
         Gate::Window { width, .. } => format!("window {width}"),
         Gate::Cusum { drift, .. } => format!("CUSUM drift {drift}"),
+    }
+}
+
+fn probe_label(input: ProbeInput, g: &Gate) -> String {
+    match *g {
+        Gate::Window { width, .. } => format!("probe {input} max-rolling-mean {width}"),
+        _ => format!("probe {input} mean"),
     }
 }
 
@@ -196,26 +266,41 @@ pub fn evaluate_gates(
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let feature_sets: Vec<Vec<u32>> = guards.iter().map(|g| g.file().feature_ids()).collect();
-    let activity = match &cfg.from_activity {
-        Some(dir) => load_activity(dir, guard_paths, &feature_sets)?,
+    let mut probes = Vec::new();
+    let (activity, logits) = match &cfg.from_activity {
+        Some(dir) => (load_activity(dir, guard_paths, &feature_sets)?, Vec::new()),
         None => {
             let suite = build_suite(&lm.tokenizer, &cfg.suite)?;
             // Each guardrail holds the SAE it was loaded with (`--guard-sae` or its recorded path).
             let sae = first.sae();
+            if !cfg.probes.is_empty() {
+                probes = train_probes(lm, sae, hook, cfg, progress)?;
+            }
             let sets: Vec<Vec<usize>> = feature_sets
                 .iter()
                 .map(|f| f.iter().map(|&i| i as usize).collect())
                 .collect();
-            let activity =
-                suite.activity(&lm.model, sae, hook, &sets, cfg.batch, &mut |d, t| {
+            let req = SignalRequest {
+                feature_sets: &sets,
+                probes: &probes,
+                ..Default::default()
+            };
+            let (activity, logits) =
+                suite.signals(&lm.model, sae, hook, req, cfg.batch, &mut |d, t| {
                     progress("prompts", d, t)
                 })?;
             for (a, path) in activity.iter().zip(guard_paths) {
                 a.save(&activity_path(&cfg.out, path))?;
             }
-            activity
+            (activity, logits)
         }
     };
+    let probe_evals = evaluate_probes(&probes, &logits, cfg)?;
+    if cfg.probes.iter().any(|g| matches!(g, Gate::Paper { .. })) {
+        for (probe, evals) in probes.iter().zip(probe_evals.chunks(cfg.probes.len())) {
+            write_probe_histogram(&cfg.out, probe.input, evals)?;
+        }
+    }
     let a0 = &activity[0];
     let mut sets = vec![(a0.positives_name.clone(), a0.positives.len())];
     sets.extend(a0.negatives.iter().map(|(n, p)| (n.clone(), p.len())));
@@ -244,6 +329,7 @@ pub fn evaluate_gates(
             )?);
         }
         write_histogram(&cfg.out, path, &evals)?;
+        evals.extend(probe_evals.iter().cloned());
         parts.push(GuardReport {
             guard: path.display().to_string(),
             features: g.file().feature_ids(),
@@ -254,14 +340,15 @@ pub fn evaluate_gates(
         "# Gate evaluation\n\nData: {}. Prompt counts: {}. Compared gates are calibrated at P{} of \
          their scores on the calibration prompts. Intervals: 95% (AUROC: bootstrap, {} resamples; \
          rates: Wilson). Bypass = of the forget prompts caught in plain form, the share missed in \
-         the variant.\n",
+         the variant.\n{}",
         cfg.data.display(),
         sets.iter()
             .map(|(n, k)| format!("{n} {k}"))
             .collect::<Vec<_>>()
             .join(", "),
         cfg.p_dyn,
-        cfg.bootstrap
+        cfg.bootstrap,
+        probe_note(&probes)
     );
     for part in &parts {
         md.push_str(&format!(
@@ -274,6 +361,13 @@ pub fn evaluate_gates(
         data: cfg.data.display().to_string(),
         sets,
         p_dyn: cfg.p_dyn,
+        probes: probes
+            .iter()
+            .map(|p| ProbeSummary {
+                input: p.input,
+                training: p.training.clone(),
+            })
+            .collect(),
         guards: parts,
         markdown: md,
     };
@@ -282,6 +376,95 @@ pub fn evaluate_gates(
         .map_err(|e| Error::Invalid(format!("the report as JSON: {e}")))?;
     write(&cfg.out.join("report.json"), &(json + "\n"))?;
     Ok(report)
+}
+
+/// Trains one probe per `cfg.probe_inputs` on the probe training prompts (one model pass).
+fn train_probes(
+    lm: &LoadedModel,
+    sae: &crate::sae::Sae,
+    hook: crate::model::HookPoint,
+    cfg: &GateReportConfig,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<Probe>> {
+    let (pos, neg) = probe_training_prompts(&lm.tokenizer, &cfg.suite, &cfg.probe_train)?;
+    let train: Vec<Vec<u32>> = pos.iter().chain(&neg).cloned().collect();
+    let req = SignalRequest {
+        pooled: &cfg.probe_inputs,
+        ..Default::default()
+    };
+    let pooled = prompt_signals(&lm.model, sae, hook, &train, cfg.batch, req, &mut |d, t| {
+        progress("probe training prompts", d, t)
+    })?
+    .pooled;
+    cfg.probe_inputs
+        .iter()
+        .zip(pooled)
+        .map(|(&input, mut vectors)| {
+            let negatives = vectors.split_off(pos.len());
+            Probe::train(input, &vectors, &negatives, Solver::default())
+        })
+        .collect()
+}
+
+/// Each probe under each pooling, calibrated on the calibration prompts' logits and evaluated.
+fn evaluate_probes(
+    probes: &[Probe],
+    logits: &[SuiteLogits],
+    cfg: &GateReportConfig,
+) -> Result<Vec<GateEval>> {
+    let mut evals = Vec::new();
+    for (probe, l) in probes.iter().zip(logits) {
+        for gate in &cfg.probes {
+            evals.push(GateEval::calibrated(
+                &format!("{} (MMLU-calibrated)", probe_label(probe.input, gate)),
+                *gate,
+                &l.calibration,
+                cfg.p_dyn,
+                l.eval_activity(),
+                cfg.bootstrap,
+                cfg.seed,
+            )?);
+        }
+    }
+    Ok(evals)
+}
+
+fn probe_note(probes: &[Probe]) -> String {
+    if probes.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            let t = &p.training;
+            format!(
+                "- probe on {}: {} forget vs {} benign training prompts, C = {}, {} Newton \
+                 iterations, converged {}, training AUROC {:.4}\n",
+                p.input, t.n_pos, t.n_neg, t.c, t.iterations, t.converged, t.train_auroc
+            )
+        })
+        .collect();
+    format!(
+        "\nProbe gates (logistic regression on the mean-pooled input, position 0 excluded; a \
+         threshold is a logit):\n\n{}",
+        lines.concat()
+    )
+}
+
+/// The mean-pooled logit histogram of a probe's forget and benign sets, with its threshold.
+fn write_probe_histogram(out: &Path, input: ProbeInput, evals: &[GateEval]) -> Result<()> {
+    let Some(mean) = evals.iter().find(|e| matches!(e.gate, Gate::Paper { .. })) else {
+        return Ok(());
+    };
+    let sets: Vec<_> = mean.scores.iter().take(1 + mean.fpr.len()).collect();
+    let svg = score_histograms(
+        &format!("mean-pooled probe logit by prompt set: {input}"),
+        "mean logit of the tokens after BOS",
+        &sets,
+        &[(format!("τ {}", mean.label), mean.gate.threshold())],
+        50,
+    )?;
+    write(&out.join(format!("probe-{input}.svg")), &svg)
 }
 
 fn load_activity(
@@ -361,6 +544,13 @@ mod tests {
             data: "data".into(),
             gates: vec![],
             p_dyn: 95.0,
+            probes: vec![],
+            probe_inputs: vec![],
+            probe_train: ProbeTrainConfig {
+                benign_text_file: None,
+                limit: None,
+                n_paragraphs: 0,
+            },
             bootstrap: 1000,
             seed: 0,
             batch: 8,

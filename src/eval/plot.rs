@@ -33,21 +33,28 @@ pub fn score_histograms(
         .chain(thresholds.iter().map(|t| t.1))
         .fold(1e-9f64, f64::max);
     let x_max = if x_max <= 1.0 { 1.0 } else { x_max.ceil() };
-    let width = x_max / bins.max(1) as f64;
+    // Scores are ≥ 0 for SAE gates; a probe's logits may be negative.
+    let x_min = sets
+        .iter()
+        .flat_map(|s| s.scores.iter().copied())
+        .chain(thresholds.iter().map(|t| t.1))
+        .fold(0.0f64, f64::min)
+        .floor();
+    let width = (x_max - x_min) / bins.max(1) as f64;
     let hist: Vec<Vec<(f64, f64)>> = sets
         .iter()
         .map(|s| {
             let mut counts = vec![0usize; bins.max(1)];
             let last = counts.len() - 1;
             for &v in &s.scores {
-                counts[((v / width) as usize).min(last)] += 1;
+                counts[(((v - x_min) / width) as usize).min(last)] += 1;
             }
             let n = s.scores.len().max(1) as f64;
-            let mut pts = vec![(0.0, 0.0)];
+            let mut pts = vec![(x_min, 0.0)];
             for (i, &c) in counts.iter().enumerate() {
                 let f = c as f64 / n;
-                pts.push((i as f64 * width, f));
-                pts.push(((i + 1) as f64 * width, f));
+                pts.push((x_min + i as f64 * width, f));
+                pts.push((x_min + (i + 1) as f64 * width, f));
             }
             pts.push((x_max, 0.0));
             pts
@@ -63,7 +70,7 @@ pub fn score_histograms(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .build_cartesian_2d(x_min..x_max, 0f64..y_max)
             .map_err(plot_err)?;
         chart
             .configure_mesh()

@@ -12,6 +12,12 @@
 //!
 //! MMLU questions follow the same sha256 split rule as WMDP ([`Split`]), so calibration never
 //! sees an evaluated question.
+//!
+//! Probe gates ([`crate::guard::probe`]) are trained on prompts of their own
+//! ([`probe_training_prompts`]): selection-split forget questions against selection-split MMLU
+//! questions outside the calibration sample and paragraphs of a benign text the suite does not
+//! evaluate on; their per-token logits come from the same model pass as the activity
+//! ([`PromptSuite::signals`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,9 +27,9 @@ use super::detection::{Activity, EvalActivity};
 use super::prompts::{detokenize_wikitext, mcq_variant, text_prompt, Filler, Variant};
 use crate::data::rows::MIN_DOC_CHARS;
 use crate::data::{read_mcq, McqItem, Split, SplitMix64};
+use crate::guard::probe_fit::{prompt_signals, SignalRequest};
 use crate::model::{HookPoint, Model, Tokenizer};
 use crate::sae::Sae;
-use crate::stats::collect::prompt_activity;
 use crate::stats::prompts::mcq_prompts;
 use crate::{Error, Result};
 
@@ -79,6 +85,78 @@ fn sampled<T>(mut items: Vec<T>, limit: Option<usize>, seed: u64) -> Vec<T> {
     items
 }
 
+/// Prompts as token ids.
+pub type Prompts = Vec<Vec<u32>>;
+
+/// Named sets of per-prompt values.
+type Named<T> = Vec<(String, Vec<T>)>;
+
+/// Per-prompt values cut into the suite's layout: positives, negatives, calibration, variants.
+type Layout<T> = (Vec<T>, Named<T>, Vec<T>, Named<T>);
+
+/// Where the probes' training prompts come from, besides the suite's own files.
+#[derive(Debug, Clone)]
+pub struct ProbeTrainConfig {
+    /// Benign text whose paragraphs are training negatives (never the suite's `benign_text_file`):
+    /// WikiText-2 *test* here, which the suite never evaluates on.
+    pub benign_text_file: Option<PathBuf>,
+    /// At most this many prompts per training source (seeded sample); `None` keeps all.
+    pub limit: Option<usize>,
+    /// Benign paragraphs to use.
+    pub n_paragraphs: usize,
+}
+
+/// Benign paragraphs of a WikiText-style file: detokenised, longer than [`MIN_DOC_CHARS`],
+/// headings dropped.
+fn paragraphs_of(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .lines()
+        .map(detokenize_wikitext)
+        .filter(|l| l.len() > MIN_DOC_CHARS && !l.starts_with('='))
+        .collect())
+}
+
+/// The probes' training prompts `(positives, negatives)`: *selection-split* forget questions as
+/// the suite's forget prompts; selection-split MMLU questions that are not in the suite's
+/// calibration sample, and paragraphs of `probe.benign_text_file` as chat messages. Errors when
+/// the suite's positives are the selection split (the probes would be trained on them).
+pub fn probe_training_prompts(
+    tok: &Tokenizer,
+    cfg: &SuiteConfig,
+    probe: &ProbeTrainConfig,
+) -> Result<(Prompts, Prompts)> {
+    if cfg.positives_split != Split::Heldout {
+        return Err(Error::Invalid(
+            "probe gates train on the selection split's forget questions; evaluate them on              held-out positives (--positives heldout)"
+                .into(),
+        ));
+    }
+    let forget = sampled(
+        read_mcq(&cfg.forget_file, Split::Selection)?,
+        probe.limit,
+        cfg.seed,
+    );
+    let selection = read_mcq(&cfg.mmlu_file, Split::Selection)?;
+    let calibration: std::collections::HashSet<usize> =
+        sampled(selection.clone(), cfg.calibration_limit, cfg.seed)
+            .iter()
+            .map(|q| q.index)
+            .collect();
+    let benign_mcq: Vec<McqItem> = selection
+        .into_iter()
+        .filter(|q| !calibration.contains(&q.index))
+        .collect();
+    let mut negatives = mcq_prompts(tok, &sampled(benign_mcq, probe.limit, cfg.seed), None)?;
+    if let Some(path) = &probe.benign_text_file {
+        for p in paragraphs_of(path)?.iter().take(probe.n_paragraphs) {
+            negatives.push(text_prompt(tok, p)?);
+        }
+    }
+    let subject = Some(cfg.forget_subject.as_str());
+    Ok((mcq_prompts(tok, &forget, subject)?, negatives))
+}
+
 /// Builds the prompts of the suite.
 pub fn build_suite(tok: &Tokenizer, cfg: &SuiteConfig) -> Result<PromptSuite> {
     let forget = sampled(
@@ -106,13 +184,7 @@ pub fn build_suite(tok: &Tokenizer, cfg: &SuiteConfig) -> Result<PromptSuite> {
         cfg.calibration_limit,
         cfg.seed,
     );
-    let text = std::fs::read_to_string(&cfg.benign_text_file)
-        .map_err(|e| Error::io(&cfg.benign_text_file, e))?;
-    let paragraphs: Vec<String> = text
-        .lines()
-        .map(detokenize_wikitext)
-        .filter(|l| l.len() > MIN_DOC_CHARS && !l.starts_with('='))
-        .collect();
+    let paragraphs = paragraphs_of(&cfg.benign_text_file)?;
     let filler = Filler::new(tok, &paragraphs.join("\n"), 4096)?;
     let benign: Vec<Vec<u32>> = paragraphs
         .iter()
@@ -287,26 +359,34 @@ impl PromptSuite {
         batch_size: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<SuiteActivity>> {
+        let req = SignalRequest {
+            feature_sets,
+            ..Default::default()
+        };
+        let (activity, _) = self.signals(model, sae, hook, req, batch_size, progress)?;
+        Ok(activity)
+    }
+
+    /// Each of `req.feature_sets`' activity and, from the same pass, each of `req.probes`'
+    /// per-token logits (position 0 left out), in the suite's layout.
+    pub fn signals(
+        &self,
+        model: &Model,
+        sae: &Sae,
+        hook: HookPoint,
+        req: SignalRequest,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Vec<SuiteActivity>, Vec<SuiteLogits>)> {
         let all: Vec<Vec<u32>> = self.groups().flatten().cloned().collect();
-        let per_set = prompt_activity(model, sae, hook, feature_sets, &all, batch_size, progress)?;
-        Ok(per_set
+        let feature_sets = req.feature_sets;
+        let signals = prompt_signals(model, sae, hook, &all, batch_size, req, progress)?;
+        let activity = signals
+            .activity
             .into_iter()
             .zip(feature_sets)
             .map(|(flat, features)| {
-                let mut rest = flat.into_iter();
-                let mut take = |n: usize| -> Activity { rest.by_ref().take(n).collect() };
-                let positives = take(self.positives.len());
-                let negatives = self
-                    .negatives
-                    .iter()
-                    .map(|(name, p)| (name.clone(), take(p.len())))
-                    .collect();
-                let calibration = take(self.calibration.len());
-                let variants = self
-                    .variants
-                    .iter()
-                    .map(|(name, p)| (name.clone(), take(p.len())))
-                    .collect();
+                let (positives, negatives, calibration, variants) = self.split(flat);
                 SuiteActivity {
                     features: features.iter().map(|&f| f as u32).collect(),
                     positives_name: self.positives_name.clone(),
@@ -316,6 +396,67 @@ impl PromptSuite {
                     variants,
                 }
             })
-            .collect())
+            .collect();
+        let logits = signals
+            .logits
+            .into_iter()
+            .map(|flat| {
+                let (positives, negatives, calibration, variants) = self.split(flat);
+                SuiteLogits {
+                    positives_name: self.positives_name.clone(),
+                    positives,
+                    negatives,
+                    calibration,
+                    variants,
+                }
+            })
+            .collect();
+        Ok((activity, logits))
+    }
+
+    /// Cuts per-prompt values in [`PromptSuite::groups`] order into positives, negatives,
+    /// calibration and variants.
+    fn split<T>(&self, flat: Vec<T>) -> Layout<T> {
+        let mut rest = flat.into_iter();
+        let mut take = |n: usize| -> Vec<T> { rest.by_ref().take(n).collect() };
+        let positives = take(self.positives.len());
+        let negatives = self
+            .negatives
+            .iter()
+            .map(|(name, p)| (name.clone(), take(p.len())))
+            .collect();
+        let calibration = take(self.calibration.len());
+        let variants = self
+            .variants
+            .iter()
+            .map(|(name, p)| (name.clone(), take(p.len())))
+            .collect();
+        (positives, negatives, calibration, variants)
+    }
+}
+
+/// A probe's per-token logits on every prompt of a suite, in the suite's layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuiteLogits {
+    /// Name of the positive set.
+    pub positives_name: String,
+    /// On the positives.
+    pub positives: Vec<Vec<f64>>,
+    /// On each benign set.
+    pub negatives: Vec<(String, Vec<Vec<f64>>)>,
+    /// On the calibration prompts.
+    pub calibration: Vec<Vec<f64>>,
+    /// On each variant.
+    pub variants: Vec<(String, Vec<Vec<f64>>)>,
+}
+
+impl SuiteLogits {
+    /// The view [`super::detection::GateEval`] reads.
+    pub fn eval_activity(&self) -> EvalActivity<'_, f64> {
+        EvalActivity {
+            positives: (&self.positives_name, &self.positives),
+            negatives: &self.negatives,
+            variants: &self.variants,
+        }
     }
 }

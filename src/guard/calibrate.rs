@@ -9,7 +9,7 @@
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::gate::Gate;
+use super::gate::{Gate, TokenSignal};
 use super::percentile::{percentile, percentiles};
 use crate::{Error, Result};
 
@@ -68,9 +68,9 @@ pub fn rate_above(scores: &[f64], threshold: f64) -> f64 {
     scores.iter().filter(|&&s| s > threshold).count() as f64 / scores.len() as f64
 }
 
-/// Calibrates `gate` (its own threshold is ignored) on the retain rows' token activity: the new
-/// threshold is the `p_dyn`-th percentile of the rows' scores.
-pub fn calibrate<R: AsRef<[bool]>>(
+/// Calibrates `gate` (its own threshold is ignored) on the retain rows' token signal (SAE activity
+/// or probe logits): the new threshold is the `p_dyn`-th percentile of the rows' scores.
+pub fn calibrate<R: AsRef<[S]>, S: TokenSignal>(
     gate: Gate,
     retain_rows: &[R],
     p_dyn: f64,
@@ -190,6 +190,6 @@ mod tests {
         assert_eq!(summary.threshold, 0.9);
         assert_eq!(summary.score_percentiles[0], [0.0, 0.0]);
         assert_eq!(summary.score_percentiles[8], [100.0, 0.9]);
-        assert!(calibrate::<Vec<bool>>(Gate::Paper { tau: 0.0 }, &[], 95.0).is_err());
+        assert!(calibrate::<Vec<bool>, bool>(Gate::Paper { tau: 0.0 }, &[], 95.0).is_err());
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::calibrate::CalibrationSummary;
 use super::clamp::ClampSpec;
 use super::gate::Gate;
+use super::probe::{check_probe_gate, Probe, ProbeInput};
 use super::select::{check_percentile, FeatureScores, SelectionRule};
 use crate::model::HookPoint;
 use crate::stats::FeatureStats;
@@ -114,6 +115,10 @@ pub struct GuardrailFile {
     pub evidence: Evidence,
     /// Data provenance.
     pub provenance: DataProvenance,
+    /// The probe whose per-token logits the gate pools instead of the selected features'
+    /// activity (the SAE still clamps); absent: the SAE gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
 }
 
 /// Which tokens of an input a guardrail's gate counts.
@@ -248,13 +253,16 @@ impl GuardrailFile {
         if let Err(e) = self.selection.validate() {
             return Some(Problem::from_check("selection", e));
         }
-        let gate = if stored {
-            self.gate.validate_fitted()
-        } else {
-            self.gate.validate()
+        let gate = match &self.probe {
+            Some(_) => check_probe_gate(&self.gate),
+            None if stored => self.gate.validate_fitted(),
+            None => self.gate.validate(),
         };
         if let Err(e) = gate {
             return Some(Problem::from_check("gate", e));
+        }
+        if let Some(p) = self.probe.as_ref().and_then(|p| self.probe_problem(p)) {
+            return Some(p);
         }
         if let Err(e) = self.clamp.validate() {
             return Some(Problem::from_check("clamp", e));
@@ -279,6 +287,26 @@ impl GuardrailFile {
             }
         }
         None
+    }
+
+    /// A probe's finite weights, and its width where the file knows it (`d_sae` for an SAE-latent
+    /// probe; a residual probe's `d_model` is checked when the guardrail is bound to a model).
+    fn probe_problem(&self, probe: &Probe) -> Option<Problem> {
+        if probe.input == ProbeInput::SaeLatents && probe.weights.len() != self.d_sae {
+            return Some(Problem::new(
+                "probe.weights",
+                format!("d_sae = {} weights", self.d_sae),
+                probe.weights.len().to_string(),
+            ));
+        }
+        if let Some(w) = probe.weights.iter().find(|w| !w.is_finite()) {
+            return Some(Problem::new(
+                "probe.weights",
+                "finite numbers",
+                w.to_string(),
+            ));
+        }
+        non_finite([("probe.bias", probe.bias)])
     }
 
     /// The recorded feature statistics and scores, named by field (gate and clamp parameters are
@@ -387,6 +415,7 @@ impl GuardrailFile {
                 "provenance",
                 "{forget_corpus, retain_corpus, forget_rows, retain_rows, seed, data_fraction}",
             )?,
+            probe: fields.get_optional("probe", "a probe {input, weights, bias, training}")?,
         };
         match file.problem(true) {
             None => Ok(file),
@@ -419,7 +448,7 @@ struct Fields<'a> {
     obj: &'a Map<String, Value>,
 }
 
-const FIELD_NAMES: [&str; 12] = [
+const FIELD_NAMES: [&str; 13] = [
     "format_version",
     "model",
     "sae",
@@ -432,6 +461,7 @@ const FIELD_NAMES: [&str; 12] = [
     "calibration",
     "evidence",
     "provenance",
+    "probe",
 ];
 
 impl Fields<'_> {
@@ -501,6 +531,7 @@ mod tests {
                 data_fraction: 100.0,
                 calibration_corpus: None,
             },
+            probe: None,
         }
     }
 

@@ -1,24 +1,52 @@
 //! The gate: decides per row whether the guardrail clamps it (§2 of the spec).
 //!
-//! Every gate reads a row's token activity (`activity[t]`: some selected feature is > 0 at token
-//! `t`; one flag per real token, position 0 of a BOS row already inactive, see
-//! [`crate::stats::token_activity`]), reduces it to a score, and fires when the score is strictly
-//! above its threshold.
+//! Every gate reads a row's token signal `a_t`, reduces it to a score, and fires when the score is
+//! strictly above its threshold. For an SAE gate the signal is token activity (`a_t` = 1 when some
+//! selected feature is > 0 at token `t`; one flag per real token, position 0 of a BOS row already
+//! inactive, see [`crate::stats::token_activity`]); for a probe gate it is the probe's per-token
+//! logit ([`crate::guard::probe`]). Any [`TokenSignal`] will do:
 //!
-//! * [`Gate::Paper`]: `ρ = #active / L`, with `L` the row's real length (BOS included, padding
-//!   not). The released rule `ρ > τ`. Benign text added to a prompt dilutes ρ.
-//! * [`Gate::Window`]: the largest ρ over windows of `width` consecutive tokens (the whole row when
-//!   shorter), so a dense forget passage fires however much benign text surrounds it.
+//! * [`Gate::Paper`]: the mean of the signal over the row's `L` real tokens (BOS included, padding
+//!   not): for activity `ρ = #active / L`, the released rule `ρ > τ`; for a probe, mean pooling.
+//!   Benign text added to a prompt dilutes it.
+//! * [`Gate::Window`]: the largest mean over windows of `width` consecutive tokens (the whole row
+//!   when shorter; for a probe, max-of-rolling-mean pooling), so a dense forget passage fires
+//!   however much benign text surrounds it.
 //! * [`Gate::Cusum`]: one-sided CUSUM `S_t = max(0, S_{t-1} + a_t − drift)`, scored by `max_t S_t`;
 //!   run over a whole conversation it accumulates evidence that is spread across turns.
 //!
-//! All scores are ≥ 0, so a negative threshold fires on every row (static clamping). Each gate
-//! also runs incrementally ([`GateStream`]), one O(1) update per token, with results identical to
-//! the batch computation; that is what a full-prefix gate during generation needs.
+//! On activity all scores are ≥ 0, so a negative threshold fires on every row (static clamping).
+//! Each gate also runs incrementally ([`GateStream`]), one O(1) update per token, with results
+//! identical to the batch computation bit for bit (the same additions in the same order); that is
+//! what a full-prefix gate during generation needs. On 0/1 activity every sum is an exact integer.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+/// One token's value of a gate's input signal: 0/1 activity, or a probe's logit.
+pub trait TokenSignal: Copy {
+    /// The value as a number: `true` is 1, `false` 0.
+    fn value(self) -> f64;
+}
+
+impl TokenSignal for bool {
+    fn value(self) -> f64 {
+        f64::from(u8::from(self))
+    }
+}
+
+impl TokenSignal for f64 {
+    fn value(self) -> f64 {
+        self
+    }
+}
+
+impl TokenSignal for f32 {
+    fn value(self) -> f64 {
+        f64::from(self)
+    }
+}
 
 /// A gate kind, its parameters and its threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -90,9 +118,10 @@ impl Gate {
         }
     }
 
-    /// [`Gate::validate`], and a threshold a fitted gate can have: for ρ-style gates (paper,
-    /// window) in [0, 1], for CUSUM ≥ 0 (scores are never negative, so a calibrated threshold is not
-    /// either). What a guardrail file must hold.
+    /// [`Gate::validate`], and a threshold a fitted gate over token *activity* can have: for
+    /// ρ-style gates (paper, window) in [0, 1], for CUSUM ≥ 0 (scores are never negative, so a
+    /// calibrated threshold is not either). What a guardrail file gated by its SAE must hold; a
+    /// probe's threshold is any finite logit ([`Gate::validate`]).
     pub fn validate_fitted(&self) -> Result<()> {
         self.validate()?;
         match *self {
@@ -128,28 +157,27 @@ impl Gate {
         }
     }
 
-    /// The score of a whole row.
-    pub fn score(&self, activity: &[bool]) -> f64 {
+    /// The score of a whole row's signal.
+    pub fn score<S: TokenSignal>(&self, signal: &[S]) -> f64 {
         match *self {
-            Gate::Paper { .. } => fraction(count(activity), activity.len()),
+            Gate::Paper { .. } => mean(sum(signal), signal.len()),
             Gate::Window { width, .. } => {
-                if activity.len() <= width {
-                    return fraction(count(activity), activity.len());
+                if signal.len() <= width {
+                    return mean(sum(signal), signal.len());
                 }
-                let mut in_window = count(&activity[..width]);
+                let mut in_window = sum(&signal[..width]);
                 let mut densest = in_window;
-                for t in width..activity.len() {
-                    in_window =
-                        in_window + usize::from(activity[t]) - usize::from(activity[t - width]);
+                for t in width..signal.len() {
+                    in_window = in_window + signal[t].value() - signal[t - width].value();
                     densest = densest.max(in_window);
                 }
-                fraction(densest, width)
+                mean(densest, width)
             }
             Gate::Cusum { drift, .. } => {
                 let mut s = 0.0f64;
                 let mut peak = 0.0f64;
-                for &a in activity {
-                    s = cusum_step(s, a, drift);
+                for &a in signal {
+                    s = cusum_step(s, a.value(), drift);
                     peak = peak.max(s);
                 }
                 peak
@@ -157,9 +185,9 @@ impl Gate {
         }
     }
 
-    /// The verdict on a whole row.
-    pub fn decide(&self, activity: &[bool]) -> GateDecision {
-        let score = self.score(activity);
+    /// The verdict on a whole row's signal.
+    pub fn decide<S: TokenSignal>(&self, signal: &[S]) -> GateDecision {
+        let score = self.score(signal);
         GateDecision {
             score,
             fired: score > self.threshold(),
@@ -171,44 +199,46 @@ impl Gate {
         let state = match *self {
             Gate::Paper { .. } => StreamState::Fraction,
             Gate::Window { width, .. } => StreamState::Window {
-                recent: vec![false; width],
-                in_window: 0,
-                densest: 0,
+                recent: vec![0.0; width],
+                in_window: 0.0,
+                densest: f64::NEG_INFINITY,
             },
             Gate::Cusum { .. } => StreamState::Cusum { s: 0.0, peak: 0.0 },
         };
         GateStream {
             gate: *self,
             len: 0,
-            active: 0,
+            total: 0.0,
             state,
         }
     }
 }
 
-fn count(activity: &[bool]) -> usize {
-    activity.iter().filter(|&&a| a).count()
+/// The signal's sum, added left to right (the order [`GateStream::push`] adds in).
+fn sum<S: TokenSignal>(signal: &[S]) -> f64 {
+    signal.iter().fold(0.0, |acc, a| acc + a.value())
 }
 
-fn fraction(active: usize, len: usize) -> f64 {
+fn mean(total: f64, len: usize) -> f64 {
     if len == 0 {
         0.0
     } else {
-        active as f64 / len as f64
+        total / len as f64
     }
 }
 
-fn cusum_step(s: f64, active: bool, drift: f64) -> f64 {
-    (s + f64::from(u8::from(active)) - drift).max(0.0)
+fn cusum_step(s: f64, a: f64, drift: f64) -> f64 {
+    (s + a - drift).max(0.0)
 }
 
-/// A gate evaluated token by token; after `push`ing a row's activity its [`GateStream::decision`]
-/// equals [`Gate::decide`] on the whole row.
+/// A gate evaluated token by token; after `push`ing a row's signal its [`GateStream::decision`]
+/// equals [`Gate::decide`] on the whole row, bit for bit.
 #[derive(Debug, Clone)]
 pub struct GateStream {
     gate: Gate,
     len: usize,
-    active: usize,
+    /// The signal's running sum.
+    total: f64,
     state: StreamState,
 }
 
@@ -216,10 +246,11 @@ pub struct GateStream {
 enum StreamState {
     Fraction,
     Window {
-        /// The last `width` flags, as a ring indexed by position mod width.
-        recent: Vec<bool>,
-        in_window: usize,
-        densest: usize,
+        /// The last `width` values (0 before the row reaches them), as a ring indexed by position
+        /// mod width.
+        recent: Vec<f64>,
+        in_window: f64,
+        densest: f64,
     },
     Cusum {
         s: f64,
@@ -228,8 +259,9 @@ enum StreamState {
 }
 
 impl GateStream {
-    /// Adds the next token's activity.
-    pub fn push(&mut self, active: bool) {
+    /// Adds the next token's signal.
+    pub fn push<S: TokenSignal>(&mut self, a: S) {
+        let a = a.value();
         match &mut self.state {
             StreamState::Fraction => {}
             StreamState::Window {
@@ -238,22 +270,24 @@ impl GateStream {
                 densest,
             } => {
                 let slot = self.len % recent.len();
-                *in_window = *in_window + usize::from(active) - usize::from(recent[slot]);
-                recent[slot] = active;
+                // Before the first window is full this adds `− 0.0`, which leaves the sum exact,
+                // so it equals the batch's left-to-right sum of the first window.
+                *in_window = *in_window + a - recent[slot];
+                recent[slot] = a;
                 if self.len + 1 >= recent.len() {
-                    *densest = (*densest).max(*in_window);
+                    *densest = densest.max(*in_window);
                 }
             }
             StreamState::Cusum { s, peak } => {
                 let Gate::Cusum { drift, .. } = self.gate else {
                     unreachable!("CUSUM state belongs to a CUSUM gate")
                 };
-                *s = cusum_step(*s, active, drift);
+                *s = cusum_step(*s, a, drift);
                 *peak = peak.max(*s);
             }
         }
         self.len += 1;
-        self.active += usize::from(active);
+        self.total += a;
     }
 
     /// Tokens pushed so far.
@@ -269,14 +303,14 @@ impl GateStream {
     /// The verdict on the tokens pushed so far.
     pub fn decision(&self) -> GateDecision {
         let score = match &self.state {
-            StreamState::Fraction => fraction(self.active, self.len),
+            StreamState::Fraction => mean(self.total, self.len),
             StreamState::Window {
                 recent, densest, ..
             } => {
                 if self.len <= recent.len() {
-                    fraction(self.active, self.len)
+                    mean(self.total, self.len)
                 } else {
-                    fraction(*densest, recent.len())
+                    mean(*densest, recent.len())
                 }
             }
             StreamState::Cusum { peak, .. } => *peak,
@@ -311,7 +345,7 @@ mod tests {
             }
         );
         assert!(Gate::Paper { tau: 0.49 }.decide(&row).fired);
-        assert_eq!(gate.decide(&[]).score, 0.0);
+        assert_eq!(gate.decide::<bool>(&[]).score, 0.0);
         assert!(
             Gate::Paper { tau: -1.0 }.decide(&flags("000")).fired,
             "static clamping"
@@ -352,10 +386,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn streaming_equals_batch_on_random_rows() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let gates = [
+    fn gates() -> [Gate; 5] {
+        [
             Gate::Paper { tau: 0.3 },
             Gate::Window { width: 1, tau: 0.5 },
             Gate::Window { width: 7, tau: 0.4 },
@@ -367,27 +399,69 @@ mod tests {
                 drift: 0.9,
                 threshold: 0.5,
             },
-        ];
+        ]
+    }
+
+    /// Pushes `row` token by token and checks every prefix against the batch gate, bit for bit.
+    fn check_stream<S: TokenSignal + std::fmt::Debug>(gate: Gate, row: &[S]) {
+        let mut stream = gate.stream();
+        for (t, &a) in row.iter().enumerate() {
+            stream.push(a);
+            let prefix = gate.decide(&row[..=t]);
+            let got = stream.decision();
+            assert_eq!(
+                got.score.to_bits(),
+                prefix.score.to_bits(),
+                "{gate:?} {row:?}"
+            );
+            assert_eq!(got.fired, prefix.fired);
+        }
+        assert_eq!(stream.len(), row.len());
+    }
+
+    #[test]
+    fn streaming_equals_batch_on_random_rows() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..200 {
             let len = rng.random_range(0..60);
             let density: f64 = rng.random();
             let row: Vec<bool> = (0..len).map(|_| rng.random_bool(density)).collect();
-            for gate in gates {
-                let mut stream = gate.stream();
-                for (t, &a) in row.iter().enumerate() {
-                    stream.push(a);
-                    let prefix = gate.decide(&row[..=t]);
-                    let got = stream.decision();
-                    assert_eq!(
-                        got.score.to_bits(),
-                        prefix.score.to_bits(),
-                        "{gate:?} {row:?}"
-                    );
-                    assert_eq!(got.fired, prefix.fired);
-                }
-                assert_eq!(stream.len(), len);
+            for gate in gates() {
+                check_stream(gate, &row);
             }
         }
+    }
+
+    #[test]
+    fn streaming_equals_batch_on_random_real_signals() {
+        // Probe logits: any sign and magnitude, so sums round and windows can be all negative.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..200 {
+            let len = rng.random_range(0..60);
+            let scale = 10f64.powi(rng.random_range(-3..4));
+            let shift: f64 = rng.random_range(-2.0..1.0);
+            let row: Vec<f64> = (0..len)
+                .map(|_| scale * (rng.random::<f64>() + shift))
+                .collect();
+            for gate in gates() {
+                check_stream(gate, &row);
+            }
+            let row32: Vec<f32> = row.iter().map(|&x| x as f32).collect();
+            check_stream(Gate::Window { width: 5, tau: 0.0 }, &row32);
+        }
+    }
+
+    #[test]
+    fn bool_and_real_signals_score_alike() {
+        let row = flags("0110111010001101");
+        let real: Vec<f64> = row.iter().map(|&a| a.value()).collect();
+        for gate in gates() {
+            assert_eq!(gate.score(&row).to_bits(), gate.score(&real).to_bits());
+        }
+        // An all-negative signal: the densest window is the least negative one.
+        let logits = [-3.0, -1.0, -1.0, -5.0];
+        assert_eq!(Gate::Window { width: 2, tau: 0.0 }.score(&logits), -1.0);
+        assert_eq!(Gate::Paper { tau: 0.0 }.score(&logits), -2.5);
     }
 
     #[test]

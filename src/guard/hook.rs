@@ -25,6 +25,11 @@
 //! **Refusal.** A guardrail acting by [`Intervention::Refuse`] decides and records as above but
 //! edits nothing; its caller refuses the gated rows.
 //!
+//! **Probe gate.** When the file holds a [`super::Probe`], the gate's per-token signal is the
+//! probe's logit (on the residual `act`, or on the SAE's full encoding of it) instead of the
+//! activity, pushed for every evidence token except absolute position 0; the activity still says
+//! which tokens of a gated row are clamped (probe decides, SAE clamps).
+//!
 //! Rows whose gate never fires, and tokens that are not clamped, are returned bit for bit as they
 //! came in. Every call is recorded ([`PassRecord`]) for `dsg explain`.
 
@@ -134,6 +139,9 @@ impl Guardrail {
                 )));
             }
         }
+        if let Some(probe) = &file.probe {
+            probe.validate(probe.input.width(d_model, sae.d_sae()))?;
+        }
         if sae.normalization() != Normalization::None {
             return Err(Error::Unsupported(format!(
                 "guardrails on SAEs with {} input normalisation (the clamp edits raw residuals)",
@@ -225,13 +233,16 @@ impl Guardrail {
         self.streams.iter().map(GateStream::decision).collect()
     }
 
+    /// Row `b`'s activity from its selected features, its gate updated with `signal` (one value
+    /// per token, pushed where `pushed`), and its clamp mask.
     fn row(
         &mut self,
         b: usize,
         start: usize,
         tokens: &[u32],
         selected: &[Vec<f32>],
-        evidence: Option<&[bool]>,
+        signal: Option<&[f64]>,
+        pushed: &[bool],
     ) -> Result<RowRecord> {
         let active_features: Vec<Vec<u32>> = selected
             .iter()
@@ -247,13 +258,12 @@ impl Guardrail {
             })
             .collect();
         let activity: Vec<bool> = active_features.iter().map(|f| !f.is_empty()).collect();
-        let counts = |t: usize| evidence.is_none_or(|e| e[t]);
+        // The SAE gate's signal is the activity itself (0/1, exact in f64).
+        let value = |t: usize| signal.map_or(f64::from(u8::from(activity[t])), |s| s[t]);
         if start == 0 {
             let mut stream = self.file.gate.stream();
-            for (t, &a) in activity.iter().enumerate() {
-                if counts(t) {
-                    stream.push(a);
-                }
+            for t in (0..activity.len()).filter(|&t| pushed[t]) {
+                stream.push(value(t));
             }
             if b < self.streams.len() {
                 self.streams[b] = stream;
@@ -273,8 +283,8 @@ impl Guardrail {
                 .iter()
                 .enumerate()
                 .map(|(t, &a)| {
-                    if counts(t) {
-                        stream.push(a);
+                    if pushed[t] {
+                        stream.push(value(t));
                     }
                     a && stream.decision().fired
                 })
@@ -307,18 +317,28 @@ impl Hooks for Guardrail {
         let (batch, seq, _) = act.dims3()?;
         let selected = self.sae.encode_subset(act, &self.features)?;
         let values = selected.to_vec3::<f32>()?;
+        let logits = match &self.file.probe {
+            Some(p) => Some(p.token_logits(&p.input.features(&self.sae, act)?, ctx.lengths)?),
+            None => None,
+        };
+        let evidence = ctx
+            .evidence
+            .filter(|_| self.file.evidence == Evidence::UserText);
         let mut mask = vec![false; batch * seq];
         let mut rows = Vec::with_capacity(batch);
         for (b, row_values) in values.iter().enumerate() {
-            let len = ctx.lengths[b];
+            let (len, start) = (ctx.lengths[b], ctx.start_positions[b]);
+            // A probe never scores absolute position 0; the SAE gate counts it (as inactive).
+            let pushed: Vec<bool> = (0..len)
+                .map(|t| evidence.is_none_or(|e| e[b][t]) && (logits.is_none() || start + t != 0))
+                .collect();
             let record = self.row(
                 b,
-                ctx.start_positions[b],
+                start,
                 &ctx.tokens[b],
                 &row_values[..len],
-                ctx.evidence
-                    .filter(|_| self.file.evidence == Evidence::UserText)
-                    .map(|e| e[b].as_slice()),
+                logits.as_ref().map(|l| l[b].as_slice()),
+                &pushed,
             )?;
             mask[b * seq..b * seq + len].copy_from_slice(&record.clamped);
             rows.push(record);

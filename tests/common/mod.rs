@@ -105,3 +105,57 @@ pub fn edited_sae_fixture(
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     dir
 }
+
+/// The tiny Llama fixture (`tests/fixtures/tiny/llama_gqa`, d_model 64) and its sha256.
+pub fn tiny_llama() -> (dsg::model::Model, String) {
+    let dir = fixture("tiny/llama_gqa");
+    let cfg = dsg::model::ModelConfig::from_hf_json(&dir.join("config.json")).unwrap();
+    let src = dsg::model::WeightSource::open_safetensors_dir(&dir).unwrap();
+    let sha = dsg::guard::hook::artifact_sha256(&dir).unwrap();
+    (
+        dsg::model::Model::load(cfg, &src, &Device::Cpu).unwrap(),
+        sha,
+    )
+}
+
+/// A ReLU SAE of `d_sae` latents reading 64-wide residuals at `hook`, with seeded normal-ish
+/// weights (sums of uniforms).
+pub fn random_sae(d_sae: usize, hook: dsg::model::HookPoint) -> dsg::sae::Sae {
+    use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
+    let mut rng = dsg::data::SplitMix64::new(7);
+    let mut draw = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u: f32 = (0..4)
+                    .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+                    .sum();
+                (u - 2.0) * scale
+            })
+            .collect()
+    };
+    let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+    Sae::from_parts(SaeParts {
+        w_enc: t(draw(64 * d_sae, 0.4), &[64, d_sae]),
+        b_enc: t(draw(d_sae, 0.1), &[d_sae]),
+        w_dec: t(draw(d_sae * 64, 0.3), &[d_sae, 64]),
+        b_dec: t(vec![0.0; 64], &[64]),
+        activation: Activation::Relu,
+        apply_b_dec_to_input: false,
+        normalization: Normalization::None,
+        hook: Some(hook),
+        meta: SaeMeta::default(),
+    })
+    .unwrap()
+}
+
+/// `n` rows of `len` tokens drawn from `lo..hi` (seeded), token 1 (BOS) first.
+pub fn token_rows(n: usize, len: usize, lo: u32, hi: u32, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = dsg::data::SplitMix64::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut r = vec![1];
+            r.extend((1..len).map(|_| lo + rng.below((hi - lo) as usize) as u32));
+            r
+        })
+        .collect()
+}

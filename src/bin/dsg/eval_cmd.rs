@@ -17,8 +17,9 @@ use dsg::eval::gate_report::{evaluate_gates, GateReportConfig};
 use dsg::eval::mcq::{self, McqConfig, Orders, Protocol};
 use dsg::eval::prompts::Variant;
 use dsg::eval::quality::{self, DegenerateThresholds, QualityConfig, WikiWindows};
-use dsg::eval::suite::SuiteConfig;
-use dsg::guard::Gate;
+use dsg::eval::suite::{ProbeTrainConfig, SuiteConfig};
+use dsg::guard::probe::parse_pooling;
+use dsg::guard::{Gate, ProbeInput};
 
 /// `dsg eval …` subcommands.
 #[derive(Subcommand)]
@@ -67,6 +68,14 @@ pub struct McqArgs {
     /// Replace report files already in --out.
     #[arg(long)]
     pub force: bool,
+}
+
+fn parse_probe_pooling(s: &str) -> std::result::Result<Gate, String> {
+    parse_pooling(s).map_err(|e| e.to_string())
+}
+
+fn parse_probe_input(s: &str) -> std::result::Result<ProbeInput, String> {
+    s.parse().map_err(|e: dsg::Error| e.to_string())
 }
 
 fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
@@ -138,6 +147,19 @@ pub struct GateArgs {
     /// Calibration percentile for the compared gates.
     #[arg(long, default_value_t = 95.0)]
     pub p_dyn: f64,
+    /// Probe gates beside the SAE gates, by pooling of a logistic probe's per-token logits: mean
+    /// or max-rolling-mean:W (repeatable; each for every --probe-input).
+    #[arg(long = "probe", value_parser = parse_probe_pooling)]
+    pub probes: Vec<Gate>,
+    /// What the probes read: residual or sae (the SAE's latents); repeatable, default both.
+    #[arg(long = "probe-input", value_parser = parse_probe_input)]
+    pub probe_inputs: Vec<ProbeInput>,
+    /// At most this many probe training prompts per source (forget, MMLU; seeded sample).
+    #[arg(long)]
+    pub probe_train_limit: Option<usize>,
+    /// WikiText-2 *test* paragraphs among the probes' training negatives.
+    #[arg(long, default_value_t = 300)]
+    pub probe_paragraphs: usize,
     /// At most this many prompts per evaluated set (seeded sample); default: all.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -197,11 +219,24 @@ impl GateArgs {
             n_paragraphs: self.paragraphs,
             seed: self.seed,
         };
+        let probe_text = data.join("wikitext/wikitext-2-tokenized.test.txt");
+        let probe_inputs = if self.probe_inputs.is_empty() {
+            ProbeInput::ALL.to_vec()
+        } else {
+            self.probe_inputs.clone()
+        };
         Ok(GateReportConfig {
             suite,
-            data,
             gates: self.gates.clone(),
             p_dyn: self.p_dyn,
+            probes: self.probes.clone(),
+            probe_inputs,
+            probe_train: ProbeTrainConfig {
+                benign_text_file: Some(probe_text).filter(|p| p.exists()),
+                limit: self.probe_train_limit,
+                n_paragraphs: self.probe_paragraphs,
+            },
+            data,
             bootstrap: self.bootstrap,
             seed: self.seed,
             batch: self.batch,

@@ -231,6 +231,20 @@ pub fn inspect(file: &GuardrailFile) {
     );
     println!("hook       {}", file.hook_point);
     println!("gate       {:?}", file.gate);
+    if let Some(probe) = &file.probe {
+        let t = &probe.training;
+        println!(
+            "probe      {} ({} weights): {} forget vs {} benign prompts, C {}, converged {}, \
+             training AUROC {:.4}; the gate pools its per-token logits",
+            probe.input,
+            probe.weights.len(),
+            t.n_pos,
+            t.n_neg,
+            t.c,
+            t.converged,
+            t.train_auroc
+        );
+    }
     println!("clamp      {:?}", file.clamp);
     if let Some(c) = &file.calibration {
         let on = file

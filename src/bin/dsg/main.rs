@@ -21,6 +21,7 @@ mod eval_cmd;
 mod explain;
 mod forgetting;
 mod guard_cmd;
+mod probe_cmd;
 mod tradeoff_cmd;
 mod train_cmd;
 
@@ -100,6 +101,13 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         args: guard_cmd::FitArgs,
+    },
+    /// Derive a guardrail from another (a probe gate).
+    Guard {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(subcommand)]
+        command: probe_cmd::GuardCommand,
     },
     /// Feature statistics files.
     #[command(subcommand)]
@@ -350,6 +358,7 @@ fn main() -> Result<()> {
             request.validate()?;
             guard_cmd::fit(&load_model(&model)?, &request)?;
         }
+        Command::Guard { model, command } => probe_cmd::run(&model, &command)?,
         Command::Stats(StatsCommand::Merge { out, shards, force }) => {
             guard_cmd::merge_stats(&shards, &out, force)?
         }

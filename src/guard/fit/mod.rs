@@ -190,6 +190,7 @@ pub fn fit_from_stats(
             data_fraction: config.data_fraction,
             calibration_corpus,
         },
+        probe: None,
     };
     file.validate()?;
     Ok(file)
