@@ -106,25 +106,34 @@ pub fn run(model: &ModelArgs, command: &BenchCommand) -> Result<()> {
         batch: a.batch,
         seed: a.seed,
     };
-    let mut bar = progress_bar();
-    let (points, info) = knowledge::run(&cfg, &mut |s, d, t| bar(s, d, t))?;
-    let costs = cost_ratios(&points);
-    let report = TradeoffReport {
-        track: a.track.clone(),
-        model: cfg
-            .model
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
-        command: command_line(),
-        info,
-        goals: goals(&points, &costs),
-        points,
-        costs,
-        seconds: started.elapsed().as_secs_f64(),
+    let model_name = cfg
+        .model
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let report = |points: &[dsg::eval::tradeoff::PointResult],
+                  info: &serde_json::Value,
+                  pending: &[String]| {
+        let costs = cost_ratios(points);
+        TradeoffReport {
+            track: a.track.clone(),
+            model: model_name.clone(),
+            command: command_line(),
+            info: info.clone(),
+            goals: goals(points, &costs),
+            points: points.to_vec(),
+            costs,
+            pending: pending.to_vec(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
     };
-    let files = report.files()?;
+    let mut bar = progress_bar();
+    let (points, info) =
+        knowledge::run(&cfg, &mut |s, d, t| bar(s, d, t), &mut |p, i, pending| {
+            report(p, i, pending).files()?.write(&cfg.out)
+        })?;
+    let files = report(&points, &info, &[]).files()?;
     files.write(&cfg.out)?;
     print!("{}", files.markdown);
     eprintln!(

@@ -274,7 +274,7 @@ fn fit_guards(
     let best_cost = timed(&work, "fit-dsg.json", || {
         fit_guard(lm, &kcfg, CLUSTER, progress).map(drop)
     })?;
-    let best = GuardrailFile::load(&work.join("guard.json"))?;
+    let best = GuardrailFile::load(work.join("guard.json"))?;
     // The paper's configuration, fitted afresh from the same documents (its own statistics pass,
     // so its cost is what a user of the paper's recipe pays).
     let req = FitRequest {
@@ -555,11 +555,16 @@ fn measure(
     })
 }
 
+/// Called after each finished point with the points so far (base first), the data summary and
+/// the points still to run, so that a long run leaves a readable report at every stage.
+pub type OnPoint<'a> = dyn FnMut(&[PointResult], &serde_json::Value, &[String]) -> Result<()> + 'a;
+
 /// Runs the trade-off on Track K and returns every point (base first) with the data summary; the
-/// caller writes the report ([`super::report`]).
+/// caller writes the report ([`super::report`]), also after each point through `on_point`.
 pub fn run(
     cfg: &KnowledgeTradeoff,
     progress: &mut Progress,
+    on_point: &mut OnPoint,
 ) -> Result<(Vec<PointResult>, serde_json::Value)> {
     cfg.check()?;
     let device = candle_core::Device::Cpu;
@@ -568,9 +573,18 @@ pub fn run(
     let guards = fit_guards(&base, cfg, progress)?;
     let examples = training_examples(&base, cfg)?;
     let layer = guards.best.0.hook_point.layer;
+    let info = serde_json::json!({
+        "sets": info,
+        "train_rows_per_side": examples.0.len(),
+        "dsg_features": guards.best.0.feature_ids(),
+        "dsg_gate": guards.best.0.gate,
+        "paper_features": guards.paper.0.feature_ids(),
+        "paper_gate": guards.paper.0.gate,
+        "farrell_features": guards.farrell.feature_ids(),
+    });
     let points = sweep_points(cfg.sweep, layer);
     let mut results = Vec::new();
-    for point in &points {
+    for (k, point) in points.iter().enumerate() {
         let r = checkpoint(
             &cfg.work().join("points"),
             &format!("{}.json", point.id),
@@ -601,15 +615,11 @@ pub fn run(
             },
         )?;
         results.push(r);
+        let pending: Vec<String> = points[k + 1..]
+            .iter()
+            .map(|p| format!("{} {}", p.method, p.knob))
+            .collect();
+        on_point(&results, &info, &pending)?;
     }
-    let info = serde_json::json!({
-        "sets": info,
-        "train_rows_per_side": examples.0.len(),
-        "dsg_features": guards.best.0.feature_ids(),
-        "dsg_gate": guards.best.0.gate,
-        "paper_features": guards.paper.0.feature_ids(),
-        "paper_gate": guards.paper.0.gate,
-        "farrell_features": guards.farrell.feature_ids(),
-    });
     Ok((results, info))
 }

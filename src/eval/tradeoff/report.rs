@@ -51,9 +51,14 @@ pub struct TradeoffReport {
     pub costs: Vec<CostRatio>,
     /// The goals.
     pub goals: Vec<Goal>,
+    /// Points of the sweep not run yet (a report written while the run goes on).
+    pub pending: Vec<String>,
     /// Wall-clock seconds of the whole command.
     pub seconds: f64,
 }
+
+/// A utility measure of a point (higher is better).
+type Utility = fn(&PointResult) -> f64;
 
 fn label(p: &PointResult) -> String {
     format!("{} {}", p.method, p.knob)
@@ -87,7 +92,7 @@ pub fn cost_ratios(points: &[PointResult]) -> Vec<CostRatio> {
 /// and DSG at least 20× cheaper than RMU.
 pub fn goals(points: &[PointResult], costs: &[CostRatio]) -> Vec<Goal> {
     let mut out = Vec::new();
-    let utilities: [(&str, fn(&PointResult) -> f64); 2] = [
+    let utilities: [(&str, Utility); 2] = [
         ("retain accuracy", |p| p.retain.rate),
         ("MMLU outside the domain", |p| p.mmlu.rate),
     ];
@@ -161,6 +166,13 @@ impl TradeoffReport {
              machine: {:.0} s.\n\n",
             self.track, self.model, self.command, self.seconds
         );
+        if !self.pending.is_empty() {
+            md.push_str(&format!(
+                "**Partial report**: {} point(s) still to run: {}.\n\n",
+                self.pending.len(),
+                self.pending.join(", ")
+            ));
+        }
         md.push_str(&format!(
             "Data: `{}`\n\n",
             serde_json::to_string(&self.info["sets"]).unwrap_or_default()
@@ -266,11 +278,7 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
 
 /// Forget accuracy (y, lower is better) against `utility` (x, higher is better): one colour per
 /// method, each point labelled by its knob, each method's own front as a line.
-pub fn pareto_svg(
-    points: &[PointResult],
-    x_label: &str,
-    utility: fn(&PointResult) -> f64,
-) -> Result<String> {
+pub fn pareto_svg(points: &[PointResult], x_label: &str, utility: Utility) -> Result<String> {
     let mut methods: Vec<&str> = Vec::new();
     for p in points {
         if !methods.contains(&p.method.as_str()) {
@@ -397,10 +405,14 @@ mod tests {
             points,
             costs,
             goals: g,
+            pending: vec!["GA lr=1e-3".into()],
             seconds: 1.0,
         };
         let files = report.files().unwrap();
         assert!(files.markdown.contains("| RMU | s=2 | 50.0 ["));
+        assert!(files
+            .markdown
+            .contains("Partial report**: 1 point(s) still to run: GA lr=1e-3"));
         for (_, svg) in &files.figures {
             assert!(svg.starts_with("<svg") && svg.contains("NPO") && svg.contains("s=2"));
         }
