@@ -14,7 +14,8 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(90, 90, 90),
 ];
 
-fn plot_err(e: impl std::fmt::Display) -> Error {
+/// A plotters error as dsg's.
+pub(crate) fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("drawing the figure failed: {e}"))
 }
 

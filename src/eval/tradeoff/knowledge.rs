@@ -23,7 +23,7 @@ use crate::data::{read_documents, Split, SplitMix64, MMLU_BIO_SUBJECTS};
 use crate::eval::mcq::{evaluate, protocol, Protocol, Question};
 use crate::eval::metrics::Rate;
 use crate::eval::quality::{assess, next_token_kl_between, DegenerateThresholds};
-use crate::eval::track::knowledge::fit::fit_guard;
+use crate::eval::track::knowledge::fit::{corpus_request, fit_guard};
 use crate::eval::track::knowledge::measure::{
     base_outcomes, cluster_questions, mmlu_questions, Outcome, WIKITEXT,
 };
@@ -34,8 +34,7 @@ use crate::guard::fit::fit_from_stats;
 use crate::guard::fit::{run as fit_run, FitRequest};
 use crate::guard::select::SelectionRule;
 use crate::guard::{
-    ClampSpec, Evidence, FitConfig, FitOutcome, Gate, Guardrail, GuardrailFile, Intervention,
-    StatsFiles,
+    ClampSpec, FitConfig, FitOutcome, Gate, Guardrail, GuardrailFile, Intervention, StatsFiles,
 };
 use crate::model::{self, AdapterMode, LoadedModel, NoHooks};
 use crate::output::Overwrite;
@@ -278,29 +277,12 @@ fn fit_guards(
     // The paper's configuration, fitted afresh from the same documents (its own statistics pass,
     // so its cost is what a user of the paper's recipe pays).
     let req = FitRequest {
-        sae: cfg.sae.clone(),
-        hook: None,
-        forget: vec![work.join("fit-forget.jsonl")],
-        retain: vec![work.join("fit-retain.jsonl")],
-        split: Split::Selection,
         n_features: 20,
         p_ratio: 95.0,
         p_dyn: 95.0,
         gate: Gate::Paper { tau: 0.0 },
-        clamp: 500.0,
-        rows: 64,
-        fraction: 100.0,
-        ctx: 512,
-        seed: 0,
-        batch: 2,
-        shard: None,
-        from_stats: None,
-        calibrate_mcq: Vec::new(),
-        calibrate_free_form: Vec::new(),
-        calibrate_limit: None,
-        evidence: Evidence::AllTokens,
         out: work.join("guard-paper.json"),
-        overwrite: Overwrite::Force,
+        ..corpus_request(&kcfg)
     };
     let paper_cost = timed(&work, "fit-paper.json", || {
         match fit_run(lm, &req, Some(&mut FitRelay(progress)))? {

@@ -7,8 +7,10 @@ use serde::Serialize;
 
 use super::methods::is_dsg;
 use super::{dominates, pareto_front, PointResult};
+use crate::eval::plot::plot_err;
+pub use crate::eval::track::knowledge::report::Goal;
 use crate::eval::track::TrackFiles;
-use crate::{Error, Result};
+use crate::Result;
 
 /// A method's cost against DSG's (the paper configuration's fit).
 #[derive(Debug, Clone, Serialize)]
@@ -21,17 +23,6 @@ pub struct CostRatio {
     pub time_ratio: f64,
     /// Its peak memory over DSG's.
     pub memory_ratio: Option<f64>,
-}
-
-/// One goal and whether the measurement meets it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Goal {
-    /// The goal.
-    pub goal: String,
-    /// What was measured.
-    pub measured: String,
-    /// Whether it is met.
-    pub met: bool,
 }
 
 /// The whole report.
@@ -271,10 +262,6 @@ const COLORS: [RGBColor; 9] = [
     RGBColor(0, 160, 170),
     RGBColor(160, 90, 40),
 ];
-
-fn plot_err(e: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("drawing the Pareto plot failed: {e}"))
-}
 
 /// Forget accuracy (y, lower is better) against `utility` (x, higher is better): one colour per
 /// method, each point labelled by its knob, each method's own front as a line.

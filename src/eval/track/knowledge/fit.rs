@@ -225,6 +225,41 @@ fn write_documents(path: &PathBuf, questions: &[Question]) -> Result<()> {
     std::fs::write(path, lines).map_err(|e| Error::io(path, e))
 }
 
+/// Track K's corpus fit: the documents `fit_guard` writes to `<work>/fit-{forget,retain}.jsonl`,
+/// `cfg`'s N, p_ratio, gate and p_dyn, clamp −500, written to `<work>/guard-corpus.json`.
+pub fn corpus_request(cfg: &KnowledgeConfig) -> FitRequest {
+    let work = cfg.work();
+    FitRequest {
+        sae: cfg.sae.clone(),
+        hook: None,
+        forget: vec![work.join("fit-forget.jsonl")],
+        // The retain corpus is the cluster's retain questions only, in the same format as the
+        // forget ones: with WikiText beside them, features of the question format itself rank
+        // first (a first run chose such features, firing on ~20% of forget tokens and ~4% of
+        // retain ones, and gated 7% of held-out forget questions at 2% FPR).
+        retain: vec![work.join("fit-retain.jsonl")],
+        split: Split::Selection,
+        n_features: cfg.n_features,
+        p_ratio: cfg.p_ratio,
+        p_dyn: cfg.p_dyn,
+        gate: cfg.gate,
+        clamp: 500.0,
+        rows: 64,
+        fraction: 100.0,
+        ctx: 512,
+        seed: 0,
+        batch: 2,
+        shard: None,
+        from_stats: None,
+        calibrate_mcq: Vec::new(),
+        calibrate_free_form: Vec::new(),
+        calibrate_limit: None,
+        evidence: Evidence::AllTokens,
+        out: work.join("guard-corpus.json"),
+        overwrite: Overwrite::Force,
+    }
+}
+
 /// Fits the guardrail of `cluster` and writes it to `<work>/guard.json` (kept: a later run reuses
 /// it); returns it with its summary.
 pub fn fit_guard(
@@ -256,35 +291,7 @@ pub fn fit_guard(
     let retain_docs = work.join("fit-retain.jsonl");
     write_documents(&forget_docs, &forget)?;
     write_documents(&retain_docs, &retain)?;
-    let req = FitRequest {
-        sae: cfg.sae.clone(),
-        hook: None,
-        forget: vec![forget_docs],
-        // The retain corpus is the cluster's retain questions only, in the same format as the
-        // forget ones: with WikiText beside them, features of the question format itself rank
-        // first (a first run chose such features, firing on ~20% of forget tokens and ~4% of
-        // retain ones, and gated 7% of held-out forget questions at 2% FPR).
-        retain: vec![retain_docs],
-        split: Split::Selection,
-        n_features: cfg.n_features,
-        p_ratio: cfg.p_ratio,
-        p_dyn: cfg.p_dyn,
-        gate: cfg.gate,
-        clamp: 500.0,
-        rows: 64,
-        fraction: 100.0,
-        ctx: 512,
-        seed: 0,
-        batch: 2,
-        shard: None,
-        from_stats: None,
-        calibrate_mcq: Vec::new(),
-        calibrate_free_form: Vec::new(),
-        calibrate_limit: None,
-        evidence: Evidence::AllTokens,
-        out: work.join("guard-corpus.json"),
-        overwrite: Overwrite::Force,
-    };
+    let req = corpus_request(cfg);
     let FitOutcome::Guardrail { file, .. } =
         fit_run(lm, &req, Some(&mut super::super::FitRelay(progress)))?
     else {
