@@ -73,6 +73,10 @@ pub struct TradeoffArgs {
     /// Seed of the question samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Reuse the finished points of a previous run's report.json (its evaluation sets must equal
+    /// this run's); the report lists the reused points under info.reused_from.
+    #[arg(long)]
+    pub resume_from: Option<PathBuf>,
 }
 
 /// Runs `dsg bench tradeoff`.
@@ -105,6 +109,7 @@ pub fn run(model: &ModelArgs, command: &BenchCommand) -> Result<()> {
         kl_window_tokens: a.kl_window_tokens,
         batch: a.batch,
         seed: a.seed,
+        resume_from: a.resume_from.clone(),
     };
     let model_name = cfg
         .model

@@ -80,6 +80,8 @@ pub struct KnowledgeTradeoff {
     pub batch: usize,
     /// Seed of the question samples.
     pub seed: u64,
+    /// A previous run's `report.json` whose finished points are reused (same sets required).
+    pub resume_from: Option<PathBuf>,
 }
 
 /// The figure files the track writes besides the reports.
@@ -158,6 +160,66 @@ impl KnowledgeTradeoff {
             batch: self.batch,
         }
     }
+}
+
+/// A previous report's data summary and points, read before any model work.
+struct Previous {
+    path: PathBuf,
+    sets: serde_json::Value,
+    points: Vec<PointResult>,
+}
+
+/// Reads `--resume-from`'s report: its `info.sets` and `points` must parse.
+fn read_previous(path: &Path) -> Result<Previous> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |what: &str| {
+        Error::Invalid(format!(
+            "{} (--resume-from): expected a `dsg bench tradeoff` report.json, {what}",
+            path.display()
+        ))
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(&format!("found invalid JSON: {e}")))?;
+    let sets = v
+        .pointer("/info/sets")
+        .cloned()
+        .ok_or_else(|| bad("found no info.sets"))?;
+    let points = serde_json::from_value(v.get("points").cloned().unwrap_or_default())
+        .map_err(|e| bad(&format!("found unreadable points: {e}")))?;
+    Ok(Previous {
+        path: path.to_path_buf(),
+        sets,
+        points,
+    })
+}
+
+/// Stores the previous run's points as this run's checkpoints (where none exists yet), after
+/// checking that both runs evaluate the same sets; returns the reused points' ids.
+fn reuse_points(
+    previous: &Previous,
+    sets: &serde_json::Value,
+    sweep: &[MethodPoint],
+    work: &Path,
+) -> Result<Vec<String>> {
+    if &previous.sets != sets {
+        return Err(Error::Invalid(format!(
+            "{} (--resume-from): its evaluation sets {} differ from this run's {}; rerun without \
+             --resume-from or with the options it was made with",
+            previous.path.display(),
+            previous.sets,
+            sets
+        )));
+    }
+    let mut reused = Vec::new();
+    for p in &previous.points {
+        if !sweep.iter().any(|s| s.id == p.id) {
+            continue;
+        }
+        let name = format!("{}.json", p.id);
+        checkpoint(work, &name, || Ok(p.clone()))?;
+        reused.push(p.id.clone());
+    }
+    Ok(reused)
 }
 
 /// The evaluation sets, fixed for every point.
@@ -549,6 +611,7 @@ pub fn run(
     on_point: &mut OnPoint,
 ) -> Result<(Vec<PointResult>, serde_json::Value)> {
     cfg.check()?;
+    let previous = cfg.resume_from.as_deref().map(read_previous).transpose()?;
     let device = candle_core::Device::Cpu;
     let base = model::load(&cfg.model, &device)?;
     let (sets, info) = eval_sets(&base, cfg, progress)?;
@@ -565,6 +628,14 @@ pub fn run(
         "farrell_features": guards.farrell.feature_ids(),
     });
     let points = sweep_points(cfg.sweep, layer);
+    let mut info = info;
+    if let Some(p) = &previous {
+        let reused = reuse_points(p, &info["sets"], &points, &cfg.work().join("points"))?;
+        info["reused_from"] = serde_json::json!({
+            "report": p.path.display().to_string(),
+            "points": reused,
+        });
+    }
     let mut results = Vec::new();
     for (k, point) in points.iter().enumerate() {
         let r = checkpoint(
@@ -604,4 +675,47 @@ pub fn run(
         on_point(&results, &info, &pending)?;
     }
     Ok((results, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed() -> Previous {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("results/tradeoff/knowledge/report.json");
+        read_previous(&path).expect("the committed Track K report parses")
+    }
+
+    #[test]
+    fn a_previous_report_seeds_the_checkpoints_of_its_points() {
+        let previous = committed();
+        let work = std::env::temp_dir().join(format!("dsg-reuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let sweep = sweep_points(Sweep::Reduced, 3);
+        let reused = reuse_points(&previous, &previous.sets, &sweep, &work).unwrap();
+        assert_eq!(reused.len(), previous.points.len());
+        for p in &previous.points {
+            let text = std::fs::read_to_string(work.join(format!("{}.json", p.id))).unwrap();
+            let back: PointResult = serde_json::from_str(&text).unwrap();
+            assert_eq!(&back, p);
+        }
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+
+    #[test]
+    fn a_previous_report_on_other_sets_is_refused() {
+        let previous = committed();
+        let mut sets = previous.sets.clone();
+        sets["forget_known"] = serde_json::json!(1);
+        let work = std::env::temp_dir().join(format!("dsg-reuse-bad-{}", std::process::id()));
+        let err = reuse_points(&previous, &sets, &sweep_points(Sweep::Reduced, 3), &work)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--resume-from") && err.contains("differ"),
+            "{err}"
+        );
+        assert!(!work.exists(), "nothing written on a mismatch");
+    }
 }
