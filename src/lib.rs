@@ -4,7 +4,7 @@
 //! order: [`model`] (hookable decoder, loaders, tokenizer) and [`data`] (every data file format, the
 //! canonical split, token rows) → [`sae`] (sparse autoencoders) → [`stats`]
 //! (per-feature statistics over corpora) → [`guard`] (selection, gate, clamp, guardrail files) →
-//! [`eval`] / [`generate`].
+//! [`eval`] / [`generate`] / [`serve`].
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -20,6 +20,7 @@ pub mod model;
 pub mod output;
 pub mod runtime;
 pub mod sae;
+pub mod serve;
 pub mod stats;
 pub mod train;
 

@@ -76,6 +76,8 @@ pub struct Guardrail {
     streams: Vec<GateStream>,
     records: Vec<PassRecord>,
     refuse: bool,
+    /// Per batch row, whether the guardrail may edit it (`None`: every row).
+    acting: Option<Vec<bool>>,
 }
 
 /// The sha256 of a model or SAE: of the file itself, or, for a directory, of the listing of its
@@ -158,6 +160,7 @@ impl Guardrail {
             streams: Vec::new(),
             records: Vec::new(),
             refuse: false,
+            acting: None,
         })
     }
 
@@ -177,6 +180,7 @@ impl Guardrail {
             streams: Vec::new(),
             records: Vec::new(),
             refuse: self.refuse,
+            acting: None,
         })
     }
 
@@ -195,6 +199,42 @@ impl Guardrail {
             Intervention::Refuse => g.refuse = true,
         }
         Ok(g)
+    }
+
+    /// The same guardrail (gate, calibration, intervention) with no row state: for a request
+    /// prefilled on its own before it joins a running batch ([`Self::append_rows`]).
+    pub fn fork(&self) -> Guardrail {
+        Guardrail {
+            file: self.file.clone(),
+            sae: self.sae.clone(),
+            features: self.features.clone(),
+            decoder_rows: self.decoder_rows.clone(),
+            streams: Vec::new(),
+            records: Vec::new(),
+            refuse: self.refuse,
+            acting: None,
+        }
+    }
+
+    /// Moves `other`'s rows (their gate streams) after this guardrail's rows, as
+    /// [`crate::model::KvCache::append_rows`] does with their caches; `other` keeps no rows.
+    pub fn append_rows(&mut self, other: &mut Guardrail) {
+        self.streams.append(&mut other.streams);
+    }
+
+    /// Keeps the rows where `keep` is true (in order), as
+    /// [`crate::model::KvCache::retain_rows`] does.
+    pub fn retain_rows(&mut self, keep: &[bool]) {
+        let mut flags = keep.iter();
+        self.streams
+            .retain(|_| flags.next().copied().unwrap_or(false));
+    }
+
+    /// Per batch row, whether the guardrail may edit it (`None`, the default: every row). A row
+    /// it may not edit is still gated and recorded (its decision is reported) but passes
+    /// through unchanged: a server's per-request choice of guardrails.
+    pub fn set_acting_rows(&mut self, acting: Option<Vec<bool>>) {
+        self.acting = acting;
     }
 
     /// What the guardrail does when its gate fires.
@@ -332,7 +372,7 @@ impl Hooks for Guardrail {
             let pushed: Vec<bool> = (0..len)
                 .map(|t| evidence.is_none_or(|e| e[b][t]) && (logits.is_none() || start + t != 0))
                 .collect();
-            let record = self.row(
+            let mut record = self.row(
                 b,
                 start,
                 &ctx.tokens[b],
@@ -340,6 +380,13 @@ impl Hooks for Guardrail {
                 logits.as_ref().map(|l| l[b].as_slice()),
                 &pushed,
             )?;
+            if self
+                .acting
+                .as_ref()
+                .is_some_and(|a| !a.get(b).copied().unwrap_or(true))
+            {
+                record.clamped.fill(false);
+            }
             mask[b * seq..b * seq + len].copy_from_slice(&record.clamped);
             rows.push(record);
         }

@@ -90,6 +90,72 @@ impl LayerKv {
         (self.batch, self.heads, self.dim, self.cap) = (batch, heads, dim, cap);
     }
 
+    /// Rows `self` then `other`, over `max(len)` columns: each row's columns keep their index, and
+    /// columns past a row's own length hold zeros (the caller marks them as padding). Both sides
+    /// must share heads and head dimension unless one is empty.
+    pub fn concat_rows(&self, other: &LayerKv) -> LayerKv {
+        if self.batch == 0 {
+            return other.clone();
+        }
+        if other.batch == 0 {
+            return self.clone();
+        }
+        debug_assert_eq!((self.heads, self.dim), (other.heads, other.dim));
+        let (heads, dim) = (self.heads, self.dim);
+        let len = self.len.max(other.len);
+        let cap = len.max(MIN_CAPACITY);
+        let batch = self.batch + other.batch;
+        let mut out = LayerKv {
+            k: vec![0f32; batch * heads * cap * dim],
+            v: vec![0f32; batch * heads * cap * dim],
+            batch,
+            heads,
+            dim,
+            cap,
+            len,
+        };
+        for (offset, part) in [(0, self), (self.batch, other)] {
+            let n = part.len * dim;
+            for bh in 0..part.batch * heads {
+                let (src, dst) = (bh * part.cap * dim, (offset * heads + bh) * cap * dim);
+                out.k[dst..dst + n].copy_from_slice(&part.k[src..src + n]);
+                out.v[dst..dst + n].copy_from_slice(&part.v[src..src + n]);
+            }
+        }
+        out
+    }
+
+    /// Keeps the rows where `keep_row` is true and, of their columns, those where `keep_col` is
+    /// true (in order).
+    pub fn select(&self, keep_row: &[bool], keep_col: &[bool]) -> LayerKv {
+        let rows: Vec<usize> = (0..self.batch).filter(|&r| keep_row[r]).collect();
+        let cols: Vec<usize> = (0..self.len).filter(|&c| keep_col[c]).collect();
+        let (heads, dim) = (self.heads, self.dim);
+        let (batch, len) = (rows.len(), cols.len());
+        let cap = len.max(MIN_CAPACITY);
+        let mut out = LayerKv {
+            k: vec![0f32; batch * heads * cap * dim],
+            v: vec![0f32; batch * heads * cap * dim],
+            batch,
+            heads,
+            dim,
+            cap,
+            len,
+        };
+        for (new_row, &row) in rows.iter().enumerate() {
+            for h in 0..heads {
+                let src_base = (row * heads + h) * self.cap * dim;
+                let dst_base = (new_row * heads + h) * cap * dim;
+                for (j, &c) in cols.iter().enumerate() {
+                    let (src, dst) = (src_base + c * dim, dst_base + j * dim);
+                    out.k[dst..dst + dim].copy_from_slice(&self.k[src..src + dim]);
+                    out.v[dst..dst + dim].copy_from_slice(&self.v[src..src + dim]);
+                }
+            }
+        }
+        out
+    }
+
     /// The cached keys and values as (batch, heads, len, dim) tensors.
     pub fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
         let shape = (self.batch, self.heads, self.cap, self.dim);

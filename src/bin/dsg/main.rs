@@ -22,6 +22,7 @@ mod explain;
 mod forgetting;
 mod guard_cmd;
 mod probe_cmd;
+mod serve_cmd;
 mod tradeoff_cmd;
 mod train_cmd;
 
@@ -138,6 +139,9 @@ enum Command {
     },
     /// Fit (or reuse) a WMDP-bio guardrail on the default model and show it at work.
     Demo(demo::DemoArgs),
+    /// Serve the guarded model over an OpenAI-compatible HTTP API (chat, completions with
+    /// log-probs, guard inspection, metrics, a playground page at /).
+    Serve(serve_cmd::ServeArgs),
     /// Evaluate guardrails on held-out data.
     Eval {
         #[command(flatten)]
@@ -400,6 +404,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Demo(args) => demo::demo(&args)?,
+        Command::Serve(args) => serve_cmd::serve(&args)?,
         Command::Eval { model, command } => eval_cmd::run(&model, &command)?,
         Command::Forgetting { model, command } => forgetting::run(&model, &command)?,
         Command::Bench {
