@@ -608,6 +608,7 @@ impl Worker {
         for g in self.guards.iter_mut() {
             hooks.push(&mut g.guard);
         }
+        self.metrics.decode_step(self.rows.len());
         let cache = self.cache.as_mut().expect("running rows have a cache");
         let out = self
             .lm

@@ -36,6 +36,8 @@ pub struct Metrics {
     cancelled: AtomicU64,
     timed_out: AtomicU64,
     running: AtomicUsize,
+    decode_steps: AtomicU64,
+    decode_rows: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,6 +84,12 @@ impl Metrics {
     /// Sets how many requests are decoding.
     pub fn set_running(&self, n: usize) {
         self.running.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts one batched decoding step over `rows` requests.
+    pub fn decode_step(&self, rows: usize) {
+        self.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.decode_rows.fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     /// Counts one answer of guardrail `name`: whether its gate was on (while acting) and how
@@ -159,6 +167,18 @@ impl Metrics {
                 "gauge",
                 "Requests in the decoding batch.",
                 self.running.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "dsg_decode_steps_total",
+                "counter",
+                "Batched decoding steps.",
+                self.decode_steps.load(Ordering::Relaxed),
+            ),
+            (
+                "dsg_decode_rows_total",
+                "counter",
+                "Requests decoded, summed over steps (over the steps: the mean batch).",
+                self.decode_rows.load(Ordering::Relaxed),
             ),
             (
                 "dsg_cancelled_total",
