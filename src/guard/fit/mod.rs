@@ -19,7 +19,8 @@ use super::file::{describe_features, ArtifactIdentity, DataProvenance, FORMAT_VE
 use super::{ClampSpec, Evidence, Gate, GuardrailFile, PercentileRule, SelectionRule};
 use crate::model::{HookPoint, Model};
 use crate::sae::Sae;
-use crate::stats::collect::{collect, CollectOptions, CorpusStats, Shard};
+use crate::stats::collect::{collect, CollectOptions, CorpusStats};
+use crate::stats::shard::Shard;
 use crate::stats::StatsProvenance;
 use crate::{Error, Result};
 

@@ -9,7 +9,7 @@ use super::super::{ClampSpec, Evidence, Gate};
 use crate::data::Split;
 use crate::model::HookPoint;
 use crate::output::{check_output, Overwrite};
-use crate::stats::collect::Shard;
+use crate::stats::shard::Shard;
 use crate::{Error, Result};
 
 /// One `dsg fit`: the SAE, the corpora, the selection, gate, clamp and calibration parameters, how

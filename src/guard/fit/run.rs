@@ -12,8 +12,9 @@ use crate::data::{read_documents, read_mcq, McqItem, SplitMix64};
 use crate::guard::file::ArtifactIdentity;
 use crate::model::LoadedModel;
 use crate::sae::Sae;
-use crate::stats::collect::{keep_evidence, prompt_activity, Shard};
+use crate::stats::collect::{keep_evidence, prompt_activity};
 use crate::stats::prompts::{free_form_prompt, marked_mcq_prompt, Prompt};
+use crate::stats::shard::Shard;
 use crate::{Error, Result};
 
 /// Prompts per forward pass when calibrating on MCQ prompts.
