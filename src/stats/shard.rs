@@ -1,4 +1,4 @@
-//! Splitting a statistics pass across processes.
+//! Splitting a statistics pass across processes, and putting the pieces back together.
 //!
 //! [`Shard`] `i/n` processes rows `i, i+n, i+2n, …` of each corpus. Where the shard comes from is a
 //! [`ShardSpec`]: written out (`--shard 3/8`), or read from a cluster scheduler's environment
@@ -8,9 +8,18 @@
 //!   (and `SLURM_ARRAY_TASK_STEP` for `--array=a-b:s`); the index is `(ID − MIN) / STEP`;
 //! * a Kubernetes Indexed Job sets `JOB_COMPLETION_INDEX` but no count, so the count comes from
 //!   `--shard-count` or `DSG_SHARD_COUNT` (the Job's `completions`).
+//!
+//! Each shard's statistics carry a [`ShardTag`]: the shard and a digest of what every shard of one
+//! pass shares (model, SAE, hook, the full rows). [`check_shard_set`] refuses, before anything is
+//! merged, a set with a shard missing or given twice, shards that disagree on the count, or shards
+//! of different passes.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -28,7 +37,7 @@ pub const JOB_COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
 pub const DSG_SHARD_COUNT: &str = "DSG_SHARD_COUNT";
 
 /// Which rows this process handles: every `count`-th row starting at `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
     /// 0-based shard index, below `count`.
     pub index: usize,
@@ -238,6 +247,94 @@ impl FromStr for ShardSpec {
     }
 }
 
+/// What a shard's statistics record about the pass they belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardTag {
+    /// Which shard.
+    pub shard: Shard,
+    /// Digest of what every shard of the pass shares (model, SAE, hook, token conventions, the
+    /// full rows of both corpora); shards of different passes have different digests.
+    pub pass: String,
+}
+
+/// Checks that `shards` (a file and its tag, `None` for statistics that are not a shard: older
+/// files, unsharded fits, merges) can be merged: every file at most once, and either no tags at
+/// all or every shard `0..n` of one pass exactly once. Errors name the files.
+pub fn check_shard_set(shards: &[(PathBuf, Option<ShardTag>)]) -> Result<()> {
+    let mut seen: BTreeSet<&Path> = BTreeSet::new();
+    for (p, _) in shards {
+        if !seen.insert(p) {
+            return Err(Error::Invalid(format!(
+                "{} is given twice; each shard is merged once",
+                p.display()
+            )));
+        }
+    }
+    let tagged: Vec<(&Path, &ShardTag)> = shards
+        .iter()
+        .filter_map(|(p, t)| t.as_ref().map(|t| (p.as_path(), t)))
+        .collect();
+    let Some(&(first, first_tag)) = tagged.first() else {
+        return Ok(());
+    };
+    if let Some((p, _)) = shards.iter().find(|(_, t)| t.is_none()) {
+        return Err(Error::Invalid(format!(
+            "{} records no shard (written by an unsharded `dsg fit`, a merge, or an older dsg) \
+             but {} is shard {}; merge the shards of one `dsg fit --shard` pass only",
+            p.display(),
+            first.display(),
+            first_tag.shard
+        )));
+    }
+    let count = first_tag.shard.count;
+    for &(p, t) in &tagged[1..] {
+        if t.shard.count != count {
+            return Err(Error::Mismatch(format!(
+                "{} is shard {} but {} is shard {}: the shards disagree on the shard count",
+                first.display(),
+                first_tag.shard,
+                p.display(),
+                t.shard
+            )));
+        }
+        if t.pass != first_tag.pass {
+            return Err(Error::Mismatch(format!(
+                "{} and {} are shards of different passes (another model, SAE, hook, corpus, \
+                 seed, --rows, --fraction or --ctx)",
+                first.display(),
+                p.display()
+            )));
+        }
+    }
+    let mut by_index: BTreeMap<usize, &Path> = BTreeMap::new();
+    for &(p, t) in &tagged {
+        if let Some(other) = by_index.insert(t.shard.index, p) {
+            return Err(Error::Invalid(format!(
+                "shard {} is given twice: {} and {}",
+                t.shard,
+                other.display(),
+                p.display()
+            )));
+        }
+    }
+    let missing: Vec<String> = (0..count)
+        .filter(|i| !by_index.contains_key(i))
+        .map(|i| format!("{i}/{count}"))
+        .collect();
+    if !missing.is_empty() {
+        let (noun, verb) = match missing.len() {
+            1 => ("shard", "is"),
+            _ => ("shards", "are"),
+        };
+        return Err(Error::Invalid(format!(
+            "{noun} {} {verb} missing: {} of {count} shards given",
+            missing.join(", "),
+            tagged.len()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -411,5 +508,84 @@ mod tests {
             let e = bad.parse::<ShardSpec>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("auto"), "{e}");
         }
+    }
+
+    fn tag(index: usize, count: usize, pass: &str) -> Option<ShardTag> {
+        Some(ShardTag {
+            shard: Shard { index, count },
+            pass: pass.into(),
+        })
+    }
+
+    fn set(tags: Vec<(&str, Option<ShardTag>)>) -> Result<()> {
+        let shards: Vec<(PathBuf, Option<ShardTag>)> = tags
+            .into_iter()
+            .map(|(p, t)| (PathBuf::from(p), t))
+            .collect();
+        check_shard_set(&shards)
+    }
+
+    fn refused(tags: Vec<(&str, Option<ShardTag>)>) -> String {
+        set(tags).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn a_complete_set_or_untagged_statistics_merge() {
+        set(vec![("b", tag(1, 2, "p")), ("a", tag(0, 2, "p"))]).unwrap();
+        set(vec![("a", tag(0, 1, "p"))]).unwrap();
+        set(vec![("old1", None), ("old2", None)]).unwrap();
+    }
+
+    #[test]
+    fn a_missing_shard_is_named() {
+        let e = refused(vec![("s0", tag(0, 4, "p")), ("s2", tag(2, 4, "p"))]);
+        assert!(
+            e.contains("1/4, 3/4 are missing") && e.contains("2 of 4"),
+            "{e}"
+        );
+        let e = refused(vec![("s1", tag(1, 2, "p"))]);
+        assert!(e.contains("shard 0/2 is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicated_shard_or_file_is_named() {
+        let e = refused(vec![
+            ("s0", tag(0, 2, "p")),
+            ("s1", tag(1, 2, "p")),
+            ("again/s1", tag(1, 2, "p")),
+        ]);
+        assert!(
+            e.contains("shard 1/2 is given twice") && e.contains("s1 and again/s1"),
+            "{e}"
+        );
+        let e = refused(vec![("old", None), ("old", None)]);
+        assert!(e.contains("old is given twice"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_counts_are_named() {
+        let e = refused(vec![("s0", tag(0, 2, "p")), ("t1", tag(1, 3, "p"))]);
+        assert!(
+            e.contains("s0 is shard 0/2 but t1 is shard 1/3") && e.contains("count"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shards_of_different_passes_are_named() {
+        let e = refused(vec![("s0", tag(0, 2, "p")), ("other1", tag(1, 2, "q"))]);
+        assert!(
+            e.contains("s0 and other1") && e.contains("different passes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shards_mixed_with_untagged_statistics_are_named() {
+        let e = refused(vec![("s0", tag(0, 2, "p")), ("merged", None)]);
+        assert!(
+            e.contains("merged records no shard") && e.contains("s0 is shard 0/2"),
+            "{e}"
+        );
     }
 }
