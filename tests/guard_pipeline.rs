@@ -17,8 +17,9 @@ use dsg::model::{
     Batch, ForwardOptions, HookList, HookPoint, Logits, Model, ModelConfig, NoHooks, WeightSource,
 };
 use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
-use dsg::stats::collect::{prompt_activity, Shard};
+use dsg::stats::collect::prompt_activity;
 use dsg::stats::prompts::mcq_prompt;
+use dsg::stats::shard::Shard;
 
 const D_SAE: usize = 32;
 const BOS: u32 = 1;

@@ -14,56 +14,11 @@
 //! [`keep_evidence`] reduces its result to the tokens a guardrail that counts user text counts, so
 //! a threshold calibrated or evaluated on prompts sees what the hook sees.
 
-use std::fmt;
-use std::str::FromStr;
-
+use super::shard::Shard;
 use super::{counted_tokens, token_activity, FeatureStats, RowActivity, StatsProvenance};
 use crate::model::{Batch, Capture, HookPoint, Model};
 use crate::sae::Sae;
 use crate::{Error, Result};
-
-/// Which rows this process handles: every `count`-th row starting at `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// 0-based shard index, below `count`.
-    pub index: usize,
-    /// Number of shards (≥ 1).
-    pub count: usize,
-}
-
-impl Shard {
-    /// The single shard holding every row.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// Whether row `row` belongs to this shard.
-    pub fn contains(&self, row: usize) -> bool {
-        row % self.count == self.index
-    }
-}
-
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
-impl FromStr for Shard {
-    type Err = Error;
-
-    /// Parses `i/n` with `i < n`.
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Invalid(format!("shard {s:?}: expected i/n with 0 ≤ i < n"));
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
 
 /// How [`collect`] runs.
 #[derive(Debug, Clone)]

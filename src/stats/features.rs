@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::latents::{as_batch, tokens_per_piece};
+use super::shard::ShardTag;
 use super::store::{self, Column, StoredFile};
 use crate::model::HookPoint;
 use crate::{Error, Result};
@@ -35,6 +36,9 @@ pub struct StatsProvenance {
 pub struct FeatureStats {
     /// Where the numbers come from.
     pub provenance: StatsProvenance,
+    /// Which shard of which pass these are, when written by a sharded pass (`None` for a whole
+    /// pass, a merge, and files written before shards were recorded).
+    pub shard: Option<ShardTag>,
     counts: Counts,
     sum: Vec<f64>,
     sum_sq: Vec<f64>,
@@ -54,6 +58,9 @@ struct Header {
     format_version: u32,
     d_sae: usize,
     provenance: StatsProvenance,
+    /// Absent in whole-pass files and in files written before shards were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<ShardTag>,
     #[serde(flatten)]
     counts: Counts,
 }
@@ -71,6 +78,7 @@ impl FeatureStats {
     pub fn new(d_sae: usize, provenance: StatsProvenance) -> Self {
         FeatureStats {
             provenance,
+            shard: None,
             counts: Counts::default(),
             sum: vec![0.0; d_sae],
             sum_sq: vec![0.0; d_sae],
@@ -163,7 +171,9 @@ impl FeatureStats {
     }
 
     /// Adds `other`'s statistics (another shard of the same corpus, or another corpus with the
-    /// same SAE and hook point; differing corpus descriptions are joined with ` + `).
+    /// same SAE and hook point; differing corpus descriptions are joined with ` + `). The sum is no
+    /// single shard, so its shard tag is cleared; [`crate::stats::shard::check_shard_set`] checks
+    /// a set of shards before they are added.
     pub fn merge(&mut self, other: &FeatureStats) -> Result<()> {
         let (mine, theirs) = (&self.provenance, &other.provenance);
         if mine.hook_point != theirs.hook_point || mine.sae_id != theirs.sae_id {
@@ -190,6 +200,7 @@ impl FeatureStats {
         self.counts.n_rows += other.counts.n_rows;
         self.counts.n_tokens += other.counts.n_tokens;
         self.counts.n_counted += other.counts.n_counted;
+        self.shard = None;
         Ok(())
     }
 
@@ -222,6 +233,7 @@ impl FeatureStats {
             format_version: FORMAT_VERSION,
             d_sae: self.d_sae(),
             provenance: self.provenance.clone(),
+            shard: self.shard.clone(),
             counts: self.counts,
         };
         store::write(
@@ -240,23 +252,36 @@ impl FeatureStats {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = StoredFile::open(path)?;
-        let header: Header = file.header(HEADER_KEY)?;
-        if header.format_version != FORMAT_VERSION {
-            return Err(Error::format(
-                path,
-                "format_version",
-                FORMAT_VERSION.to_string(),
-                header.format_version.to_string(),
-            ));
-        }
+        let header = checked(path, file.header(HEADER_KEY)?)?;
         Ok(FeatureStats {
             provenance: header.provenance,
+            shard: header.shard,
             counts: header.counts,
             sum: file.f64s("sum", header.d_sae)?,
             sum_sq: file.f64s("sum_sq", header.d_sae)?,
             fire_count: file.u64s("fire_count", header.d_sae)?,
         })
     }
+
+    /// The shard tag of the statistics file at `path`, reading only its header (see
+    /// [`FeatureStats::shard`]).
+    pub fn read_shard(path: impl AsRef<Path>) -> Result<Option<ShardTag>> {
+        let path = path.as_ref();
+        Ok(checked(path, store::read_header(path, HEADER_KEY)?)?.shard)
+    }
+}
+
+/// `header` of the file at `path`, if its format version is this one.
+fn checked(path: &Path, header: Header) -> Result<Header> {
+    if header.format_version != FORMAT_VERSION {
+        return Err(Error::format(
+            path,
+            "format_version",
+            FORMAT_VERSION.to_string(),
+            header.format_version.to_string(),
+        ));
+    }
+    Ok(header)
 }
 
 #[cfg(test)]
@@ -349,6 +374,37 @@ mod tests {
         let back = FeatureStats::load(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(back, stats);
+    }
+
+    /// A shard's tag survives a round trip and is read from the header alone; a file without one
+    /// (a whole pass, or a file written before shards were recorded: the same bytes) reads as
+    /// `None`, and a merge is no single shard.
+    #[test]
+    fn shard_tags_round_trip_and_merges_clear_them() {
+        use crate::stats::shard::Shard;
+        let path = std::env::temp_dir().join(format!(
+            "dsg-stats-shard-{}.safetensors",
+            std::process::id()
+        ));
+        let mut stats = FeatureStats::new(3, provenance("c"));
+        stats.save(&path).unwrap();
+        assert_eq!(FeatureStats::read_shard(&path).unwrap(), None);
+        let tag = ShardTag {
+            shard: Shard { index: 1, count: 4 },
+            pass: "abc".into(),
+        };
+        stats.shard = Some(tag.clone());
+        stats.save(&path).unwrap();
+        assert_eq!(FeatureStats::read_shard(&path).unwrap(), Some(tag.clone()));
+        assert_eq!(FeatureStats::load(&path).unwrap(), stats);
+        std::fs::remove_file(&path).unwrap();
+        let other = stats.clone();
+        stats.merge(&other).unwrap();
+        assert_eq!(stats.shard, None);
+        std::fs::write(&path, b"short").unwrap();
+        let e = FeatureStats::read_shard(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.contains("safetensors"), "{e}");
     }
 
     #[test]

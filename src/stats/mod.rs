@@ -7,6 +7,8 @@
 //!
 //! * [`collect`]: the model + SAE pass that accumulates the statistics over token rows
 //!   ([`crate::data::rows`]) or prompts ([`prompts`]: the chat-formatted MCQ prompt of §5.1).
+//! * [`shard`]: one pass split across processes (the shard from `i/n` or a scheduler's
+//!   environment), and the checks that a set of shards is whole before it is merged.
 //!
 //! Latents arrive as right-padded `(batch, seq, d_sae)` (or `(seq, d_sae)`) tensors with each
 //! row's valid length, or as plain row-major slices.
@@ -16,6 +18,7 @@ pub mod collect;
 pub mod features;
 mod latents;
 pub mod prompts;
+pub mod shard;
 mod store;
 
 pub use activity::{select_features, token_activity, RowActivity};

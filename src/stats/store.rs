@@ -5,12 +5,13 @@
 //! one ulp away from the one written, and merged sums must survive a round trip unchanged.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -75,6 +76,48 @@ pub(crate) fn write(
         .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
 }
 
+/// The largest safetensors header [`read_header`] reads (the safetensors crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The JSON header under metadata key `key` of the file at `path`, reading only the file's
+/// safetensors header, not its arrays: cheap enough to check many large files before any is read.
+pub(crate) fn read_header<T: DeserializeOwned>(path: &Path, key: &str) -> Result<T> {
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(rename = "__metadata__", default)]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let bad = |found: String| Error::format(path, "file", "a safetensors file", found);
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if size < 8 {
+        return Err(bad(format!("{size} bytes")));
+    }
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER_BYTES || n > size - 8 {
+        return Err(bad(format!("a {n}-byte header in a {size}-byte file")));
+    }
+    let mut json = vec![0u8; n as usize];
+    file.read_exact(&mut json).map_err(|e| Error::io(path, e))?;
+    let raw: Raw = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
+    parse_header(path, key, raw.metadata.as_ref())
+}
+
+/// The JSON header under `key` in a file's safetensors metadata.
+fn parse_header<T: DeserializeOwned>(
+    path: &Path,
+    key: &str,
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<T> {
+    let json = metadata
+        .and_then(|m| m.get(key))
+        .ok_or_else(|| Error::missing(path, format!("metadata key `{key}`")))?;
+    serde_json::from_str(json)
+        .map_err(|e| Error::format(path, key, "the header this version writes", e.to_string()))
+}
+
 /// A stored file, read into memory.
 pub(crate) struct StoredFile {
     path: PathBuf,
@@ -102,19 +145,7 @@ impl StoredFile {
     pub(crate) fn header<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
         let (_, metadata) = SafeTensors::read_metadata(&self.bytes)
             .map_err(|e| Error::format(&self.path, "file", "a safetensors file", e.to_string()))?;
-        let json = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .ok_or_else(|| Error::missing(&self.path, format!("metadata key `{key}`")))?;
-        serde_json::from_str(json).map_err(|e| {
-            Error::format(
-                &self.path,
-                key,
-                "the header this version writes",
-                e.to_string(),
-            )
-        })
+        parse_header(&self.path, key, metadata.metadata().as_ref())
     }
 
     fn column(&self, name: &str, dtype: Dtype, len: usize) -> Result<Vec<u8>> {

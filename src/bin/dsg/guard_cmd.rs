@@ -13,7 +13,7 @@ use dsg::guard::{
 };
 use dsg::model::{HookPoint, LoadedModel};
 use dsg::output::Overwrite;
-use dsg::stats::collect::Shard;
+use dsg::stats::shard::ShardSpec;
 
 /// Options of `dsg fit`.
 #[derive(Args, Clone)]
@@ -63,9 +63,14 @@ pub struct FitArgs {
     /// Rows per forward pass.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
-    /// Process only shard i/n and write its statistics (merge with `dsg stats merge`).
+    /// Process only shard i/n and write its statistics (merge with `dsg stats merge`); `auto`
+    /// (or `env`) takes i/n from a Slurm job array (SLURM_ARRAY_TASK_ID, _MIN, _COUNT) or a
+    /// Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with --shard-count or DSG_SHARD_COUNT).
     #[arg(long)]
-    pub shard: Option<Shard>,
+    pub shard: Option<ShardSpec>,
+    /// The number of shards, for `--shard auto` under a scheduler that sets none (Kubernetes).
+    #[arg(long, requires = "shard")]
+    pub shard_count: Option<usize>,
     /// Fit from statistics written earlier under this prefix instead of running the model.
     #[arg(long)]
     pub from_stats: Option<PathBuf>,
@@ -93,9 +98,15 @@ pub struct FitArgs {
 }
 
 impl FitArgs {
-    /// The library request these options describe.
-    pub fn request(&self) -> FitRequest {
-        FitRequest {
+    /// The library request these options describe; `--shard auto` is resolved from this
+    /// process's environment.
+    pub fn request(&self) -> Result<FitRequest> {
+        let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+        let shard = self
+            .shard
+            .map(|s| s.resolve(self.shard_count, env))
+            .transpose()?;
+        Ok(FitRequest {
             sae: self.sae.clone(),
             hook: self.hook,
             forget: self.forget.clone(),
@@ -111,7 +122,7 @@ impl FitArgs {
             ctx: self.ctx,
             seed: self.seed,
             batch: self.batch,
-            shard: self.shard,
+            shard,
             from_stats: self.from_stats.clone(),
             calibrate_mcq: self.calibrate_mcq.clone(),
             calibrate_free_form: self.calibrate_free_form.clone(),
@@ -119,7 +130,7 @@ impl FitArgs {
             evidence: self.evidence,
             out: self.out.clone(),
             overwrite: overwrite(self.force),
-        }
+        })
     }
 }
 

@@ -358,7 +358,7 @@ fn main() -> Result<()> {
             guard_cmd::report_decisions(&guards, &guard.guards, &a);
         }
         Command::Fit { model, args } => {
-            let request = args.request();
+            let request = args.request()?;
             request.validate()?;
             guard_cmd::fit(&load_model(&model)?, &request)?;
         }

@@ -14,12 +14,15 @@ mod run;
 pub use request::FitRequest;
 pub use run::{run, FitObserver, FitOutcome};
 
+use sha2::{Digest, Sha256};
+
 use super::calibrate::{calibrate, DEFAULT_PERCENTILE};
 use super::file::{describe_features, ArtifactIdentity, DataProvenance, FORMAT_VERSION};
 use super::{ClampSpec, Evidence, Gate, GuardrailFile, PercentileRule, SelectionRule};
 use crate::model::{HookPoint, Model};
 use crate::sae::Sae;
-use crate::stats::collect::{collect, CollectOptions, CorpusStats, Shard};
+use crate::stats::collect::{collect, CollectOptions, CorpusStats};
+use crate::stats::shard::Shard;
 use crate::stats::StatsProvenance;
 use crate::{Error, Result};
 
@@ -90,6 +93,31 @@ impl FitConfig {
             starts_with_bos: self.starts_with_bos,
             record_activity,
         }
+    }
+
+    /// Digest of what every shard of one pass over `forget_rows` and `retain_rows` shares: the
+    /// model, the SAE, the hook, the token conventions and every row of both corpora (not only
+    /// one shard's). Recorded in each shard's statistics so that shards of different fits are
+    /// not merged; machine-specific paths do not enter it.
+    pub fn pass_digest(&self, forget_rows: &[Vec<u32>], retain_rows: &[Vec<u32>]) -> String {
+        let mut h = Sha256::new();
+        let mut put = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        let ids = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|t| t.to_le_bytes()).collect() };
+        put(self.model.sha256.as_bytes());
+        put(self.sae.sha256.as_bytes());
+        put(self.hook.to_string().as_bytes());
+        put(&[u8::from(self.starts_with_bos)]);
+        put(&ids(&self.special_ids));
+        for rows in [forget_rows, retain_rows] {
+            put(&(rows.len() as u64).to_le_bytes());
+            for r in rows {
+                put(&ids(r));
+            }
+        }
+        format!("{:x}", h.finalize())
     }
 
     fn provenance(&self, corpus: &str) -> StatsProvenance {

@@ -9,7 +9,7 @@ use super::super::{ClampSpec, Evidence, Gate};
 use crate::data::Split;
 use crate::model::HookPoint;
 use crate::output::{check_output, Overwrite};
-use crate::stats::collect::Shard;
+use crate::stats::shard::Shard;
 use crate::{Error, Result};
 
 /// One `dsg fit`: the SAE, the corpora, the selection, gate, clamp and calibration parameters, how
@@ -105,8 +105,9 @@ impl FitRequest {
         self.from_stats.as_deref().map(StatsFiles::beside)
     }
 
-    /// Checks every option's range and sign, that every input exists, and that no output replaces
-    /// an input, lies inside an input folder, or (unless forced) exists; cheap, and run by
+    /// Checks every option's range and sign, that every input exists (and that `--from-stats`
+    /// statistics are not one shard of several), and that no output replaces an input, lies
+    /// inside an input folder, or (unless forced) exists; cheap, and run by
     /// [`run`](super::run()) before anything else.
     pub fn validate(&self) -> Result<()> {
         at_least("--n-features", self.n_features, 1, "at least 1 feature")?;
@@ -154,6 +155,17 @@ impl FitRequest {
                 }
                 for p in stats.paths() {
                     existing_file("--from-stats statistics", p)?;
+                }
+                if let Some(tag) = stats.shard_tag()?.filter(|t| t.shard.count > 1) {
+                    return Err(Error::out_of_range(
+                        "--from-stats",
+                        format!("{} (shard {} only)", stats.forget.display(), tag.shard),
+                        format!(
+                            "the statistics of a whole pass: merge all {} shards with \
+                             `dsg stats merge` first",
+                            tag.shard.count
+                        ),
+                    ));
                 }
             }
             None => {

@@ -12,8 +12,9 @@ use crate::data::{read_documents, read_mcq, McqItem, SplitMix64};
 use crate::guard::file::ArtifactIdentity;
 use crate::model::LoadedModel;
 use crate::sae::Sae;
-use crate::stats::collect::{keep_evidence, prompt_activity, Shard};
+use crate::stats::collect::{keep_evidence, prompt_activity};
 use crate::stats::prompts::{free_form_prompt, marked_mcq_prompt, Prompt};
+use crate::stats::shard::{Shard, ShardTag};
 use crate::{Error, Result};
 
 /// Prompts per forward pass when calibrating on MCQ prompts.
@@ -93,7 +94,7 @@ pub fn run(
                 req.ctx
             ));
             let shard = req.shard.unwrap_or(Shard::ALL);
-            let (forget, retain) = collect_pair(
+            let (mut forget, mut retain) = collect_pair(
                 &lm.model,
                 &sae,
                 &f_rows,
@@ -102,6 +103,14 @@ pub fn run(
                 shard,
                 &mut |stage, d, t| observer.progress(stage, d, t),
             )?;
+            if let Some(shard) = req.shard {
+                let tag = ShardTag {
+                    shard,
+                    pass: config.pass_digest(&f_rows, &r_rows),
+                };
+                forget.features.shard = Some(tag.clone());
+                retain.features.shard = Some(tag);
+            }
             let files = StatsFiles::beside(&req.out);
             files.save(&forget, &retain)?;
             let [f, r, a] = files.paths();
