@@ -425,9 +425,21 @@ def lm_eval_samples(folder, task):
     out = {}
     for s in load_jsonl(paths[-1]):
         lls = [r[0] for r in s["filtered_resps"]]
+        args = [s["arguments"][f"gen_args_{k}"] for k in range(len(lls))]
         out[s["doc"]["id"]] = {"lls": [float(x) for x in lls], "acc": s["acc"],
-                               "target": s["target"], "doc": s["doc"]}
+                               "target": s["target"], "doc": s["doc"],
+                               "contexts": [x["arg_0"] for x in args],
+                               "continuations": [x["arg_1"] for x in args]}
     return out
+
+
+def dsg_lm_eval_prompt(doc):
+    """`Protocol::LmEval`'s prompt (src/eval/mcq/protocol.rs `prompt_text`), transcribed."""
+    text = (f"The following are multiple choice questions (with answers) about "
+            f"{doc['subject'].replace('_', ' ')}.\n\n{doc['question'].strip()}")
+    for i, c in enumerate(doc["choices"]):
+        text += f"\n{'ABCD'[i]}. {c}"
+    return text + "\nAnswer:"
 
 
 def argmax(xs):
@@ -452,6 +464,9 @@ def cmd_compare(a):
         dsg_acc = sum(dsg[i]["acc"]["correct"] for i in ids)
         diffs, max_ll = [], 0.0
         fired = 0
+        prompts_equal = all(
+            l["contexts"] == [dsg_lm_eval_prompt(l["doc"])] * 4
+            and l["continuations"] == [" A", " B", " C", " D"] for l in lm.values())
         for i in ids:
             if i not in lm:
                 continue
@@ -466,6 +481,7 @@ def cmd_compare(a):
                               "dsg_pred": d["acc"]["prediction"], "lm_eval_lls": l["lls"],
                               "dsg_lls": d["acc"]["scores"], "dsg_guard": d["guards"]})
         entry = {"label": label, "task": task, "n": n, "same_questions": same_set,
+                 "lm_eval_prompts_equal_dsg_protocol": prompts_equal,
                  "lm_eval_correct": lm_acc, "dsg_correct": dsg_acc,
                  "lm_eval_acc": lm_acc / n, "dsg_acc": dsg_acc / n,
                  "max_abs_loglikelihood_diff": max_ll, "dsg_questions_gate_fired": fired,
@@ -473,12 +489,27 @@ def cmd_compare(a):
         report["pairs"].append(entry)
         lines.append(f"{label}: lm-eval {lm_acc}/{n} = {lm_acc / n:.4f}, dsg eval mcq "
                      f"{dsg_acc}/{n} = {dsg_acc / n:.4f}; same questions: {same_set}; "
+                     f"lm-eval prompts == dsg's lm-eval protocol: {prompts_equal}; "
                      f"max |Δ loglik| {max_ll:.2e}; predictions differing: {len(diffs)}; "
                      f"dsg gate fired on {fired}")
         for d in diffs:
             lines.append(f"    {d['id']}: answer {d['answer']} lm-eval {d['lm_eval_pred']} "
                          f"{[round(x, 4) for x in d['lm_eval_lls']]} dsg {d['dsg_pred']} "
                          f"{[round(x, 4) for x in d['dsg_lls']]} gate {d['dsg_guard']}")
+    if a.server_gate:
+        # The guarded server's counters around the guarded lm-eval pass: completions requests
+        # and requests whose gate fired, against dsg eval mcq's guarded runs (one row per
+        # question there; lm-eval sends one request per option).
+        f0, f1, r0, r1 = (float(x) for x in a.server_gate.split(","))
+        guarded = [p for p in report["pairs"] if "unguarded" not in p["label"]]
+        want = sum(4 * p["dsg_questions_gate_fired"] for p in guarded)
+        want_req = sum(4 * p["n"] for p in guarded)
+        report["server_gate"] = {"completions_requests": r1 - r0, "gate_fired_requests": f1 - f0,
+                                 "expected_requests": want_req,
+                                 "expected_fired_from_dsg_eval_mcq": want}
+        lines.append(f"guarded server during the guarded lm-eval pass: {int(r1 - r0)} completions "
+                     f"requests (expected {want_req}), gate fired on {int(f1 - f0)} (dsg eval mcq's "
+                     f"guarded runs: gate fired on questions x 4 options = {want})")
     with open(a.out_json, "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")
@@ -487,7 +518,7 @@ def cmd_compare(a):
         f.write(text)
     print(text, end="")
     equal = all(p["same_questions"] and p["lm_eval_correct"] == p["dsg_correct"]
-                for p in report["pairs"])
+                and p["lm_eval_prompts_equal_dsg_protocol"] for p in report["pairs"])
     return 0 if equal or a.no_fail else 1
 
 
@@ -510,6 +541,7 @@ def main():
     c.add_argument("--out-json", required=True)
     c.add_argument("--out-txt", required=True)
     c.add_argument("--no-fail", action="store_true")
+    c.add_argument("--server-gate", help="FIRED_BEFORE,FIRED_AFTER,REQUESTS_BEFORE,REQUESTS_AFTER")
     a = p.parse_args()
     return {"data": cmd_data, "openai": cmd_openai, "compare": cmd_compare}[a.cmd](a)
 

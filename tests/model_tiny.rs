@@ -277,6 +277,78 @@ fn batched_decoding_with_a_cache_keeps_rows_apart() {
     }
 }
 
+/// Continuous batching: rows prefilled alone, joined into one cache ([`KvCache::append_rows`]),
+/// decoded together, one of them dropped ([`KvCache::retain_rows`]) and another joining later,
+/// give every row the logits it gets decoding alone, bit for bit, on every architecture.
+#[test]
+fn joined_and_retained_cache_rows_decode_as_they_do_alone() {
+    for name in MODELS {
+        let model = load(name, "config.json");
+        let r = reference(name);
+        let step = |cache: &mut KvCache, tokens: Vec<u32>| -> Vec<Vec<f32>> {
+            let batch =
+                Batch::new(tokens.into_iter().map(|t| vec![t]).collect(), &Device::Cpu).unwrap();
+            let out = model
+                .forward(
+                    &batch,
+                    &ForwardOptions::default(),
+                    &mut NoHooks,
+                    Some(cache),
+                )
+                .unwrap();
+            out.logits.unwrap().to_vec2::<f32>().unwrap()
+        };
+        let prefill = |row: &[u32]| -> KvCache {
+            let mut cache = KvCache::new(model.config().n_layers, 1);
+            let batch = Batch::single(row.to_vec(), &Device::Cpu).unwrap();
+            model
+                .forward(
+                    &batch,
+                    &ForwardOptions::default(),
+                    &mut NoHooks,
+                    Some(&mut cache),
+                )
+                .unwrap();
+            cache
+        };
+        // Prompts of different lengths, then 3 decoding steps each, alone.
+        let prompts = [&r.rows[0][..4], &r.rows[1][..2], &r.rows[2][..6]];
+        let next = |i: usize, t: usize| r.rows[i][prompts[i].len() + t];
+        let alone: Vec<Vec<Vec<f32>>> = (0..3)
+            .map(|i| {
+                let mut cache = prefill(prompts[i]);
+                (0..3)
+                    .map(|t| step(&mut cache, vec![next(i, t)]).remove(0))
+                    .collect()
+            })
+            .collect();
+        // Rows 0 and 1 join; one step; row 2 joins; one step; row 1 leaves; one step; and so on.
+        let mut cache = prefill(prompts[0]);
+        cache.append_rows(prefill(prompts[1])).unwrap();
+        let s0 = step(&mut cache, vec![next(0, 0), next(1, 0)]);
+        assert_eq!(s0[0], alone[0][0], "{name}: row 0, step 0");
+        assert_eq!(s0[1], alone[1][0], "{name}: row 1, step 0");
+        cache.append_rows(prefill(prompts[2])).unwrap();
+        let s1 = step(&mut cache, vec![next(0, 1), next(1, 1), next(2, 0)]);
+        assert_eq!(s1[0], alone[0][1], "{name}: row 0, step 1");
+        assert_eq!(s1[1], alone[1][1], "{name}: row 1, step 1");
+        assert_eq!(s1[2], alone[2][0], "{name}: row 2 joining, step 0");
+        cache.retain_rows(&[true, false, true]).unwrap();
+        assert_eq!(cache.rows(), 2);
+        let s2 = step(&mut cache, vec![next(0, 2), next(2, 1)]);
+        assert_eq!(s2[0], alone[0][2], "{name}: row 0 after row 1 left");
+        assert_eq!(s2[1], alone[2][1], "{name}: row 2 after row 1 left");
+        cache.retain_rows(&[false, true]).unwrap();
+        let s3 = step(&mut cache, vec![next(2, 2)]);
+        assert_eq!(s3[0], alone[2][2], "{name}: row 2 alone again");
+        assert_eq!(cache.row_lengths(), vec![prompts[2].len() + 3]);
+        assert!(cache
+            .append_rows(KvCache::new(model.config().n_layers + 1, 1))
+            .is_err());
+        assert!(cache.retain_rows(&[true, true]).is_err());
+    }
+}
+
 #[test]
 fn forward_until_stops_at_the_requested_block() {
     let model = load("llama_gqa", "config.json");
