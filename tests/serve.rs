@@ -880,3 +880,18 @@ fn a_mandatory_guardrail_cannot_be_switched_off() {
     assert_eq!(r["dsg"]["guardrails"][0]["mandatory"], true);
     assert_eq!(r["dsg"]["guardrails"][0]["fired"], true);
 }
+
+#[test]
+fn a_request_past_the_time_limit_gets_504() {
+    let server = Server::start(&["--no-guard", "--timeout", "1"], &[]);
+    let t0 = Instant::now();
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "1, 2, 3, 4,", "max_tokens": 6000, "temperature": 0}),
+    );
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "timeout_error");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert_eq!(server.metric("dsg_timeouts_total"), 1.0);
+    assert_eq!(server.get("/health", None).status, 200);
+}

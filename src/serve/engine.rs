@@ -238,6 +238,15 @@ impl Engine {
         rx.await.map_err(|_| shutting_down())?
     }
 
+    /// Whether the worker is running (it stops only at shutdown, or if it failed).
+    pub fn alive(&self) -> bool {
+        self.worker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Requests waiting for the worker.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::SeqCst)

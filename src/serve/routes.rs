@@ -100,13 +100,22 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
     })
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
+/// 200 while the model worker runs; 503 once it has stopped (shutdown, or a failure), so a load
+/// balancer takes the replica out.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let alive = state.engine.alive();
+    let status = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Json(json!({
+        "status": if alive { "ok" } else { "unavailable" },
         "model": state.served.id,
         "guardrails": state.served.guard_names(),
         "queued": state.engine.queued(),
-    }))
+    }));
+    (status, body).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
