@@ -87,9 +87,12 @@ class Checks:
     def __init__(self):
         self.items = []
 
-    def __call__(self, name, ok, detail=""):
-        self.items.append({"check": name, "ok": bool(ok), "detail": detail})
-        print(f"  [{'ok' if ok else 'FAIL'}] {name}" + (f": {detail}" if detail else ""))
+    def __call__(self, name, ok, detail="", bug=None):
+        """`bug`: a known server bug this check shows while it fails (reported, not fatal)."""
+        self.items.append({"check": name, "ok": bool(ok), "detail": detail, "known_bug": bug})
+        mark = "ok" if ok else ("BUG" if bug else "FAIL")
+        print(f"  [{mark}] {name}" + (f": {detail}" if detail else "")
+              + (f"\n        known server bug: {bug}" if bug and not ok else ""))
         return ok
 
 
@@ -217,6 +220,23 @@ def cmd_openai(a):
     print(f"  stream ({dt:.2f}s): {''.join(pieces)!r}, finish_reason {finish}")
     check("streamed completion == non-streamed", "".join(pieces) == c.text)
     check("streamed finish_reason == non-streamed", finish == c.finish_reason)
+    # The same with logprobs and echo, which the non-streamed answer honours.
+    chunks = list(client.completions.create(**req, echo=True, stream=True))
+    slp = [x for ch in chunks for x in (ch.choices[0].logprobs.tokens
+                                        if ch.choices and ch.choices[0].logprobs else [])]
+    stext = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    log("completions.stream.echo.logprobs", {**req, "echo": True, "stream": True},
+        {"text": stext, "logprob_tokens": slp}, 0)
+    check("streamed completion with logprobs=2: chunks carry logprobs", len(slp) > 0,
+          f"{len(slp)} tokens with logprobs",
+          bug="POST /v1/completions with stream=true ignores `logprobs` (every chunk has "
+              "logprobs: null); the non-streamed answer and streamed chat honour it")
+    check("streamed completion with echo=true: the text starts with the prompt",
+          stext.startswith(text), repr(stext[:60]),
+          bug="POST /v1/completions with stream=true ignores `echo` (the prompt is not sent)")
+    check("streamed completion: the last chunk carries usage (as streamed chat does)",
+          any(getattr(ch, "usage", None) for ch in chunks), "",
+          bug="the streamed completion's last chunk has no `usage`; the streamed chat's has")
 
     # Echo + logprobs, max_tokens 0: lm-eval's loglikelihood request.
     cont = c.text
@@ -400,13 +420,16 @@ def cmd_openai(a):
         check("temperature 5 -> openai.BadRequestError", True, str(err)[:160])
 
     record["checks"] = check.items
-    failed = [c for c in check.items if not c["ok"]]
-    record["passed"] = len(check.items) - len(failed)
+    failed = [c for c in check.items if not c["ok"] and not c["known_bug"]]
+    bugs = [c for c in check.items if not c["ok"] and c["known_bug"]]
+    record["passed"] = sum(c["ok"] for c in check.items)
     record["failed"] = len(failed)
+    record["known_bugs_shown"] = len(bugs)
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, ensure_ascii=False)
         f.write("\n")
-    print(f"\n{record['passed']}/{len(check.items)} checks passed")
+    print(f"\n{record['passed']}/{len(check.items)} checks passed, {len(failed)} failed, "
+          f"{len(bugs)} show known server bugs")
     return 1 if failed else 0
 
 
@@ -522,6 +545,29 @@ def cmd_compare(a):
     return 0 if equal or a.no_fail else 1
 
 
+def cmd_compare_lm(a):
+    """Two lm-eval runs (say batch_size 1 and 16) sample by sample, on the samples both have."""
+    lines, out = [], []
+    for task in a.task:
+        x, y = lm_eval_samples(a.a, task), lm_eval_samples(a.b, task)
+        common = [i for i in y if i in x]
+        d = max(abs(p - q) for i in common for p, q in zip(x[i]["lls"], y[i]["lls"]))
+        preds = sum(argmax(x[i]["lls"]) != argmax(y[i]["lls"]) for i in common)
+        out.append({"task": task, "n": len(common), "max_abs_loglikelihood_diff": d,
+                    "prediction_diffs": preds})
+        lines.append(f"{task}: {len(common)} questions in both; max |Δ loglik| {d:.2e}; "
+                     f"predictions differing: {preds}")
+    with open(a.out_json, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    text = "\n".join(lines) + "\n"
+    with open(a.out_txt, "w") as f:
+        f.write(text)
+    print(text, end="")
+    return 0 if all(o["max_abs_loglikelihood_diff"] < 1e-3 and o["prediction_diffs"] == 0
+                    for o in out) else 1
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -542,8 +588,15 @@ def main():
     c.add_argument("--out-txt", required=True)
     c.add_argument("--no-fail", action="store_true")
     c.add_argument("--server-gate", help="FIRED_BEFORE,FIRED_AFTER,REQUESTS_BEFORE,REQUESTS_AFTER")
+    cl = sub.add_parser("compare-lm")
+    cl.add_argument("--a", required=True)
+    cl.add_argument("--b", required=True)
+    cl.add_argument("--task", action="append", required=True)
+    cl.add_argument("--out-json", required=True)
+    cl.add_argument("--out-txt", required=True)
     a = p.parse_args()
-    return {"data": cmd_data, "openai": cmd_openai, "compare": cmd_compare}[a.cmd](a)
+    return {"data": cmd_data, "openai": cmd_openai, "compare": cmd_compare,
+            "compare-lm": cmd_compare_lm}[a.cmd](a)
 
 
 if __name__ == "__main__":

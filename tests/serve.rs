@@ -421,6 +421,50 @@ fn tokenizer_routes_equal_the_library(server: &Server, lm: &model::LoadedModel) 
     assert_eq!(ids, lm.tokenizer.encode(text, false).unwrap());
     let r = server.post("/detokenize", &json!({"tokens": ids})).ok();
     assert_eq!(r["prompt"], text);
+    // Exact bytes per token, also for tokens that hold part of a character.
+    let text = "snow \u{2603} \u{96ea}\u{96ea} caf\u{e9}";
+    let ids = lm.tokenizer.encode(text, false).unwrap();
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| lm.tokenizer.token_bytes(i))
+        .collect();
+    assert_eq!(bytes, text.as_bytes());
+    let r = server
+        .post("/v1/completions", &json!({"prompt": text, "max_tokens": 1, "echo": true, "logprobs": 0, "temperature": 0}))
+        .ok();
+    let offsets: Vec<usize> =
+        serde_json::from_value(r["choices"][0]["logprobs"]["text_offset"].clone()).unwrap();
+    let chars: Vec<usize> = (0..ids.len())
+        .map(|i| {
+            let prefix = lm.tokenizer.decode(&ids[..i], false).unwrap();
+            prefix.trim_end_matches('\u{FFFD}').chars().count()
+        })
+        .collect();
+    assert_eq!(
+        &offsets[..ids.len()],
+        chars.as_slice(),
+        "character offsets into the echoed text"
+    );
+    let r = server
+        .post(
+            "/v1/chat/completions",
+            &chat(
+                "Repeat exactly: \u{96ea}\u{96ea}\u{96ea}",
+                json!({"max_tokens": 8, "logprobs": true}),
+            ),
+        )
+        .ok();
+    let content_bytes: Vec<u8> = r["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| serde_json::from_value::<Vec<u8>>(t["bytes"].clone()).unwrap())
+        .collect();
+    let answer = content(&r);
+    assert!(
+        String::from_utf8_lossy(&content_bytes).starts_with(answer.trim_end()),
+        "{answer:?}"
+    );
     let info = server.get("/tokenizer_info", None).ok();
     assert_eq!(
         info["eos_token"].as_str(),

@@ -278,6 +278,40 @@ impl Tokenizer {
             .unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The bytes one token stands for: exact even for a token that holds part of a UTF-8
+    /// character (which [`Self::token_str`] can only show as U+FFFD). Byte-level vocabularies
+    /// (GPT-2's alphabet) map back through it; SentencePiece pieces turn `▁` into a space and
+    /// `<0xNN>` into the byte.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        if self.byte_level() {
+            if let Some(bytes) = piece.chars().map(byte_level_byte).collect() {
+                return bytes;
+            }
+        }
+        if let Some(hex) = piece.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return vec![b];
+            }
+        }
+        piece.replace('\u{2581}', " ").into_bytes()
+    }
+
+    /// Whether the decoder maps byte-level symbols (GPT-2's alphabet) back to bytes.
+    fn byte_level(&self) -> bool {
+        use tokenizers::decoders::DecoderWrapper as D;
+        fn has(d: &D) -> bool {
+            match d {
+                D::ByteLevel(_) => true,
+                D::Sequence(s) => s.get_decoders().iter().any(has),
+                _ => false,
+            }
+        }
+        self.inner.get_decoder().is_some_and(has)
+    }
+
     /// Number of ids the tokenizer can produce (including added tokens).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -581,4 +615,20 @@ impl Tokenizer {
             .map(|(&id, &(s, e))| (id, (at + s, at + e)))
             .collect())
     }
+}
+
+/// The byte a GPT-2 byte-level symbol stands for: printable bytes (`!`..`~`, `¡`..`¬`,
+/// `®`..`ÿ`) map to themselves, the other 68 bytes in order to U+0100 onwards.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let code = c as u32;
+    if code < 256 {
+        return printable(code).then_some(code as u8);
+    }
+    let n = (code - 256) as usize;
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(n)
+        .map(|b| b as u8)
 }

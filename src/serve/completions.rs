@@ -85,20 +85,27 @@ fn guard_report(state: &AppState, done: &Finished) -> Value {
     })
 }
 
-fn token_text(state: &AppState, id: u32) -> String {
-    state
-        .served
-        .lm
-        .tokenizer
-        .decode(&[id], false)
-        .unwrap_or_default()
+/// A token's exact bytes and its text (U+FFFD where it holds part of a character).
+fn token_piece(state: &AppState, id: u32) -> (Vec<u8>, String) {
+    let bytes = state.served.lm.tokenizer.token_bytes(id);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (bytes, text)
+}
+
+/// Characters in the longest valid UTF-8 prefix of `bytes`.
+fn chars_in(bytes: &[u8]) -> usize {
+    let valid = match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    valid.chars().count()
 }
 
 /// Chat log-probs: `{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}`.
 fn chat_logprobs(state: &AppState, lps: &[TokenLogprob]) -> Value {
     let entry = |id: u32, lp: f32| {
-        let token = token_text(state, id);
-        json!({"token": token, "logprob": lp, "bytes": token.as_bytes()})
+        let (bytes, token) = token_piece(state, id);
+        json!({"token": token, "logprob": lp, "bytes": bytes})
     };
     let content: Vec<Value> = lps
         .iter()
@@ -231,17 +238,17 @@ fn completion_logprobs(
     answer: &[TokenLogprob],
 ) -> Value {
     let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    let mut offset = 0usize;
+    let mut text_bytes: Vec<u8> = Vec::new();
     let mut push = |id: u32, lp: Option<&TokenLogprob>| {
-        let text = token_text(state, id);
-        offsets.push(offset);
-        offset += text.len();
+        let (bytes, text) = token_piece(state, id);
+        offsets.push(chars_in(&text_bytes));
+        text_bytes.extend_from_slice(&bytes);
         tokens.push(text);
         lps.push(lp.map_or(Value::Null, |t| json!(t.logprob)));
         tops.push(lp.map_or(Value::Null, |t| {
             let mut m = serde_json::Map::new();
             for &(id, lp) in &t.top {
-                m.entry(token_text(state, id)).or_insert(json!(lp));
+                m.entry(token_piece(state, id).1).or_insert(json!(lp));
             }
             Value::Object(m)
         }));
