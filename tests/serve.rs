@@ -665,7 +665,7 @@ fn malformed() -> Vec<(&'static str, Vec<u8>)> {
         json!({"max_tokens": 4}),
         json!({"messages": [{"role": "user", "content": "hi ".repeat(9000)}]}),
         json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 9000}),
-        json!({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}),
+        json!({"messages": [{"role": "user", "content": "hi"}], "stop": vec!["s"; 17]}),
         json!({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}),
         json!({"messages": [{"role": "user", "content": "hi"}], "stop": ["x".repeat(300)]}),
         json!({"messages": [{"role": "user", "content": "hi"}], "stop": [1]}),

@@ -9,8 +9,9 @@ use super::ServedModel;
 use crate::model::Message;
 use crate::stats::prompts::Prompt;
 
-/// Most stop strings a request may give (OpenAI's limit).
-pub const MAX_STOP: usize = 4;
+/// Most stop strings a request may give (OpenAI allows 4; lm-eval's completions client may send a
+/// few more for generative tasks).
+pub const MAX_STOP: usize = 16;
 /// Most top log-probabilities per token a request may ask for.
 pub const MAX_TOP_LOGPROBS: u64 = 20;
 /// Longest stop string, in bytes.
@@ -164,8 +165,9 @@ fn common(obj: &Map<String, Value>, served: &ServedModel) -> Result<Common, ApiE
             format!("`top_p` must be in (0, 1], found {top_p}"),
         ));
     }
+    // No seed: a fresh one per request, so sampled answers vary as clients expect.
     let seed = match field(obj, "seed") {
-        None => 0,
+        None => rand::random::<u64>(),
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_i64().map(|i| i as u64))
