@@ -20,9 +20,10 @@ fi
 PY="$VENV/bin/python"
 DSG=./target/release/dsg
 GGUF=$($DSG fetch)
-N8=${N8:-200}
+N8=${N8:-120}
 LOG="$OUT/load.jsonl"
 : > "$LOG"
+uptime > "$OUT/load-average.txt"
 
 wait_up() { # url
   for _ in $(seq 1 300); do curl -sf "$1/v1/models" > /dev/null && return 0; sleep 0.5; done
@@ -43,13 +44,16 @@ run_dsg "dsg serve, guardrail on, batch 8" 8 8 "$N8"
 run_dsg "dsg serve, guardrail on, one at a time" 1 8 "$N8"
 
 port=18432
+# --interrupt_requests False: by default a new request cuts the one in flight short (its stream ends
+# early with [DONE]), which would count as fast answers; queued, each runs to its end.
 $PY -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port $port --n_ctx 2048 \
-  --n_threads "$(nproc)" > "$OUT/llama-server.log" 2>&1 &
+  --n_threads "$(nproc)" --interrupt_requests False > "$OUT/llama-server.log" 2>&1 &
 pid=$!
 wait_up "http://127.0.0.1:$port"
 $PY scripts/bench_serve.py --url "http://127.0.0.1:$port" --label "llama.cpp server (llama-cpp-python $($PY -c 'import llama_cpp; print(llama_cpp.__version__)'))" --clients 8 --requests "$N8" >> "$LOG"
 kill -TERM $pid; wait $pid || true
 
+uptime >> "$OUT/load-average.txt"
 $PY - "$LOG" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
