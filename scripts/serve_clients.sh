@@ -90,13 +90,14 @@ metric() { # metric NAME: the value of a Prometheus counter of the running serve
     curl -sf "$URL/metrics" | awk -v m="$1" '$1 == m {print $2; found=1} END {if (!found) print 0}'
 }
 
-run_lm_eval() { # run_lm_eval NAME: lm-eval on both tasks against $URL
-    local name=$1 model
+run_lm_eval() { # run_lm_eval NAME [CONCURRENT BATCH LIMIT]: lm-eval on both tasks against $URL
+    local name=$1 concurrent=${2:-1} batch=${3:-1} limit=${4:-${LM_LIMIT:-}} model
     model=$(curl -sf "$URL/v1/models" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
     "$VENV/bin/lm_eval" --model local-completions \
-        --model_args "model=$model,base_url=$URL/v1/completions,num_concurrent=1,max_retries=3,tokenized_requests=True,tokenizer_backend=remote" \
+        --model_args "model=$model,base_url=$URL/v1/completions,num_concurrent=$concurrent,max_retries=3,tokenized_requests=True,tokenizer_backend=remote" \
+        --batch_size "$batch" \
         --tasks dsg_wmdp_bio_heldout,dsg_mmlu_heldout --include_path "$TASKS" \
-        ${LM_LIMIT:+--limit "$LM_LIMIT"} \
+        ${limit:+--limit "$limit"} \
         --output_path "$WORK/lm_$name" --log_samples >"$WORK/lm_$name.stdout" 2>"$WORK/lm_$name.log"
     cp "$WORK/lm_$name.stdout" "$OUT/lm_eval_$name.txt"
     cp "$(find "$WORK/lm_$name" -name 'results_*.json' | sort | tail -1)" "$OUT/lm_eval_$name.json"
@@ -139,7 +140,7 @@ assert served["features"] == [x["id"] for x in f["features"]], "features differ"
 assert served["threshold"] == f["gate"]["threshold"], "thresholds differ"
 print("served guardrail", served["name"], "has the features and threshold of", sys.argv[1])' "$GUARD_FILE"
 
-OPENAI_RC=0
+OPENAI_RC=0 BATCH_RC=0
 timed "openai client (guarded server)" \
     "$PY" scripts/serve_clients.py openai --base-url "$URL/v1" --out "$OUT/openai_guarded.json" \
     | tee "$OUT/openai_guarded.txt" || OPENAI_RC=$?
@@ -153,6 +154,13 @@ stop_server
 # 2. The unguarded server.
 timed "start dsg serve --no-guard" start_server unguarded --no-guard
 timed "lm-eval local-completions (--no-guard)" run_lm_eval unguarded
+# lm-eval's batched requests (8 prompts of different lengths per request) sent 4 at a time:
+# the same log-likelihoods as one prompt per request.
+timed "lm-eval batch_size=8 num_concurrent=4 (25+25)" run_lm_eval unguarded_b8c4 4 8 25
+"$PY" scripts/serve_clients.py compare-lm --a "$WORK/lm_unguarded" --b "$WORK/lm_unguarded_b8c4" \
+    --task dsg_wmdp_bio_heldout --task dsg_mmlu_heldout \
+    --out-json "$OUT/lm_eval_batched_vs_single.json" --out-txt "$OUT/lm_eval_batched_vs_single.txt" \
+    || BATCH_RC=$?
 stop_server
 
 # 3. The openai checks again with --f32-decode: generated tokens' log-probs then equal echo's.
@@ -179,4 +187,5 @@ rc=0
     --out-json "$OUT/compare.json" --out-txt "$OUT/compare.txt" || rc=$?
 echo "timings:"; cat "$TIMES"
 [ "$OPENAI_RC" = 0 ] || { echo "openai checks failed (exit $OPENAI_RC)"; rc=1; }
+[ "$BATCH_RC" = 0 ] || { echo "batched lm-eval differs from one prompt per request"; rc=1; }
 exit $rc

@@ -186,8 +186,7 @@ fn smollm2_with_guard() -> (model::LoadedModel, Guardrail) {
 
 #[test]
 fn the_guarded_server_answers_like_the_library() {
-    // A small body limit, so the oversized request below fits in the socket buffers and its 413
-    // is read rather than lost when the server closes the connection.
+    // A small body limit, to refuse an oversized body cheaply below.
     let server = Server::start(&["--max-body", "131072"], &[]);
     let (lm, mut guard) = smollm2_with_guard();
 

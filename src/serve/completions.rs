@@ -131,7 +131,7 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = chat_request(&body_bytes(body)?, &state.served)?;
+    let req = chat_request(&body_bytes(&state, body)?, &state.served)?;
     let want_logprobs = req.job.logprobs.is_some();
     let rx = state.engine.submit(req.job)?;
     let id = new_id("chatcmpl");
@@ -270,7 +270,7 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req = completion_request(&body_bytes(body)?, &state.served)?;
+    let req = completion_request(&body_bytes(&state, body)?, &state.served)?;
     let id = new_id("cmpl");
     if req.stream {
         let job = req.jobs.into_iter().next().expect("a stream has one job");

@@ -141,6 +141,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The API keys.
     pub keys: ApiKeys,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
 }
 
 /// A server bound to its address, not yet serving.
@@ -209,6 +211,7 @@ impl Server {
                 engine,
                 metrics,
                 keys: opts.keys,
+                body_limit: opts.body_limit,
             }),
             body_limit: opts.body_limit,
             grace: opts.shutdown_grace,

@@ -52,7 +52,9 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), record))
-        .layer(DefaultBodyLimit::max(body_limit))
+        // Bodies up to 4x the limit are read to the end and then refused (413), so the client
+        // reads the answer instead of a reset connection; past that the read stops.
+        .layer(DefaultBodyLimit::max(body_limit.saturating_mul(4)))
         .with_state(state)
 }
 
@@ -86,22 +88,39 @@ async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next)
     }
 }
 
-/// The body's bytes, or the OpenAI-shaped error for a body that could not be read (413 past the
-/// limit).
-pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        let status = e.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body is larger than the server's limit".to_string()
+/// The body's bytes, or the OpenAI-shaped error for a body that could not be read or is past the
+/// server's limit (413).
+pub fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "request body is larger than the server's limit of {} bytes",
+                state.body_limit
+            ),
+        )
+    };
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
         } else {
-            format!("cannot read the request body: {}", e.body_text())
-        };
-        ApiError::new(status, "invalid_request_error", message)
-    })
+            ApiError::new(
+                e.status(),
+                "invalid_request_error",
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+        }
+    })?;
+    if bytes.len() > state.body_limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
-/// 200 while the model worker runs; 503 once it has stopped (shutdown, or a failure), so a load
-/// balancer takes the replica out.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let alive = state.engine.alive();
     let status = if alive {
@@ -154,7 +173,7 @@ async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let obj = protocol::parse_object(&body_bytes(body)?)?;
+    let obj = protocol::parse_object(&body_bytes(&state, body)?)?;
     let tok = &state.served.lm.tokenizer;
     let add_special = match obj.get("add_special_tokens") {
         None | Some(Value::Null) => false,
@@ -201,7 +220,7 @@ async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let obj = protocol::parse_object(&body_bytes(body)?)?;
+    let obj = protocol::parse_object(&body_bytes(&state, body)?)?;
     let ids = match obj.get("tokens") {
         Some(Value::Array(items)) => token_ids(items, state.served.vocab, "tokens")?,
         Some(other) => {
@@ -242,7 +261,7 @@ async fn inspect(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let prompt = protocol::inspect_request(&body_bytes(body)?, &state.served)?;
+    let prompt = protocol::inspect_request(&body_bytes(&state, body)?, &state.served)?;
     let tok = &state.served.lm.tokenizer;
     let tokens: Vec<Value> = prompt
         .ids
