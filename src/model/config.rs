@@ -284,7 +284,7 @@ fn gemma3_rope(cfg: &Value, path: &Path, head_dim: usize) -> Result<(Vec<f32>, V
                 Some(v) if v.is_object() => Ok(Some(v)),
                 _ => Err(Error::format(
                     path,
-                    &format!("rope_parameters.{key}"),
+                    format!("rope_parameters.{key}"),
                     "an object (Gemma 3 keeps one RoPE per layer type)",
                     p.get(key).map_or("nothing".into(), Value::to_string),
                 )),
