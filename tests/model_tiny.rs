@@ -634,3 +634,37 @@ fn hf_tensors_give_back_the_checkpoint() {
         }
     }
 }
+
+/// A multimodal Gemma 3 checkpoint (`model_type: gemma3`) keeps the decoder under
+/// `model.language_model.` (transformers 5) or `language_model.model.` (4.x): loaded from either,
+/// with its `text_config`, it gives the text model's logits bit for bit.
+#[test]
+fn gemma3_multimodal_checkpoint_loads_its_language_model() {
+    let name = "gemma3_scaled";
+    let plain = load(name, "config.json");
+    let r = reference(name);
+    let batch = Batch::new(r.rows.clone(), &Device::Cpu).unwrap();
+    let expected = all_logits(&plain, &batch);
+    let weights = load_st(&fixture(&format!("tiny/{name}/model.safetensors")));
+    let cfg = json!({"model_type": "gemma3", "text_config": config_json(name, "config.json")});
+    for prefix in ["model.language_model.", "language_model.model."] {
+        let dir = common::scratch(
+            "model_tiny",
+            &format!("gemma3_mm_{}", prefix.replace('.', "_")),
+        );
+        let renamed: std::collections::HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("{prefix}{}", k.strip_prefix("model.").unwrap()),
+                    v.clone(),
+                )
+            })
+            .collect();
+        candle_core::safetensors::save(&renamed, dir.join("model.safetensors")).unwrap();
+        let src = WeightSource::open_safetensors_dir(&dir).unwrap();
+        let model = Model::load(parse(&cfg).unwrap(), &src, &Device::Cpu).unwrap();
+        let d = max_abs_diff(&all_logits(&model, &batch), &expected);
+        assert_eq!(d, 0.0, "{prefix}: logits differ by {d}");
+    }
+}
