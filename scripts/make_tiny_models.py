@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
@@ -166,6 +167,54 @@ def specs():
         "and small caps (attn 5.0, final 3.0) that bend most values and clip the largest",
     )
 
+    gemma3_common = dict(
+        **COMMON,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_activation="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
+    out["gemma3_local_global"] = (
+        Gemma3TextConfig(
+            **gemma3_common,
+            num_hidden_layers=4,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=4,
+            # Every 3rd layer global: sliding, sliding, full, sliding (the last layer is local).
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        ),
+        dict(seed=1008, norm_center=0.0, pattern=3),
+        "Gemma 3 (gemma3_text): (1 + w) RMSNorm on each q and k head before RoPE, Gemma 2's four (1 + w) "
+        "norms per block, embeddings scaled by sqrt(64) = 8, GeGLU, 4 layers with layer_types "
+        "[sliding, sliding, full, sliding] (sliding_window_pattern 3 in the 4.x layout), window 4, "
+        "RoPE base 1e4 on sliding layers and 1e6 on the global one, query_pre_attn_scalar 16 = head_dim, "
+        "no soft-caps, tied embeddings",
+    )
+    out["gemma3_scaled"] = (
+        Gemma3TextConfig(
+            **gemma3_common,
+            num_hidden_layers=3,
+            head_dim=32,  # 4 * 32 = 128 != hidden 64: o_proj is [64, 128], q_norm/k_norm [32]
+            query_pre_attn_scalar=24,  # != head_dim: scaling is 24**-0.5
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 100000.0},
+            },
+        ),
+        dict(seed=1009, norm_center=0.0, pattern=2),
+        "Gemma 3 with rope_scaling linear (factor 4) on the global layer only (base 1e5), base 1e3 on the "
+        "sliding layers, head_dim 32 (heads*head_dim 128 != hidden 64), query_pre_attn_scalar 24, "
+        "window 6, layer_types [sliding, full, sliding] (sliding_window_pattern 2), no soft-caps, tied",
+    )
+
     out["gpt2"] = (
         GPT2Config(
             vocab_size=VOCAB,
@@ -283,7 +332,33 @@ def window_check(model, inputs, window: int) -> str:
     return "no-window vs window: " + ", ".join(parts)
 
 
-def legacy_config(d: dict) -> dict:
+def rope_check(model, inputs) -> str:
+    """Prove both RoPEs matter: the same weights with the sliding layers' RoPE set to the global one."""
+    cfg = copy.deepcopy(model.config)
+    cfg.rope_parameters["sliding_attention"] = dict(cfg.rope_parameters["full_attention"])
+    same = type(model)(cfg).eval()
+    same.load_state_dict(model.state_dict())
+    parts = []
+    for ids in inputs:
+        a, _ = run(model, ids)
+        b, _ = run(same, ids)
+        d = (a - b).abs().max().item()
+        parts.append(f"len {len(ids)}: max|Δ| {d:.3g}")
+        assert d > 1e-3, "the local RoPE must change outputs"
+    out = "local RoPE = global RoPE vs as configured: " + ", ".join(parts)
+    full = model.config.rope_parameters["full_attention"]
+    if full.get("rope_type", "default") != "default":
+        cfg = copy.deepcopy(model.config)
+        cfg.rope_parameters["full_attention"] = {"rope_type": "default", "rope_theta": full["rope_theta"]}
+        plain = type(model)(cfg).eval()
+        plain.load_state_dict(model.state_dict())
+        ds = [(run(model, ids)[0] - run(plain, ids)[0]).abs().max().item() for ids in inputs]
+        assert min(ds) > 1e-3, "the global rope_scaling must change outputs"
+        out += f"; global {full['rope_type']} scaling removed: max|Δ| " + ", ".join(f"{d:.3g}" for d in ds)
+    return out
+
+
+def legacy_config(d: dict, pattern: int | None = None) -> dict:
     """The same config in the transformers 4.x layout that most Hub checkpoints still carry.
 
     transformers 5 writes `rope_parameters` (holding rope_theta and the scaling) and `dtype`;
@@ -293,6 +368,21 @@ def legacy_config(d: dict) -> dict:
     """
     d = dict(d)
     rp = dict(d.pop("rope_parameters", None) or {})
+    if d.get("model_type") == "gemma3_text":
+        # Gemma 3 (4.x): rope_theta and rope_scaling for the global layers, rope_local_base_freq
+        # (default RoPE) for the sliding ones, and every `sliding_window_pattern`-th layer global.
+        full, local = dict(rp["full_attention"]), dict(rp["sliding_attention"])
+        assert local.get("rope_type", "default") == "default", "4.x had no scaling on local layers"
+        d["rope_theta"] = full.pop("rope_theta")
+        d["rope_local_base_freq"] = local["rope_theta"]
+        if full.get("rope_type", "default") != "default":
+            d["rope_scaling"] = full
+        n = d["num_hidden_layers"]
+        expect = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+        assert d["layer_types"] == expect, f"layer_types {d['layer_types']} are not pattern {pattern}"
+        d["sliding_window_pattern"] = pattern
+        d.pop("_sliding_window_pattern", None)  # written by transformers 5, not by 4.x
+        rp = {}
     if rp:
         d["rope_theta"] = rp.pop("rope_theta")
         if rp.get("rope_type", "default") != "default":
@@ -320,12 +410,15 @@ def build(name, cfg, init, out_root: Path) -> dict:
         (d / extra).unlink(missing_ok=True)
 
     v5 = json.loads((d / "config.json").read_text())
-    v4 = legacy_config(v5)
+    v4 = legacy_config(v5, init.get("pattern"))
     (d / "config_v4.json").write_text(json.dumps(v4, indent=2, sort_keys=True) + "\n")
     # transformers 5 must read the legacy layout back to the identical config.
     a = type(cfg).from_dict(v4).to_dict()
     b = type(cfg).from_dict(v5).to_dict()
-    assert a == b, f"{name}: legacy config differs: {set(a.items()) ^ set(b.items())}"
+    # Gemma 3 keeps the pattern it was given as an attribute; the layer types it implies are compared.
+    for k in ("sliding_window_pattern", "_sliding_window_pattern"):
+        a.pop(k, None), b.pop(k, None)
+    assert a == b, f"{name}: legacy config differs in {[k for k in a.keys() | b.keys() if a.get(k) != b.get(k)]}"
 
     inputs = make_inputs(init["seed"] + 7)
     ref = {}
@@ -367,6 +460,8 @@ def build(name, cfg, init, out_root: Path) -> dict:
         info["softcap"] = softcap_report(re, inputs)
     if getattr(cfg, "sliding_window", None):
         info["window"] = window_check(re, inputs, cfg.sliding_window)
+    if cfg.model_type == "gemma3_text":
+        info["rope"] = rope_check(re, inputs)
 
     info["files"] = {f.name: f.stat().st_size for f in sorted(d.iterdir())}
     info["params"] = sum(p.numel() for p in model.parameters())
@@ -392,7 +487,7 @@ def main():
         summary[name] = info
         print(f"{name}: max|logit| {info['max_abs_logit']:.3f}, params {info['params']}, "
               f"files {info['files']}", flush=True)
-        for k in ("softcap", "window"):
+        for k in ("softcap", "window", "rope"):
             if k in info:
                 print(f"    {k}: {info[k]}")
     if args.summary:

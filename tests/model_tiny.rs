@@ -13,14 +13,17 @@ use dsg::model::{
     Batch, Capture, Execution, FnHook, ForwardOptions, HookPoint, KvCache, Logits, Model,
     ModelConfig, NoHooks, Site, WeightSource,
 };
+use serde_json::{json, Value};
 
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 9] = [
     "llama_gqa",
     "llama3_tied",
     "mistral_window",
     "qwen2_bias",
     "gemma2_softcap",
     "gemma2_small_caps",
+    "gemma3_local_global",
+    "gemma3_scaled",
     "gpt2",
 ];
 
@@ -486,4 +489,182 @@ fn perplexity_windows_score_each_window_from_its_own_start() {
     let split = perplexity(&model, &row, 8, &mut NoHooks).unwrap();
     assert_eq!((split.n_predicted, split.n_windows), (17, 3));
     assert!(perplexity(&model, &row[..1], 8, &mut NoHooks).is_err());
+}
+
+fn config_json(name: &str, file: &str) -> Value {
+    let path = fixture(&format!("tiny/{name}/{file}"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn parse(cfg: &Value) -> dsg::Result<ModelConfig> {
+    ModelConfig::from_hf_value(cfg, std::path::Path::new("config.json"))
+}
+
+/// The sliding layers' and the global layers' inverse frequencies of a Gemma 3 config.
+fn gemma3_rope(cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>) {
+    match &cfg.positions {
+        dsg::model::config::Positions::Rope {
+            inv_freq,
+            local_inv_freq: Some(local),
+            ..
+        } => (local.clone(), inv_freq.clone()),
+        other => panic!("Gemma 3 needs two RoPEs, got {other:?}"),
+    }
+}
+
+/// Gemma 3's layer pattern, RoPE bases, scaling and scale read as transformers reads them, from
+/// transformers 5's layout (`layer_types`, nested `rope_parameters`), 4.x's (`sliding_window_pattern`,
+/// `rope_local_base_freq`, `rope_scaling`) and a multimodal `gemma3` config's `text_config`.
+#[test]
+fn gemma3_configs_read_as_transformers_does() {
+    let v5 = parse(&config_json("gemma3_local_global", "config.json")).unwrap();
+    assert_eq!(v5.layer_windows, [Some(4), Some(4), None, Some(4)]);
+    assert!(v5.qk_norm && v5.sandwich_norms);
+    assert_eq!((v5.attn_softcap, v5.final_softcap), (None, None));
+    assert_eq!(v5.attn_scale, 16f64.powf(-0.5));
+    assert_eq!(v5.embed_scale, Some(8.0));
+    let (local, global) = gemma3_rope(&v5);
+    assert_eq!(local, dsg::model::config::rope_inv_freq(1e4, 16));
+    assert_eq!(global, dsg::model::config::rope_inv_freq(1e6, 16));
+    for name in ["gemma3_local_global", "gemma3_scaled"] {
+        let text = config_json(name, "config.json");
+        let v5 = parse(&text).unwrap();
+        assert_eq!(
+            parse(&config_json(name, "config_v4.json")).unwrap(),
+            v5,
+            "{name}"
+        );
+        let multimodal = json!({"model_type": "gemma3", "text_config": text});
+        assert_eq!(parse(&multimodal).unwrap(), v5, "{name} inside text_config");
+    }
+    let scaled = parse(&config_json("gemma3_scaled", "config.json")).unwrap();
+    let (local, global) = gemma3_rope(&scaled);
+    assert_eq!(local, dsg::model::config::rope_inv_freq(1e3, 32));
+    let plain = dsg::model::config::rope_inv_freq(1e5, 32);
+    for (g, p) in global.iter().zip(&plain) {
+        assert!(
+            (g - p / 4.0).abs() <= f32::EPSILON * p,
+            "linear factor 4: {g} vs {p}/4"
+        );
+    }
+    assert_eq!(scaled.layer_windows, [Some(6), None, Some(6)]);
+    assert_eq!(scaled.attn_scale, 24f64.powf(-0.5));
+
+    // A multimodal checkpoint's text_config (gemma-3-4b-it's, as published) gives only what differs
+    // from transformers' defaults: 8/4 heads of 256, bases 1e6 (linear 8) and 1e4, every 6th layer global.
+    let hub = json!({"model_type": "gemma3", "tie_word_embeddings": true, "text_config": {
+        "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+        "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024}});
+    let c = parse(&hub).unwrap();
+    assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (8, 4, 256));
+    assert_eq!((c.vocab_size, c.max_positions), (262_208, 131_072));
+    assert_eq!(c.attn_scale, 256f64.powf(-0.5));
+    let globals: Vec<usize> = (0..34).filter(|&i| c.layer_windows[i].is_none()).collect();
+    assert_eq!(globals, [5, 11, 17, 23, 29]);
+    assert_eq!(c.layer_windows[0], Some(1024));
+    let (local, global) = gemma3_rope(&c);
+    assert_eq!(local, dsg::model::config::rope_inv_freq(1e4, 256));
+    assert!((global[1] - dsg::model::config::rope_inv_freq(1e6, 256)[1] / 8.0).abs() < 1e-9);
+    assert!(c.tie_embeddings);
+}
+
+/// Bad Gemma 3 settings are refused with the field, what it must be and what it was.
+#[test]
+fn gemma3_bad_config_values_name_the_field() {
+    let base = config_json("gemma3_local_global", "config_v4.json");
+    let with = |key: &str, v: Value| {
+        let mut c = base.clone();
+        c[key] = v;
+        c
+    };
+    let cases = [
+        (
+            with("sliding_window_pattern", json!(0)),
+            "sliding_window_pattern",
+        ),
+        (
+            with("sliding_window_pattern", json!("six")),
+            "sliding_window_pattern",
+        ),
+        (
+            with("rope_local_base_freq", json!(-1.0)),
+            "rope_local_base_freq",
+        ),
+        (with("rope_theta", json!(0.0)), "rope_theta"),
+        (
+            with("use_bidirectional_attention", json!(true)),
+            "use_bidirectional_attention",
+        ),
+        (
+            with("rope_parameters", json!({"full_attention": 5})),
+            "rope_parameters.full_attention",
+        ),
+        (json!({"model_type": "gemma3"}), "text_config"),
+        (
+            json!({"model_type": "gemma3", "text_config": [1]}),
+            "text_config",
+        ),
+    ];
+    for (cfg, field) in cases {
+        let err = parse(&cfg).expect_err(field).to_string();
+        assert!(
+            err.contains(field),
+            "error for {field} does not name it: {err}"
+        );
+    }
+}
+
+/// Every weight comes back under its Hugging Face name and value (Gemma's norm offset removed, the
+/// fused maps split, Gemma 3's q/k norms included), as full fine-tuning writes them.
+#[test]
+fn hf_tensors_give_back_the_checkpoint() {
+    for name in MODELS.into_iter().filter(|n| *n != "gpt2") {
+        let model = load(name, "config.json");
+        let file = load_st(&fixture(&format!("tiny/{name}/model.safetensors")));
+        let ours = model.hf_tensors().unwrap();
+        let mut names: Vec<&str> = ours.iter().map(|(n, _)| n.as_str()).collect();
+        let mut theirs: Vec<&str> = file.keys().map(String::as_str).collect();
+        names.sort();
+        theirs.sort();
+        assert_eq!(names, theirs, "{name}");
+        for (n, t) in &ours {
+            let d = max_abs_diff(t, &file[n]);
+            assert!(d <= 1e-6, "{name}: {n} differs by {d}");
+        }
+    }
+}
+
+/// A multimodal Gemma 3 checkpoint (`model_type: gemma3`) keeps the decoder under
+/// `model.language_model.` (transformers 5) or `language_model.model.` (4.x): loaded from either,
+/// with its `text_config`, it gives the text model's logits bit for bit.
+#[test]
+fn gemma3_multimodal_checkpoint_loads_its_language_model() {
+    let name = "gemma3_scaled";
+    let plain = load(name, "config.json");
+    let r = reference(name);
+    let batch = Batch::new(r.rows.clone(), &Device::Cpu).unwrap();
+    let expected = all_logits(&plain, &batch);
+    let weights = load_st(&fixture(&format!("tiny/{name}/model.safetensors")));
+    let cfg = json!({"model_type": "gemma3", "text_config": config_json(name, "config.json")});
+    for prefix in ["model.language_model.", "language_model.model."] {
+        let dir = common::scratch(
+            "model_tiny",
+            &format!("gemma3_mm_{}", prefix.replace('.', "_")),
+        );
+        let renamed: std::collections::HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("{prefix}{}", k.strip_prefix("model.").unwrap()),
+                    v.clone(),
+                )
+            })
+            .collect();
+        candle_core::safetensors::save(&renamed, dir.join("model.safetensors")).unwrap();
+        let src = WeightSource::open_safetensors_dir(&dir).unwrap();
+        let model = Model::load(parse(&cfg).unwrap(), &src, &Device::Cpu).unwrap();
+        let d = max_abs_diff(&all_logits(&model, &batch), &expected);
+        assert_eq!(d, 0.0, "{prefix}: logits differ by {d}");
+    }
 }

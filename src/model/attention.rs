@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::block::Execution;
 use super::config::{ModelConfig, RopeStyle};
-use super::layers::{conv1d, Linear};
+use super::layers::{conv1d, Linear, Norm};
 use super::weights::WeightSource;
 use crate::kernels::attend::{attend, Positions};
 use crate::kernels::kv::LayerKv;
@@ -128,11 +128,34 @@ impl RopeTables {
     }
 }
 
+/// The rotary tables of one pass: the global ones, and those of the sliding-window layers where
+/// they differ (Gemma 3's local base).
+#[derive(Clone, Copy, Default)]
+pub struct Ropes<'a> {
+    /// Tables of every layer without local ones (`None`: no rotary embeddings).
+    pub global: Option<&'a RopeTables>,
+    /// Tables of the sliding-window layers, if they have their own.
+    pub local: Option<&'a RopeTables>,
+}
+
+impl<'a> Ropes<'a> {
+    /// The tables of a layer whose sliding window is `window`.
+    pub fn for_window(&self, window: Option<usize>) -> Option<&'a RopeTables> {
+        match (window, self.local) {
+            (Some(_), Some(local)) => Some(local),
+            _ => self.global,
+        }
+    }
+}
+
 /// Multi-head (grouped-query) self-attention.
 pub struct Attention {
     /// `[q; k; v]` stacked into one map.
     pub(super) qkv: Linear,
     pub(super) o: Linear,
+    /// Gemma 3's norms over each query and each key head, before RoPE.
+    pub(super) q_norm: Option<Norm>,
+    pub(super) k_norm: Option<Norm>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -145,7 +168,8 @@ pub struct Attention {
 const QUERY_CHUNK: usize = 128;
 
 impl Attention {
-    /// Loads `{prefix}.{q,k,v,o}_proj` (or GPT-2's fused `c_attn` / `c_proj`).
+    /// Loads `{prefix}.{q,k,v,o}_proj` (or GPT-2's fused `c_attn` / `c_proj`), and
+    /// `{prefix}.{q,k}_norm` where the config has per-head q/k norms.
     pub fn load(
         src: &WeightSource,
         prefix: &str,
@@ -172,9 +196,16 @@ impl Attention {
                 conv1d(src, &format!("{prefix}.c_proj"), d, d, device)?,
             )
         };
+        let head_norm = |name: &str| {
+            cfg.qk_norm
+                .then(|| Norm::load_width(src, &format!("{prefix}.{name}"), cfg, hd, device))
+                .transpose()
+        };
         Ok(Attention {
             qkv,
             o,
+            q_norm: head_norm("q_norm")?,
+            k_norm: head_norm("k_norm")?,
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
             head_dim: hd,
@@ -203,9 +234,15 @@ impl Attention {
             self.n_kv_heads * self.head_dim,
         );
         let all = self.qkv.forward(x, quantized)?;
-        let q = split(all.narrow(2, 0, qd)?, self.n_heads)?;
-        let k = split(all.narrow(2, qd, kvd)?, self.n_kv_heads)?;
+        let mut q = split(all.narrow(2, 0, qd)?, self.n_heads)?;
+        let mut k = split(all.narrow(2, qd, kvd)?, self.n_kv_heads)?;
         let v = split(all.narrow(2, qd + kvd, kvd)?, self.n_kv_heads)?;
+        if let Some(n) = &self.q_norm {
+            q = n.forward(&q, exec)?;
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(&k, exec)?;
+        }
         match rope {
             Some(r) => Ok((r.apply(&q, exec)?, r.apply(&k, exec)?, v)),
             None => Ok((q, k, v)),
@@ -281,6 +318,13 @@ impl Attention {
         let (mut k, mut v) = (vec![0f32; b * kvh * l * hd], vec![0f32; b * kvh * l * hd]);
         for (at, proj) in all.chunks_mut(width).enumerate() {
             let (row, t) = (at / l, at % l);
+            let (qs, ks) = proj.split_at_mut(h * hd);
+            if let Some(n) = &self.q_norm {
+                qs.chunks_mut(hd).for_each(|x| n.normalize(x));
+            }
+            if let Some(n) = &self.k_norm {
+                ks[..kvh * hd].chunks_mut(hd).for_each(|x| n.normalize(x));
+            }
             if let Some(r) = rope {
                 proj[..(h + kvh) * hd]
                     .chunks_mut(hd)

@@ -1,7 +1,7 @@
 //! Model configuration: one decoder, with every architecture difference expressed as data.
 //!
-//! Parsed from a Hugging Face `config.json` (Llama, Mistral, Qwen2, Gemma 2, GPT-2) or from GGUF
-//! metadata (see `gguf.rs`).
+//! Parsed from a Hugging Face `config.json` (Llama, Mistral, Qwen2, Gemma 2, Gemma 3, GPT-2) or from
+//! GGUF metadata (see `gguf.rs`).
 
 use std::path::Path;
 
@@ -21,6 +21,9 @@ pub enum Architecture {
     Qwen2,
     /// Gemma 2: (1+w) RMSNorm, sandwich norms, GeGLU, soft-capping, alternating local/global layers.
     Gemma2,
+    /// Gemma 3 (text): Gemma 2's norms and MLP plus a (1+w) RMSNorm on each query and key head before
+    /// RoPE, a pattern of sliding and global layers, and a RoPE base of its own for the sliding ones.
+    Gemma3,
     /// GPT-2: learned positions, LayerNorm, fused Conv1D qkv.
     Gpt2,
 }
@@ -61,6 +64,9 @@ pub enum Positions {
     Rope {
         /// Inverse frequency of each dimension pair (head_dim/2 values).
         inv_freq: Vec<f32>,
+        /// Inverse frequencies of the sliding-window layers where they differ from `inv_freq`
+        /// (Gemma 3's `rope_local_base_freq`); `None`: every layer uses `inv_freq`.
+        local_inv_freq: Option<Vec<f32>>,
         /// Pairing layout.
         style: RopeStyle,
     },
@@ -103,8 +109,11 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Biases on the attention output and MLP projections (GPT-2).
     pub out_bias: bool,
-    /// Extra norms after attention and after the MLP (Gemma 2).
+    /// Extra norms after attention and after the MLP (Gemma 2 and 3).
     pub sandwich_norms: bool,
+    /// A norm of kind `norm` over each query and key head (width `head_dim`) before RoPE (Gemma 3's
+    /// `q_norm` / `k_norm`).
+    pub qk_norm: bool,
     /// Factor applied to token embeddings (Gemma: sqrt(d_model)).
     pub embed_scale: Option<f32>,
     /// Multiplier on q·k (usually head_dim^-0.5).
@@ -214,6 +223,131 @@ fn apply_rope_scaling(inv_freq: &mut [f32], scaling: &Value, path: &Path) -> Res
     Ok(())
 }
 
+/// Inverse frequencies of a single-RoPE config: `rope_theta` (top level, or in transformers 5's
+/// `rope_parameters`) and its `rope_scaling` / `rope_parameters` scaling.
+fn rope(cfg: &Value, path: &Path, head_dim: usize) -> Result<Vec<f32>> {
+    let theta = opt_f64(cfg, path, "rope_theta")?
+        .or(cfg
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64))
+        .unwrap_or(10000.0);
+    let mut inv_freq = rope_inv_freq(theta, head_dim);
+    let scaling = cfg
+        .get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or_else(|| cfg.get("rope_parameters").filter(|v| !v.is_null()));
+    if let Some(scaling) = scaling {
+        apply_rope_scaling(&mut inv_freq, scaling, path)?;
+    }
+    Ok(inv_freq)
+}
+
+/// Gemma 3's two RoPEs, (global, local): transformers 5 nests them in `rope_parameters` under
+/// `full_attention` and `sliding_attention`; 4.x configs give `rope_theta` with an optional
+/// `rope_scaling` for the global layers and `rope_local_base_freq` (default RoPE) for the sliding
+/// ones. Bases default to transformers' 1e6 and 1e4.
+fn gemma3_rope(cfg: &Value, path: &Path, head_dim: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let one = |params: Option<&Value>,
+               nested_field: &str,
+               theta_key: &str,
+               default: f64|
+     -> Result<Vec<f32>> {
+        let (theta, field) = match params {
+            Some(p) => (opt_f64(p, path, "rope_theta")?, nested_field),
+            None => (opt_f64(cfg, path, theta_key)?, theta_key),
+        };
+        let theta = theta.unwrap_or(default);
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(Error::format(
+                path,
+                field,
+                "a positive RoPE base",
+                theta.to_string(),
+            ));
+        }
+        let mut inv_freq = rope_inv_freq(theta, head_dim);
+        let scaling = match params {
+            Some(p) => Some(p),
+            None if theta_key == "rope_theta" => cfg.get("rope_scaling").filter(|v| !v.is_null()),
+            None => None,
+        };
+        if let Some(scaling) = scaling {
+            apply_rope_scaling(&mut inv_freq, scaling, path)?;
+        }
+        Ok(inv_freq)
+    };
+    let nested = |key: &str| -> Result<Option<&Value>> {
+        match cfg.get("rope_parameters").filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(p) => match p.get(key).filter(|v| !v.is_null()) {
+                Some(v) if v.is_object() => Ok(Some(v)),
+                _ => Err(Error::format(
+                    path,
+                    format!("rope_parameters.{key}"),
+                    "an object (Gemma 3 keeps one RoPE per layer type)",
+                    p.get(key).map_or("nothing".into(), Value::to_string),
+                )),
+            },
+        }
+    };
+    let global = one(
+        nested("full_attention")?,
+        "rope_parameters.full_attention.rope_theta",
+        "rope_theta",
+        1e6,
+    )?;
+    let local = one(
+        nested("sliding_attention")?,
+        "rope_parameters.sliding_attention.rope_theta",
+        "rope_local_base_freq",
+        1e4,
+    )?;
+    Ok((global, local))
+}
+
+/// transformers' `Gemma3TextConfig` defaults under the fields `cfg` gives (`where_` names the
+/// object in errors).
+fn gemma3_defaults(cfg: &Value, path: &Path, where_: &str) -> Result<Value> {
+    let Some(fields) = cfg.as_object() else {
+        return Err(Error::format(
+            path,
+            where_,
+            "an object (the Gemma 3 decoder's settings)",
+            cfg.to_string(),
+        ));
+    };
+    let mut out = serde_json::json!({
+        "vocab_size": 262_208,
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131_072,
+        "rms_norm_eps": 1e-6,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 4096,
+        "sliding_window_pattern": 6,
+        "tie_word_embeddings": true,
+    });
+    let map = out.as_object_mut().expect("an object");
+    for (k, v) in fields {
+        map.insert(k.clone(), v.clone());
+    }
+    if opt_bool(cfg, "use_bidirectional_attention", false) {
+        return Err(Error::format(
+            path,
+            "use_bidirectional_attention",
+            "false (dsg runs causal decoders)",
+            "true",
+        ));
+    }
+    Ok(out)
+}
+
 impl ModelConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
@@ -230,7 +364,8 @@ impl ModelConfig {
         Ok(self)
     }
 
-    /// Builds the configuration from a parsed `config.json`; `path` is used in error messages.
+    /// Builds the configuration from a parsed `config.json`; `path` is used in error messages. A
+    /// multimodal Gemma 3 (`model_type: gemma3`) is read from its `text_config`.
     pub fn from_hf_value(cfg: &Value, path: &Path) -> Result<Self> {
         let model_type = get(cfg, path, "model_type")?
             .as_str()
@@ -241,15 +376,39 @@ impl ModelConfig {
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
             "gemma2" => Architecture::Gemma2,
+            "gemma3_text" | "gemma3" => Architecture::Gemma3,
             "gpt2" => Architecture::Gpt2,
             other => {
                 return Err(Error::format(
                     path,
                     "model_type",
-                    "one of llama, mistral, qwen2, gemma2, gpt2",
+                    "one of llama, mistral, qwen2, gemma2, gemma3_text, gemma3, gpt2",
                     other,
                 ))
             }
+        };
+        // Gemma 3's configs leave out what equals transformers' defaults (a multimodal one keeps
+        // only a few fields in `text_config`), so those defaults are filled in first.
+        let filled;
+        let cfg = match model_type.as_str() {
+            "gemma3" => {
+                let text = get(cfg, path, "text_config")?;
+                let mut f = gemma3_defaults(text, path, "text_config")?;
+                // The tie lives on the outer config of a multimodal checkpoint.
+                if let (Some(tie), None) = (
+                    cfg.get("tie_word_embeddings"),
+                    text.get("tie_word_embeddings"),
+                ) {
+                    f["tie_word_embeddings"] = tie.clone();
+                }
+                filled = f;
+                &filled
+            }
+            "gemma3_text" => {
+                filled = gemma3_defaults(cfg, path, "(root)")?;
+                &filled
+            }
+            _ => cfg,
         };
         if arch == Architecture::Gpt2 {
             return Self::gpt2(cfg, path)?.checked(path);
@@ -262,21 +421,13 @@ impl ModelConfig {
             Some(h) => h,
             None => implied_head_dim(path, "hidden_size", d_model, "num_attention_heads", n_heads)?,
         };
-        let theta = opt_f64(cfg, path, "rope_theta")?
-            .or(cfg
-                .get("rope_parameters")
-                .and_then(|p| p.get("rope_theta"))
-                .and_then(Value::as_f64))
-            .unwrap_or(10000.0);
-        let mut inv_freq = rope_inv_freq(theta, head_dim);
-        let scaling = cfg
-            .get("rope_scaling")
-            .filter(|v| !v.is_null())
-            .or_else(|| cfg.get("rope_parameters").filter(|v| !v.is_null()));
-        if let Some(scaling) = scaling {
-            apply_rope_scaling(&mut inv_freq, scaling, path)?;
-        }
-        let gemma = arch == Architecture::Gemma2;
+        let (inv_freq, local_inv_freq) = if arch == Architecture::Gemma3 {
+            let (global, local) = gemma3_rope(cfg, path, head_dim)?;
+            (global, Some(local))
+        } else {
+            (rope(cfg, path, head_dim)?, None)
+        };
+        let gemma = matches!(arch, Architecture::Gemma2 | Architecture::Gemma3);
         let hidden_act = cfg
             .get("hidden_activation")
             .or_else(|| cfg.get("hidden_act"))
@@ -319,12 +470,14 @@ impl ModelConfig {
             gated_mlp: true,
             positions: Positions::Rope {
                 inv_freq,
+                local_inv_freq,
                 style: RopeStyle::HalfSplit,
             },
             max_positions: opt_usize(cfg, path, "max_position_embeddings")?.unwrap_or(8192),
             qkv_bias: arch == Architecture::Qwen2 || opt_bool(cfg, "attention_bias", false),
             out_bias: opt_bool(cfg, "attention_bias", false) && arch == Architecture::Llama,
             sandwich_norms: gemma,
+            qk_norm: arch == Architecture::Gemma3,
             embed_scale: gemma.then(|| (d_model as f32).sqrt()),
             attn_scale,
             attn_softcap: if gemma {
@@ -373,6 +526,7 @@ impl ModelConfig {
             qkv_bias: true,
             out_bias: true,
             sandwich_norms: false,
+            qk_norm: false,
             embed_scale: None,
             attn_scale: if opt_bool(cfg, "scale_attn_weights", true) {
                 (head_dim as f64).powf(-0.5)
@@ -511,9 +665,25 @@ fn layer_windows(
             })
             .collect();
     }
+    // Gemma 3's 4.x configs: every `sliding_window_pattern`-th layer is global.
+    let pattern = match arch {
+        Architecture::Gemma3 => match get_usize(cfg, path, "sliding_window_pattern")? {
+            0 => {
+                return Err(Error::format(
+                    path,
+                    "sliding_window_pattern",
+                    "a positive integer (every N-th layer global)",
+                    "0",
+                ))
+            }
+            n => n,
+        },
+        _ => 1,
+    };
     Ok((0..n_layers)
         .map(|i| match arch {
             Architecture::Gemma2 => window.filter(|_| i % 2 == 0),
+            Architecture::Gemma3 => window.filter(|_| (i + 1) % pattern != 0),
             Architecture::Mistral => window,
             Architecture::Qwen2 if opt_bool(cfg, "use_sliding_window", false) => window,
             _ => None,

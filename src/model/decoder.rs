@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use super::attention::{Attention, RopeTables};
+use super::attention::{Attention, RopeTables, Ropes};
 use super::block::{Block, Execution};
 use super::config::{ModelConfig, Positions};
 use super::hooks::{HookContext, HookPoint, Hooks, Site};
@@ -149,7 +149,7 @@ pub(super) struct PassInputs<'a> {
     /// Per row, the position of each key column (cached ones first, then the new tokens), `None`
     /// for padding.
     pub(super) key_pos: &'a [Vec<Option<usize>>],
-    pub(super) rope: Option<&'a RopeTables>,
+    pub(super) rope: Ropes<'a>,
 }
 
 /// A decoder-only transformer with hook points. `Send + Sync`: many threads may run it at once, each
@@ -352,11 +352,20 @@ impl Model {
             let len = batch.lengths[row];
             kp.extend((0..l).map(|i| (i < len).then_some(starts[row] + i)));
         }
-        let rope = match &self.cfg.positions {
-            Positions::Rope { inv_freq, style } => {
-                Some(RopeTables::new(inv_freq, *style, &starts, l, &self.device)?)
-            }
-            Positions::Learned => None,
+        let tables = |f: &[f32], style| RopeTables::new(f, style, &starts, l, &self.device);
+        let (rope, local_rope) = match &self.cfg.positions {
+            Positions::Rope {
+                inv_freq,
+                local_inv_freq,
+                style,
+            } => (
+                Some(tables(inv_freq, *style)?),
+                local_inv_freq
+                    .as_deref()
+                    .map(|f| tables(f, *style))
+                    .transpose()?,
+            ),
+            Positions::Learned => (None, None),
         };
         let ctx = HookContext {
             lengths: &batch.lengths,
@@ -370,7 +379,10 @@ impl Model {
             ctx: &ctx,
             query_pos: &query_pos,
             key_pos: &key_pos,
-            rope: rope.as_ref(),
+            rope: Ropes {
+                global: rope.as_ref(),
+                local: local_rope.as_ref(),
+            },
         };
         let out = if self.runs_vector_pass(l) {
             self.vector_pass(&inputs, hooks, cache.as_deref_mut())?

@@ -104,12 +104,14 @@ pub fn config_from_gguf(c: &Content, path: &Path) -> Result<ModelConfig> {
         // llama.cpp stores Q and K permuted so that rotary pairs are adjacent.
         positions: Positions::Rope {
             inv_freq: rope_inv_freq(theta, head_dim),
+            local_inv_freq: None,
             style: RopeStyle::Interleaved,
         },
         max_positions: meta_usize(c, path, &k("context_length")).unwrap_or(4096),
         qkv_bias: false,
         out_bias: false,
         sandwich_norms: false,
+        qk_norm: false,
         embed_scale: None,
         attn_scale: (head_dim as f64).powf(-0.5),
         attn_softcap: None,

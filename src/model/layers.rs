@@ -292,14 +292,24 @@ pub struct Norm {
 }
 
 impl Norm {
-    /// Loads `{prefix}.weight` (and `.bias` for LayerNorm).
+    /// Loads `{prefix}.weight` (and `.bias` for LayerNorm) over the residual stream (`d_model`).
     pub fn load(
         src: &WeightSource,
         prefix: &str,
         cfg: &ModelConfig,
         device: &Device,
     ) -> Result<Self> {
-        let d = cfg.d_model;
+        Self::load_width(src, prefix, cfg, cfg.d_model, device)
+    }
+
+    /// [`Norm::load`] for a norm over `d` values (Gemma 3's per-head q/k norms: `head_dim`).
+    pub fn load_width(
+        src: &WeightSource,
+        prefix: &str,
+        cfg: &ModelConfig,
+        d: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let w = src.tensor(&format!("{prefix}.weight"), &[d], device)?;
         let scale = match cfg.norm {
             NormKind::RmsPlusOne => (w + 1.0)?,
@@ -356,25 +366,29 @@ impl Norm {
 
     /// [`Norm::forward`] (fused) on rows held in a slice, each `scale.len()` long.
     pub(super) fn forward_rows(&self, x: &[f32]) -> Vec<f32> {
-        let d = self.scale_raw.len();
-        let mut out = Vec::with_capacity(x.len());
-        for row in x.chunks(d) {
-            let n = d as f32;
-            match &self.bias_raw {
-                Some(bias) => {
-                    let mean = row.iter().sum::<f32>() / n;
-                    let var = row.iter().map(|v| v * v).sum::<f32>() / n - mean * mean;
-                    let inv = 1.0 / (var + self.eps).sqrt();
-                    let it = row.iter().zip(&self.scale_raw).zip(bias);
-                    out.extend(it.map(|((v, s), b)| (v - mean) * inv * s + b));
-                }
-                None => {
-                    let rms = (row.iter().map(|v| v * v).sum::<f32>() / n + self.eps).sqrt();
-                    out.extend(row.iter().zip(&self.scale_raw).map(|(v, s)| v / rms * s));
-                }
+        let mut out = x.to_vec();
+        out.chunks_mut(self.scale_raw.len())
+            .for_each(|row| self.normalize(row));
+        out
+    }
+
+    /// Normalises one row of `scale.len()` values in place, as [`Norm::forward_rows`] does.
+    pub(super) fn normalize(&self, row: &mut [f32]) {
+        let n = row.len() as f32;
+        match &self.bias_raw {
+            Some(bias) => {
+                let mean = row.iter().sum::<f32>() / n;
+                let var = row.iter().map(|v| v * v).sum::<f32>() / n - mean * mean;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                let it = row.iter_mut().zip(&self.scale_raw).zip(bias);
+                it.for_each(|((v, s), b)| *v = (*v - mean) * inv * s + b);
+            }
+            None => {
+                let rms = (row.iter().map(|v| v * v).sum::<f32>() / n + self.eps).sqrt();
+                let it = row.iter_mut().zip(&self.scale_raw);
+                it.for_each(|(v, s)| *v = *v / rms * s);
             }
         }
-        out
     }
 }
 

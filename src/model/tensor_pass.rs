@@ -20,7 +20,7 @@ struct TensorOps<'a, 'h> {
     hooks: &'h mut dyn Hooks,
     ctx: &'a HookContext<'a>,
     cache: Option<&'h mut KvCache>,
-    rope: Option<&'a super::attention::RopeTables>,
+    rope: super::attention::Ropes<'a>,
     /// The distinct windows of the blocks, and one mask for each.
     windows: Vec<Option<usize>>,
     masks: Vec<Tensor>,
@@ -41,7 +41,8 @@ impl BlockOps for TensorOps<'_, '_> {
             .position(|w| *w == block.window)
             .expect("listed");
         let mask = &self.masks[wi];
-        let (qh, kh, vh) = block.attn.qkv(h, self.rope, k, q)?;
+        let rope = self.rope.for_window(block.window);
+        let (qh, kh, vh) = block.attn.qkv(h, rope, k, q)?;
         match self.cache.as_deref_mut() {
             Some(c) => {
                 let lkv = &mut c.layers[layer];

@@ -87,6 +87,12 @@ impl Model {
             norm_vars(&mut b.attn_norm, &format!("{p}.attn_norm"), &mut out, keep)?;
             linear_vars(&mut b.attn.qkv, &format!("{p}.attn.qkv"), &mut out, keep)?;
             linear_vars(&mut b.attn.o, &format!("{p}.attn.o"), &mut out, keep)?;
+            if let Some(n) = b.attn.q_norm.as_mut() {
+                norm_vars(n, &format!("{p}.attn.q_norm"), &mut out, keep)?;
+            }
+            if let Some(n) = b.attn.k_norm.as_mut() {
+                norm_vars(n, &format!("{p}.attn.k_norm"), &mut out, keep)?;
+            }
             if let Some(n) = b.post_attn_norm.as_mut() {
                 norm_vars(n, &format!("{p}.post_attn_norm"), &mut out, keep)?;
             }
@@ -113,6 +119,12 @@ impl Model {
                 n.sync()?;
             }
             if let Some(n) = b.post_mlp_norm.as_mut() {
+                n.sync()?;
+            }
+            for n in [b.attn.q_norm.as_mut(), b.attn.k_norm.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 n.sync()?;
             }
         }
@@ -167,6 +179,12 @@ impl Model {
             split(&mut out, &b.attn.qkv, &[(&q, qd), (&k, kvd), (&v, kvd)])?;
             let o = format!("{p}.self_attn.o_proj");
             split(&mut out, &b.attn.o, &[(&o, c.d_model)])?;
+            if let Some(n) = &b.attn.q_norm {
+                norm(&mut out, n, format!("{p}.self_attn.q_norm"))?;
+            }
+            if let Some(n) = &b.attn.k_norm {
+                norm(&mut out, n, format!("{p}.self_attn.k_norm"))?;
+            }
             match (&b.post_attn_norm, &b.post_mlp_norm) {
                 (Some(pa), Some(pm)) => {
                     norm(&mut out, pa, format!("{p}.post_attention_layernorm"))?;

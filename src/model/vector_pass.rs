@@ -52,9 +52,8 @@ impl BlockOps for VectorOps<'_, '_> {
             window: block.window,
         };
         let (b, q) = (self.shape.0, self.inputs.opts.quantized);
-        block
-            .attn
-            .forward_rows(h, b, self.inputs.rope, lkv, &pos, q)
+        let rope = self.inputs.rope.for_window(block.window);
+        block.attn.forward_rows(h, b, rope, lkv, &pos, q)
     }
 
     fn mlp(&mut self, mlp: &Mlp, h: &Vec<f32>) -> Result<Vec<f32>> {

@@ -70,6 +70,22 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{short}.{kind}"))
 }
 
+/// Where a multimodal checkpoint (Gemma 3's `Gemma3ForConditionalGeneration`) keeps the decoder's
+/// tensor `hf`: transformers 5 under `model.language_model.`, 4.x under `language_model.model.` (and
+/// `language_model.lm_head`).
+fn language_model_names(hf: &str) -> [String; 2] {
+    match hf.strip_prefix("model.") {
+        Some(rest) => [
+            format!("model.language_model.{rest}"),
+            format!("language_model.model.{rest}"),
+        ],
+        None => [
+            format!("language_model.{hf}"),
+            format!("model.language_model.{hf}"),
+        ],
+    }
+}
+
 impl WeightSource {
     /// Opens the safetensors files of a Hugging Face model directory (`model.safetensors`, or the shards
     /// listed in `model.safetensors.index.json`).
@@ -191,9 +207,9 @@ impl WeightSource {
 
     fn source_name(&self, hf: &str) -> Option<String> {
         match self {
-            WeightSource::Safetensors { owner, .. } => {
-                owner.contains_key(hf).then(|| hf.to_string())
-            }
+            WeightSource::Safetensors { owner, .. } => std::iter::once(hf.to_string())
+                .chain(language_model_names(hf))
+                .find(|n| owner.contains_key(n)),
             WeightSource::Gguf { content, .. } => {
                 gguf_name(hf).filter(|n| content.tensor_infos.contains_key(n))
             }
