@@ -283,6 +283,36 @@ fn streaming_equals_the_whole_answer(server: &Server, whole: &Value) {
         .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
         .collect();
     assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    // Streamed with echo and log-probs: the prompt comes first, the chunks' log-probs and offsets
+    // add up to the whole answer's, and the last chunk carries the usage.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "echo": true, "logprobs": 2});
+    let whole = server.post("/v1/completions", &body).ok();
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let data = sse_data(&server.post("/v1/completions", &streamed).body);
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        let joined: Vec<Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["logprobs"][key].as_array())
+            .flatten()
+            .cloned()
+            .collect();
+        assert_eq!(
+            &joined,
+            whole["choices"][0]["logprobs"][key].as_array().unwrap(),
+            "{key}"
+        );
+    }
+    assert_eq!(chunks.last().unwrap()["usage"], whole["usage"]);
 }
 
 /// Log-softmax in f64 of one logits row.

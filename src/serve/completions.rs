@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::engine::{Event, Finished, TokenLogprob};
 use super::error::ApiError;
-use super::protocol::{chat_request, completion_request};
+use super::protocol::{chat_request, completion_request, Job};
 use super::routes::body_bytes;
 use super::AppState;
 
@@ -46,6 +46,7 @@ async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiError
     while let Some(event) = rx.recv().await {
         match event {
             Event::Token { logprob, .. } => logprobs.extend(logprob),
+            Event::Prompt(_) => {}
             Event::Done(done) => {
                 return Ok(Collected {
                     logprobs,
@@ -223,6 +224,7 @@ fn chat_stream(
                     return Some((vec![last, Value::Null], None));
                 }
                 Some(Event::Failed(e)) => return Some((vec![e.body()], None)),
+                Some(Event::Prompt(_)) => continue,
                 None => return None,
             }
         }
@@ -232,16 +234,19 @@ fn chat_stream(
 
 /// Completion log-probs for the tokens `ids` (prompt first with `echo`): tokens, token
 /// log-probs (`null` for the first prompt token), top log-probs, text offsets.
+///
+/// `text_bytes` holds the text before these tokens (empty for a whole answer; what earlier chunks
+/// sent, in a stream), so offsets count characters from the start of the whole text.
 fn completion_logprobs(
     state: &AppState,
     prompt: Option<(&[u32], &[TokenLogprob])>,
     answer: &[TokenLogprob],
+    text_bytes: &mut Vec<u8>,
 ) -> Value {
     let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    let mut text_bytes: Vec<u8> = Vec::new();
     let mut push = |id: u32, lp: Option<&TokenLogprob>| {
         let (bytes, text) = token_piece(state, id);
-        offsets.push(chars_in(&text_bytes));
+        offsets.push(chars_in(text_bytes));
         text_bytes.extend_from_slice(&bytes);
         tokens.push(text);
         lps.push(lp.map_or(Value::Null, |t| json!(t.logprob)));
@@ -274,8 +279,8 @@ pub async fn completions(
     let id = new_id("cmpl");
     if req.stream {
         let job = req.jobs.into_iter().next().expect("a stream has one job");
-        let rx = state.engine.submit(job)?;
-        return Ok(sse(completion_stream(state, rx, id)));
+        let rx = state.engine.submit(job.clone())?;
+        return Ok(sse(completion_stream(state, rx, id, job)));
     }
     let mut pending = Vec::with_capacity(req.jobs.len());
     for job in &req.jobs {
@@ -306,7 +311,7 @@ pub async fn completions(
                 .prompt_logprobs
                 .as_deref()
                 .map(|lps| (job.prompt.ids.as_slice(), lps));
-            completion_logprobs(&state, prompt, &c.logprobs)
+            completion_logprobs(&state, prompt, &c.logprobs, &mut Vec::new())
         });
         choices.push(json!({
             "index": index,
@@ -333,37 +338,62 @@ pub async fn completions(
     .into_response())
 }
 
-/// Completion chunks: text deltas, then the finish with the `dsg` report, then `[DONE]`.
+/// Completion chunks: with `echo`, the prompt first; then text deltas (with each token's
+/// log-probs when asked for); then the finish with the `dsg` report and usage; then `[DONE]`.
 fn completion_stream(
     state: Arc<AppState>,
     rx: UnboundedReceiver<Event>,
     id: String,
+    job: Job,
 ) -> impl Stream<Item = Value> + Send + 'static {
     let created = now();
-    stream::unfold(Some((state, rx)), move |st| {
+    let want_logprobs = job.logprobs.is_some();
+    let init = Some((state, rx, Vec::<u8>::new()));
+    stream::unfold(init, move |st| {
         let id = id.clone();
+        let prompt_ids = job.prompt.ids.clone();
         async move {
-            let (state, mut rx) = st?;
-            let chunk = |text: &str, finish: Value| {
+            let (state, mut rx, mut sent) = st?;
+            let chunk = |text: &str, logprobs: Value, finish: Value| {
                 json!({
                     "id": id,
                     "object": "text_completion",
                     "created": created,
                     "model": state.served.id,
-                    "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+                    "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
                 })
             };
             loop {
                 match rx.recv().await {
-                    Some(Event::Token { text, .. }) if text.is_empty() => continue,
-                    Some(Event::Token { text, .. }) => {
-                        let c = chunk(&text, Value::Null);
-                        return Some((vec![c], Some((state, rx))));
+                    Some(Event::Prompt(lps)) => {
+                        let lp = if want_logprobs {
+                            completion_logprobs(&state, Some((&prompt_ids, &lps)), &[], &mut sent)
+                        } else {
+                            Value::Null
+                        };
+                        let text = state
+                            .served
+                            .lm
+                            .tokenizer
+                            .decode(&prompt_ids, false)
+                            .unwrap_or_default();
+                        let c = chunk(&text, lp, Value::Null);
+                        return Some((vec![c], Some((state, rx, sent))));
+                    }
+                    Some(Event::Token { text, .. }) if text.is_empty() && !want_logprobs => continue,
+                    Some(Event::Token { text, logprob, .. }) => {
+                        let lp = match (&logprob, want_logprobs) {
+                            (Some(t), true) => completion_logprobs(&state, None, std::slice::from_ref(t), &mut sent),
+                            _ => Value::Null,
+                        };
+                        let c = chunk(&text, lp, Value::Null);
+                        return Some((vec![c], Some((state, rx, sent))));
                     }
                     Some(Event::Done(done)) => {
                         let text = if done.refused_by.is_some() { done.text.as_str() } else { "" };
-                        let mut last = chunk(text, json!(done.finish.as_str()));
+                        let mut last = chunk(text, Value::Null, json!(done.finish.as_str()));
                         last["dsg"] = guard_report(&state, &done);
+                        last["usage"] = usage(&done);
                         return Some((vec![last, Value::Null], None));
                     }
                     Some(Event::Failed(e)) => return Some((vec![e.body()], None)),

@@ -128,6 +128,9 @@ pub enum Event {
         /// Its log-probability, when asked for.
         logprob: Option<TokenLogprob>,
     },
+    /// With `echo`: the prompt's token log-probabilities (each token after the first), sent
+    /// once the prompt pass is done, before any generated token.
+    Prompt(Vec<TokenLogprob>),
     /// The answer ended.
     Done(Box<Finished>),
     /// The request failed.
@@ -466,7 +469,7 @@ impl Worker {
         let (prompt_logprobs, last) = if job.echo {
             let all = logits.squeeze(0)?.to_vec2::<f32>()?;
             let k = job.logprobs.unwrap_or(0);
-            let lps = job.prompt.ids[1..]
+            let lps: Vec<TokenLogprob> = job.prompt.ids[1..]
                 .iter()
                 .zip(&all)
                 .map(|(&id, l)| token_logprob(l, id, k))
@@ -475,6 +478,9 @@ impl Worker {
         } else {
             (None, logits.squeeze(0)?.to_vec1::<f32>()?)
         };
+        if let Some(lps) = &prompt_logprobs {
+            let _ = sub.events.send(Event::Prompt(lps.clone()));
+        }
         let mut row = Row {
             sampler: Sampler::new(job.temperature, job.top_p, job.seed),
             tokens: Vec::new(),
