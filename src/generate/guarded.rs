@@ -5,7 +5,7 @@
 
 use super::{generate_marked, GenerateOptions, Generation, Prompt};
 use crate::guard::{GateDecision, Guardrail, Intervention, REFUSAL};
-use crate::model::{Batch, ForwardOptions, HookList, LoadedModel, Logits};
+use crate::model::{Batch, ForwardOptions, HookList, LoadedModel, Logits, Model};
 use crate::Result;
 
 /// One guarded answer.
@@ -23,6 +23,28 @@ pub struct GuardedAnswer {
     pub final_decisions: Vec<GateDecision>,
     /// The generation, when not refused.
     pub generation: Option<Generation>,
+}
+
+/// Runs `prompt` (its user text marked as evidence) through the model only up to the deepest of
+/// `guards`' hook points, without logits, so that each guardrail records its decision on the
+/// prompt; does nothing without guardrails.
+pub fn screen_prompt(model: &Model, prompt: &Prompt, guards: &mut [&mut Guardrail]) -> Result<()> {
+    let Some(deepest) = guards.iter().map(|g| g.file().hook_point.layer).max() else {
+        return Ok(());
+    };
+    let batch = Batch::single(prompt.ids.clone(), model.device())?
+        .with_evidence(vec![prompt.evidence.clone()])?;
+    let opts = ForwardOptions {
+        logits: Logits::None,
+        stop_after: Some(deepest),
+        quantized: false,
+    };
+    let mut hooks = HookList::new();
+    for g in guards.iter_mut() {
+        hooks.push(&mut **g);
+    }
+    model.forward(&batch, &opts, &mut hooks, None)?;
+    Ok(())
 }
 
 /// Answers `prompt` under `guards` (each acting by its [`Guardrail::intervention`]); `on_token`
@@ -47,25 +69,13 @@ pub fn answer(
     ];
     let mut refused_by = None;
     if refusing.contains(&true) {
-        let deepest = guards
-            .iter()
+        let mut screening: Vec<&mut Guardrail> = guards
+            .iter_mut()
             .zip(&refusing)
             .filter(|(_, &r)| r)
-            .map(|(g, _)| g.file().hook_point.layer)
-            .max();
-        let batch = Batch::single(prompt.ids.clone(), lm.model.device())?
-            .with_evidence(vec![prompt.evidence.clone()])?;
-        let opts = ForwardOptions {
-            logits: Logits::None,
-            stop_after: deepest,
-            quantized: false,
-        };
-        let mut hooks = HookList::new();
-        for (g, _) in guards.iter_mut().zip(&refusing).filter(|(_, &r)| r) {
-            hooks.push(g);
-        }
-        lm.model.forward(&batch, &opts, &mut hooks, None)?;
-        drop(hooks);
+            .map(|(g, _)| g)
+            .collect();
+        screen_prompt(&lm.model, prompt, &mut screening)?;
         for (i, g) in guards.iter_mut().enumerate().filter(|(i, _)| refusing[*i]) {
             g.take_records();
             prompt_decisions[i] = g.decisions()[0];

@@ -174,13 +174,7 @@ impl Guardrail {
         file.validate()?;
         Ok(Guardrail {
             file,
-            sae: self.sae.clone(),
-            features: self.features.clone(),
-            decoder_rows: self.decoder_rows.clone(),
-            streams: Vec::new(),
-            records: Vec::new(),
-            refuse: self.refuse,
-            acting: None,
+            ..self.fork()
         })
     }
 

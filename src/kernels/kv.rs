@@ -77,6 +77,19 @@ impl LayerKv {
         Ok(())
     }
 
+    /// A zero-filled buffer of `batch` rows, `cap` columns of room and `len` of them in use.
+    fn zeroed(batch: usize, heads: usize, dim: usize, cap: usize, len: usize) -> LayerKv {
+        LayerKv {
+            k: vec![0f32; batch * heads * cap * dim],
+            v: vec![0f32; batch * heads * cap * dim],
+            batch,
+            heads,
+            dim,
+            cap,
+            len,
+        }
+    }
+
     fn grow(&mut self, batch: usize, heads: usize, dim: usize, cap: usize) {
         let mut k = vec![0f32; batch * heads * cap * dim];
         let mut v = vec![0f32; batch * heads * cap * dim];
@@ -105,15 +118,7 @@ impl LayerKv {
         let len = self.len.max(other.len);
         let cap = len.max(MIN_CAPACITY);
         let batch = self.batch + other.batch;
-        let mut out = LayerKv {
-            k: vec![0f32; batch * heads * cap * dim],
-            v: vec![0f32; batch * heads * cap * dim],
-            batch,
-            heads,
-            dim,
-            cap,
-            len,
-        };
+        let mut out = LayerKv::zeroed(batch, heads, dim, cap, len);
         for (offset, part) in [(0, self), (self.batch, other)] {
             let n = part.len * dim;
             for bh in 0..part.batch * heads {
@@ -133,15 +138,7 @@ impl LayerKv {
         let (heads, dim) = (self.heads, self.dim);
         let (batch, len) = (rows.len(), cols.len());
         let cap = len.max(MIN_CAPACITY);
-        let mut out = LayerKv {
-            k: vec![0f32; batch * heads * cap * dim],
-            v: vec![0f32; batch * heads * cap * dim],
-            batch,
-            heads,
-            dim,
-            cap,
-            len,
-        };
+        let mut out = LayerKv::zeroed(batch, heads, dim, cap, len);
         for (new_row, &row) in rows.iter().enumerate() {
             for h in 0..heads {
                 let src_base = (row * heads + h) * self.cap * dim;

@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::protocol::Job;
 use super::text::AnswerText;
+use crate::generate::guarded::screen_prompt;
 use crate::generate::Sampler;
 use crate::guard::{GateDecision, Guardrail, Intervention, REFUSAL};
 use crate::model::{Batch, ForwardOptions, HookList, KvCache, LoadedModel, Logits};
@@ -396,22 +397,11 @@ impl Worker {
 
     fn inspect(&mut self, prompt: &Prompt) -> crate::Result<Vec<InspectGuard>> {
         let mut forks = self.forks(&vec![false; self.guards.len()]);
-        let deepest = forks.iter().map(|g| g.file().hook_point.layer).max();
-        let batch = Batch::single(prompt.ids.clone(), self.lm.model.device())?
-            .with_evidence(vec![prompt.evidence.clone()])?;
-        let opts = ForwardOptions {
-            logits: Logits::None,
-            stop_after: deepest,
-            quantized: false,
-        };
-        let mut hooks = HookList::new();
-        for f in forks.iter_mut() {
-            hooks.push(f);
-        }
-        if deepest.is_some() {
-            self.lm.model.forward(&batch, &opts, &mut hooks, None)?;
-        }
-        drop(hooks);
+        screen_prompt(
+            &self.lm.model,
+            prompt,
+            &mut forks.iter_mut().collect::<Vec<_>>(),
+        )?;
         Ok(forks
             .iter_mut()
             .map(|f| {

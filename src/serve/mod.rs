@@ -149,7 +149,6 @@ pub struct AppState {
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
-    body_limit: usize,
     grace: Duration,
     runtime: tokio::runtime::Runtime,
 }
@@ -213,7 +212,6 @@ impl Server {
                 keys: opts.keys,
                 body_limit: opts.body_limit,
             }),
-            body_limit: opts.body_limit,
             grace: opts.shutdown_grace,
             runtime,
         })
@@ -234,7 +232,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
         signals: bool,
     ) -> Result<()> {
-        let app = routes::router(self.state.clone(), self.body_limit);
+        let app = routes::router(self.state.clone());
         let state = self.state.clone();
         let grace = self.grace;
         let listener = self.listener;

@@ -553,8 +553,13 @@ pub fn token_ids(items: &[Value], vocab: usize, name: &str) -> Result<Vec<u32>, 
 /// The text to inspect in a `POST /v1/guard/inspect` body: `messages` (a chat, rendered as for
 /// chat completions) or `prompt` (raw text).
 pub fn inspect_request(body: &[u8], served: &ServedModel) -> Result<Prompt, ApiError> {
-    let obj = parse_object(body)?;
-    let prompt = inspect_prompt(&obj, served)?;
+    prompt_of(&parse_object(body)?, served)
+}
+
+/// The prompt a parsed body names by `messages` (a chat) or `prompt` (raw text), within the
+/// model's context.
+pub fn prompt_of(obj: &Map<String, Value>, served: &ServedModel) -> Result<Prompt, ApiError> {
+    let prompt = inspect_prompt(obj, served)?;
     if prompt.ids.len() > served.context {
         return Err(ApiError::invalid(
             "prompt",

@@ -23,7 +23,8 @@ use super::AppState;
 const PLAYGROUND: &str = include_str!("playground.html");
 
 /// Every route, behind the API-key check (all but `/health` and `/`) and the metrics layer.
-pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.body_limit;
     Router::new()
         .route("/", get(|| async { Html(PLAYGROUND) }))
         .route("/health", get(health))
@@ -192,10 +193,7 @@ async fn tokenize(
         (Some(Value::String(text)), None) => tok
             .encode(text, add_special && tok.adds_bos())
             .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize: {e}")))?,
-        (None, Some(_)) => {
-            let chat: Vec<u8> = serde_json::to_vec(&obj).unwrap_or_default();
-            protocol::inspect_request(&chat, &state.served)?.ids
-        }
+        (None, Some(_)) => protocol::prompt_of(&obj, &state.served)?.ids,
         (Some(other), None) => {
             return Err(ApiError::invalid(
                 "prompt",
