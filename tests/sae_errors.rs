@@ -249,3 +249,42 @@ fn topk_k_outside_one_to_d_sae_names_the_file_and_k() {
         assert_mentions(&msg, &[name, &format!("k: {k}"), "1..=48"]);
     }
 }
+
+/// Saving in f16 an SAE whose values exceed f16's range (Gemma 3's residual means do) is refused,
+/// naming the tensor, instead of writing infinities; f32 keeps it.
+#[test]
+fn f16_storage_refuses_values_past_its_range() {
+    use dsg::sae::{Sae, SaeMeta, SaeParts};
+    let base = common::random_sae(8, dsg::model::HookPoint::resid_post(1));
+    let b_dec: Vec<f32> = (0..64).map(|i| if i == 3 { 1.0e5 } else { 0.5 }).collect();
+    let sae = Sae::from_parts(SaeParts {
+        w_enc: base.w_enc().clone(),
+        b_enc: base.b_enc().clone(),
+        w_dec: base.w_dec().clone(),
+        b_dec: Tensor::from_vec(b_dec, 64, &Device::Cpu).unwrap(),
+        activation: base.activation().clone(),
+        apply_b_dec_to_input: false,
+        normalization: base.normalization(),
+        hook: base.hook(),
+        meta: SaeMeta::default(),
+    })
+    .unwrap();
+    let dir = common::scratch("sae_errors", "f16_range");
+    let e = sae
+        .save_as(
+            &dir.join("x.safetensors"),
+            &SaeMeta::default(),
+            candle_core::DType::F16,
+        )
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["b_dec", "f16", "--dtype f32"]);
+    sae.save_as(
+        &dir.join("y.safetensors"),
+        &SaeMeta::default(),
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let back = Sae::load(&dir.join("y.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(back.b_dec().to_vec1::<f32>().unwrap()[3], 1.0e5);
+}

@@ -7,8 +7,10 @@
 //! residual norm is tens of times the others'; it would dominate the reconstruction loss, and DSG
 //! never gates on it.
 //!
-//! Each row's activations are computed once and kept (f16) for later epochs: memory is
-//! `rows · (ctx − 1) · d_model · 2` bytes (about 0.15 MB per 128-token row of SmolLM2-135M).
+//! Each row's activations are computed once and kept for later epochs, in f16 when they fit its
+//! range, else in f32 (Gemma 3's residual stream holds values past f16's 65504 from its middle
+//! layers on, which f16 would turn into infinities): memory is `rows · (ctx − 1) · d_model · 2` bytes
+//! (about 0.15 MB per 128-token row of SmolLM2-135M), twice that in f32.
 
 use candle_core::{DType, Tensor, D};
 use rand::seq::SliceRandom;
@@ -17,6 +19,19 @@ use rand::SeedableRng;
 use super::train::ActivationSource;
 use crate::model::{Batch, Capture, HookPoint, Model};
 use crate::{Error, Result};
+
+/// Largest magnitude stored in f16 (its maximum finite value is 65504).
+const F16_LIMIT: f32 = 65000.0;
+
+/// `acts` in f16 when every value fits its range, else unchanged (f32).
+fn compact(acts: Tensor) -> Result<Tensor> {
+    let max = acts.abs()?.max_all()?.to_scalar::<f32>()?;
+    if max.is_finite() && max <= F16_LIMIT {
+        Ok(acts.to_dtype(DType::F16)?)
+    } else {
+        Ok(acts)
+    }
+}
 
 /// Streams a hook point's activations over token rows; see the module docs.
 pub struct ModelActivations<'a> {
@@ -103,22 +118,40 @@ impl ActivationSource for ModelActivations<'_> {
             .collect();
         for group in missing.chunks(self.batch_rows) {
             let rows: Vec<Vec<u32>> = group.iter().map(|&r| self.rows[r].clone()).collect();
-            let acts = hook_activations(self.model, self.hook, &rows)?.to_dtype(DType::F16)?;
+            let acts = compact(hook_activations(self.model, self.hook, &rows)?)?;
             let per = self.rows[0].len() - 1;
             for (j, &r) in group.iter().enumerate() {
                 self.cache[r] = Some(acts.narrow(0, j * per, per)?.contiguous()?);
             }
         }
-        let parts: Vec<&Tensor> = picked
+        // Rows may be cached in f16 or f32 (see `compact`): each is widened before joining.
+        let parts = picked
             .iter()
-            .map(|&r| self.cache[r].as_ref().expect("cached"))
-            .collect();
-        let acts = Tensor::cat(&parts, 0)?.to_dtype(DType::F32)?;
+            .map(|&r| self.cache[r].as_ref().expect("cached").to_dtype(DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let acts = Tensor::cat(&parts, 0)?;
         let mut perm: Vec<u32> = (0..acts.dim(0)? as u32).collect();
         let mut rng =
             rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(index as u64) ^ 0xA5);
         perm.shuffle(&mut rng);
         let perm = Tensor::new(perm, acts.device())?;
         Ok(acts.index_select(&perm, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn activations_past_f16_range_stay_f32() {
+        let dev = Device::Cpu;
+        let small = Tensor::new(&[[1.5f32, -65000.0]], &dev).unwrap();
+        assert_eq!(compact(small).unwrap().dtype(), DType::F16);
+        let big = Tensor::new(&[[1.5f32, 70000.0]], &dev).unwrap();
+        let kept = compact(big).unwrap();
+        assert_eq!(kept.dtype(), DType::F32);
+        assert_eq!(kept.to_vec2::<f32>().unwrap(), [[1.5, 70000.0]]);
     }
 }

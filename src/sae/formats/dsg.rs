@@ -105,17 +105,30 @@ pub(crate) fn save(sae: &Sae, path: &Path, meta: &SaeMeta, dtype: DType) -> Resu
         meta: meta.clone(),
     };
 
-    let cpu = |t: &Tensor| -> Result<Tensor> {
-        Ok(t.to_device(&candle_core::Device::Cpu)?.to_dtype(dtype)?)
+    // A value past the storage type's range (f16: 65504, e.g. Gemma 3's b_dec) is refused by name.
+    let cpu = |name: &str, t: &Tensor| -> Result<Tensor> {
+        let stored = t.to_device(&candle_core::Device::Cpu)?.to_dtype(dtype)?;
+        let max = stored
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        if !max.is_finite() {
+            return Err(Error::Invalid(format!(
+                "{}: `{name}` holds values beyond {dtype_str}'s range; save in f32 (--dtype f32)",
+                weights_path.display()
+            )));
+        }
+        Ok(stored)
     };
     let mut tensors: Vec<(&str, Tensor)> = vec![
-        ("W_enc", cpu(sae.w_enc())?),
-        ("b_enc", cpu(sae.b_enc())?),
-        ("W_dec", cpu(sae.w_dec())?),
-        ("b_dec", cpu(sae.b_dec())?),
+        ("W_enc", cpu("W_enc", sae.w_enc())?),
+        ("b_enc", cpu("b_enc", sae.b_enc())?),
+        ("W_dec", cpu("W_dec", sae.w_dec())?),
+        ("b_dec", cpu("b_dec", sae.b_dec())?),
     ];
     if let Activation::JumpRelu { threshold } = sae.activation() {
-        tensors.push(("threshold", cpu(threshold)?));
+        tensors.push(("threshold", cpu("threshold", threshold)?));
     }
     // One entry only: the header's map is a HashMap; a single key keeps the bytes deterministic.
     let st_meta: HashMap<String, String> = [("format".to_string(), FORMAT_TAG.to_string())].into();
