@@ -519,3 +519,77 @@ pub fn conv1d(
     let b = src.tensor(&format!("{prefix}.bias"), &[out_dim], device)?;
     Ok(Linear::new(w.t()?.contiguous()?, Some(b)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A (rows, 512) map holding `dtype` blocks of a random weight, its f32 weight those blocks
+    /// dequantised.
+    fn quantized_linear(rows: usize, dtype: GgmlDType) -> Linear {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (rows, 512), &dev).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let weight = q.dequantize(&dev).unwrap();
+        Linear::new(weight, None).with_quantized(Some(q)).unwrap()
+    }
+
+    fn input(m: usize) -> Vec<f32> {
+        let x = Tensor::randn(0f32, 1.0, (m, 512), &Device::Cpu).unwrap();
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Within 1% of the output range (the 8-bit activations' error).
+    fn assert_close(got: &[f32], expected: &[f32]) {
+        let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert_eq!(got.len(), expected.len());
+        for (a, b) in got.iter().zip(expected) {
+            assert!((a - b).abs() <= 0.01 * scale, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gemma_q4_k_m_formats_keep_their_blocks() {
+        use GgmlDType::{Q4K, Q5K, Q5_0, Q6K};
+        let x = input(2);
+        for dtype in [Q5_0, Q4K, Q5K, Q6K] {
+            let lin = quantized_linear(48, dtype);
+            assert!(
+                matches!(lin.quantized, Some(QuantWeight::Dsg(_))),
+                "{dtype:?}"
+            );
+            let q = lin.forward_rows(&x, 2, true).unwrap();
+            assert_close(&q, &lin.forward_rows(&x, 2, false).unwrap());
+            let xt = Tensor::from_slice(&x, (2, 512), &Device::Cpu).unwrap();
+            let t = lin.forward(&xt, true).unwrap().flatten_all().unwrap();
+            assert_eq!(t.to_vec1::<f32>().unwrap(), q, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn concat_stacks_blocks_of_one_format_and_requantises_mixed_ones() {
+        let x = input(1);
+        let (a, b) = (
+            quantized_linear(32, GgmlDType::Q6K),
+            quantized_linear(16, GgmlDType::Q6K),
+        );
+        let expected = [
+            a.forward_rows(&x, 1, true).unwrap(),
+            b.forward_rows(&x, 1, true).unwrap(),
+        ];
+        let both = Linear::concat(&[a, b]).unwrap();
+        assert_eq!(both.forward_rows(&x, 1, true).unwrap(), expected.concat());
+        let mixed = [
+            quantized_linear(32, GgmlDType::Q5_0),
+            quantized_linear(16, GgmlDType::Q4K),
+        ];
+        let mixed = Linear::concat(&mixed).unwrap();
+        let requantised = matches!(
+            mixed.quantized,
+            Some(QuantWeight::Dsg(AnyQuantMatrix::Q8_0(_)))
+        );
+        assert!(requantised);
+        let f32 = mixed.forward_rows(&x, 1, false).unwrap();
+        assert_close(&mixed.forward_rows(&x, 1, true).unwrap(), &f32);
+    }
+}
