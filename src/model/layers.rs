@@ -14,23 +14,16 @@ use super::train_ops::{FrozenMatmul, TrainedMatmul};
 use super::weights::WeightSource;
 use crate::kernels::gemm;
 use crate::kernels::matvec::{matmul_f32, with_f32_slice};
-use crate::kernels::quant::{QuantMatrix, Q4_1, Q8_0};
+use crate::kernels::quant::AnyQuantMatrix;
 use crate::kernels::vexp::silu_mul;
 use crate::Result;
 
-/// A Q4_1 weight matrix with dsg's kernel.
-type Q41Matrix = QuantMatrix<Q4_1>;
-/// A Q8_0 weight matrix with dsg's kernel.
-type Q80Matrix = QuantMatrix<Q8_0>;
-
 /// A quantised copy of a weight matrix.
 enum QuantWeight {
-    /// Any ggml type with a candle kernel (Q8_0, Q4_0, k-quants).
+    /// Q4_0, or a tensor dsg's kernels do not take (not 2-D), with candle's kernel.
     Candle(QMatMul),
-    /// Q4_1, with dsg's own kernel.
-    Q41(Q41Matrix),
-    /// Q8_0, with dsg's own kernel.
-    Q80(Q80Matrix),
+    /// Q4_1, Q8_0, Q5_0, Q4_K, Q5_K or Q6_K blocks, with dsg's own kernels.
+    Dsg(AnyQuantMatrix),
 }
 
 /// A linear map `y = x·Wᵀ + b`, optionally with a quantised copy of `W` for fast decoding and low-rank
@@ -75,41 +68,43 @@ impl Linear {
         Linear::new(weight, bias).with_quantized(src.qtensor(&name, device)?)
     }
 
-    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1 and Q8_0 keep
-    /// their blocks (dsg's kernels); Q4_0 uses candle's; other types without a SIMD kernel here are
-    /// re-quantised from the f32 weight to Q8_0 (within about 0.4% of the stored values).
+    /// Adds a quantised copy of the weight, used by forward passes that ask for it. Q4_1, Q8_0,
+    /// Q5_0, Q4_K, Q5_K and Q6_K keep their blocks (dsg's kernels; the K-quants regrouped into
+    /// blocks of 32 that dequantise to the same values); Q4_0 uses candle's kernel; other types
+    /// are re-quantised from the f32 weight to Q8_0 (within about 0.4% of the stored values).
     pub fn with_quantized(mut self, q: Option<QTensor>) -> Result<Self> {
         self.quantized = match q {
             None => None,
             Some(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 None
             }
-            Some(q) if q.dtype() == GgmlDType::Q8_0 => Some(Self::q8_0_blocks(q)?),
             Some(q) if q.dtype() == GgmlDType::Q4_0 => {
                 Some(QuantWeight::Candle(QMatMul::from_qtensor(q)?))
             }
-            Some(q) => match Q41Matrix::from_qtensor(&q)? {
-                Some(m) => Some(QuantWeight::Q41(m)),
+            Some(q) => match AnyQuantMatrix::from_qtensor(&q)? {
+                Some(m) => Some(QuantWeight::Dsg(m)),
+                None if q.dtype() == GgmlDType::Q8_0 => {
+                    Some(QuantWeight::Candle(QMatMul::from_qtensor(q)?))
+                }
                 None => Some(Self::q8_0(&self.weight)?),
             },
         };
         Ok(self)
     }
 
+    /// The weight re-quantised to Q8_0: dsg's kernel for 2-D matrices, candle's otherwise.
     fn q8_0(weight: &Tensor) -> Result<QuantWeight> {
-        Self::q8_0_blocks(QTensor::quantize(weight, GgmlDType::Q8_0)?)
-    }
-
-    /// dsg's Q8_0 kernel for 2-D matrices, candle's otherwise.
-    fn q8_0_blocks(q: QTensor) -> Result<QuantWeight> {
-        Ok(match Q80Matrix::from_qtensor(&q)? {
-            Some(m) => QuantWeight::Q80(m),
+        let q = QTensor::quantize(weight, GgmlDType::Q8_0)?;
+        Ok(match AnyQuantMatrix::from_qtensor(&q)? {
+            Some(m) => QuantWeight::Dsg(m),
             None => QuantWeight::Candle(QMatMul::from_qtensor(q)?),
         })
     }
 
     /// Stacks maps that read the same input into one (outputs concatenated), so one matrix product
-    /// replaces several. Missing biases count as zero; a quantised copy is made (Q8_0) if any part had one.
+    /// replaces several. Missing biases count as zero. If all parts have blocks of one format with
+    /// dsg's kernel (and the same input size), the blocks are stacked; otherwise a quantised copy
+    /// is made (Q8_0) if any part had one.
     pub fn concat(parts: &[Linear]) -> Result<Self> {
         let ws: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
         let weight = Tensor::cat(&ws, 0)?;
@@ -125,19 +120,17 @@ impl Linear {
         } else {
             None
         };
-        let q41: Vec<&Q41Matrix> = parts
+        let blocks: Option<Vec<&AnyQuantMatrix>> = parts
             .iter()
-            .filter_map(|p| match &p.quantized {
-                Some(QuantWeight::Q41(m)) => Some(m),
+            .map(|p| match &p.quantized {
+                Some(QuantWeight::Dsg(m)) => Some(m),
                 _ => None,
             })
             .collect();
-        let quantized = if q41.len() == parts.len() {
-            Q41Matrix::concat(&q41).map(QuantWeight::Q41)
-        } else if parts.iter().any(|p| p.quantized.is_some()) {
-            Some(Self::q8_0(&weight)?)
-        } else {
-            None
+        let quantized = match blocks.and_then(|b| AnyQuantMatrix::concat(&b)) {
+            Some(m) => Some(QuantWeight::Dsg(m)),
+            None if parts.iter().any(|p| p.quantized.is_some()) => Some(Self::q8_0(&weight)?),
+            None => None,
         };
         Ok(Linear {
             weight,
@@ -181,7 +174,7 @@ impl Linear {
     pub fn has_quantized(&self) -> bool {
         match &self.quantized {
             Some(QuantWeight::Candle(q)) => matches!(q, QMatMul::QTensor(_)),
-            Some(QuantWeight::Q41(_) | QuantWeight::Q80(_)) => true,
+            Some(QuantWeight::Dsg(_)) => true,
             None => false,
         }
     }
@@ -194,11 +187,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match (&self.quantized, quantized) {
             (Some(QuantWeight::Candle(q)), true) => q.forward(&x2)?,
-            (Some(QuantWeight::Q41(m)), true) if x2.device().is_cpu() => {
-                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
-            }
-            (Some(QuantWeight::Q80(m)), true) if x2.device().is_cpu() => {
+            (Some(QuantWeight::Dsg(m)), true) if x2.device().is_cpu() => {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(m.matmul(&xs, rows), (rows, m.rows()), x2.device())?
             }
@@ -245,8 +234,7 @@ impl Linear {
     /// tensor op (the CPU pass's path). Returns m × out.
     pub(super) fn forward_rows(&self, x: &[f32], m: usize, quantized: bool) -> Result<Vec<f32>> {
         let mut y = match (&self.quantized, quantized) {
-            (Some(QuantWeight::Q41(w)), true) => w.matmul(x, m),
-            (Some(QuantWeight::Q80(w)), true) => w.matmul(x, m),
+            (Some(QuantWeight::Dsg(w)), true) => w.matmul(x, m),
             (Some(QuantWeight::Candle(w)), true) => {
                 let xt = Tensor::from_slice(x, (m, x.len() / m), self.weight.device())?;
                 w.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?
@@ -530,4 +518,78 @@ pub fn conv1d(
     let w = src.tensor(&format!("{prefix}.weight"), &[in_dim, out_dim], device)?;
     let b = src.tensor(&format!("{prefix}.bias"), &[out_dim], device)?;
     Ok(Linear::new(w.t()?.contiguous()?, Some(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A (rows, 512) map holding `dtype` blocks of a random weight, its f32 weight those blocks
+    /// dequantised.
+    fn quantized_linear(rows: usize, dtype: GgmlDType) -> Linear {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (rows, 512), &dev).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let weight = q.dequantize(&dev).unwrap();
+        Linear::new(weight, None).with_quantized(Some(q)).unwrap()
+    }
+
+    fn input(m: usize) -> Vec<f32> {
+        let x = Tensor::randn(0f32, 1.0, (m, 512), &Device::Cpu).unwrap();
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Within 1% of the output range (the 8-bit activations' error).
+    fn assert_close(got: &[f32], expected: &[f32]) {
+        let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert_eq!(got.len(), expected.len());
+        for (a, b) in got.iter().zip(expected) {
+            assert!((a - b).abs() <= 0.01 * scale, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gemma_q4_k_m_formats_keep_their_blocks() {
+        use GgmlDType::{Q4K, Q5K, Q5_0, Q6K};
+        let x = input(2);
+        for dtype in [Q5_0, Q4K, Q5K, Q6K] {
+            let lin = quantized_linear(48, dtype);
+            assert!(
+                matches!(lin.quantized, Some(QuantWeight::Dsg(_))),
+                "{dtype:?}"
+            );
+            let q = lin.forward_rows(&x, 2, true).unwrap();
+            assert_close(&q, &lin.forward_rows(&x, 2, false).unwrap());
+            let xt = Tensor::from_slice(&x, (2, 512), &Device::Cpu).unwrap();
+            let t = lin.forward(&xt, true).unwrap().flatten_all().unwrap();
+            assert_eq!(t.to_vec1::<f32>().unwrap(), q, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn concat_stacks_blocks_of_one_format_and_requantises_mixed_ones() {
+        let x = input(1);
+        let (a, b) = (
+            quantized_linear(32, GgmlDType::Q6K),
+            quantized_linear(16, GgmlDType::Q6K),
+        );
+        let expected = [
+            a.forward_rows(&x, 1, true).unwrap(),
+            b.forward_rows(&x, 1, true).unwrap(),
+        ];
+        let both = Linear::concat(&[a, b]).unwrap();
+        assert_eq!(both.forward_rows(&x, 1, true).unwrap(), expected.concat());
+        let mixed = [
+            quantized_linear(32, GgmlDType::Q5_0),
+            quantized_linear(16, GgmlDType::Q4K),
+        ];
+        let mixed = Linear::concat(&mixed).unwrap();
+        let requantised = matches!(
+            mixed.quantized,
+            Some(QuantWeight::Dsg(AnyQuantMatrix::Q8_0(_)))
+        );
+        assert!(requantised);
+        let f32 = mixed.forward_rows(&x, 1, false).unwrap();
+        assert_close(&mixed.forward_rows(&x, 1, true).unwrap(), &f32);
+    }
 }

@@ -1,20 +1,28 @@
 //! Matrix products with ggml-quantised weights, for llama.cpp-style decoding of GGUF models.
 //!
-//! Every format is a [`BlockFormat`]: how ggml's blocks are regrouped per row at load (scales first,
-//! then quants, so the AVX2 kernel converts eight scales with one instruction), and the dot product
-//! of one weight block with one quantised activation block, portable and AVX2. [`QuantMatrix`] is
-//! the one matrix over them: the activations are quantised per 32-block to 8 bits (scale `d_x`,
-//! scaled sum `s_x`, as ggml's Q8_1), and chunks of weight rows go to the decoding [`Team`], each
-//! chunk's rows read once for all activation rows. A new format (a K-quant) is a new impl, not a
-//! new copy of the matrix loop.
+//! Every format is a [`BlockFormat`]: how ggml's blocks are regrouped per row at load into blocks
+//! of 32 (scales first, then quants, so the AVX2 kernel converts eight scales with one
+//! instruction; a K-quant's super-block of 256 becomes eight such blocks, their sub-block scales
+//! worked out in f32 as ggml's dequantisation does, so they dequantise to the same values), and
+//! the dot product of one weight block with one quantised activation block, portable and AVX2.
+//! [`QuantMatrix`] is the one matrix over them: the activations are quantised per 32-block to 8
+//! bits (scale `d_x`, scaled sum `s_x`, as ggml's Q8_1), and chunks of weight rows go to the
+//! decoding [`Team`], each chunk's rows read once for all activation rows. A new format is a new impl, not a new copy of
+//! the matrix loop; [`AnyQuantMatrix`] picks the format from a tensor's ggml type.
 //!
-//! candle has no SIMD kernel for Q4_1 on x86, and its Q8_0 kernel runs on a second thread pool
-//! whose workers park after each call (on two cores the decoding step then waited on a worker
-//! still waking up), hence these.
+//! candle has no SIMD kernel for Q4_1 on x86, and its kernels run on a second thread pool whose
+//! workers park after each call (on two cores the decoding step then waited on a worker still
+//! waking up), hence these.
 //!
 //! [`Team`]: super::team::Team
 
+mod any;
+mod parts;
 mod q4_1;
+mod q4_k;
+mod q5_0;
+mod q5_k;
+mod q6_k;
 mod q8_0;
 
 use std::marker::PhantomData;
@@ -26,8 +34,7 @@ use super::cpu;
 use super::team::{for_row_chunks, SharedOut};
 use crate::Result;
 
-pub(crate) use q4_1::Q4_1;
-pub(crate) use q8_0::Q8_0;
+pub(crate) use any::AnyQuantMatrix;
 
 /// Values per quantisation block (weights and activations).
 pub(crate) const BLOCK: usize = 32;
@@ -38,19 +45,22 @@ const MAX_AVX2_BLOCKS: usize = 512;
 
 /// One ggml block format: its layout once repacked per row, and its block dot products.
 ///
-/// A repacked row of `nb` blocks holds `nb · SCALE_BYTES` bytes of scales (the layout is the
-/// format's), then `nb · (BLOCK_BYTES − SCALE_BYTES)` bytes of quants, block after block.
+/// A repacked row of `nb` blocks of 32 holds `nb · SCALE_BYTES` bytes of scales (the layout is the
+/// format's), then `nb · (BLOCK_BYTES − SCALE_BYTES)` bytes of quants, block after block. ggml's
+/// blocks (`DTYPE`'s block size and type size) may be larger: a K-quant's 256 values repack to
+/// eight blocks.
 pub(crate) trait BlockFormat: Send + Sync + 'static {
     /// The ggml type whose blocks this format reads.
     const DTYPE: GgmlDType;
-    /// Bytes of one block (ggml's size; repacking keeps it).
+    /// Bytes of one repacked block of 32 values (scales included).
     const BLOCK_BYTES: usize;
     /// Bytes of a block's scales (and minimum), stored at the front of a repacked row.
     const SCALE_BYTES: usize;
-    /// Whether blocks carry a minimum, whose `m_w · s_x` term the AVX2 scale phase returns.
+    /// Whether blocks carry a minimum, whose `±m_w · s_x` term the AVX2 scale phase returns.
     const HAS_MIN: bool;
 
-    /// Appends one row of ggml blocks (`row`, whole blocks), regrouped: scales first, then quants.
+    /// Appends one row of ggml blocks (`row`, whole blocks of `DTYPE`), repacked: scales first,
+    /// then quants.
     fn repack_row(row: &[u8], out: &mut Vec<u8>);
 
     /// Block `b` of the repacked row `w` (`nb` blocks) against the activation block `b` of `x`:
@@ -100,14 +110,15 @@ impl<F: BlockFormat> QuantMatrix<F> {
     /// The blocks of a 2-D `QTensor` of type `F::DTYPE` whose rows are whole blocks, or `None`
     /// for other types and shapes.
     pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
+        let ggml_block = F::DTYPE.block_size();
         let (rows, k) = match q.shape().dims() {
-            [r, c] if q.dtype() == F::DTYPE && c % BLOCK == 0 => (*r, *c),
+            [r, c] if q.dtype() == F::DTYPE && c % ggml_block == 0 => (*r, *c),
             _ => return Ok(None),
         };
         let blocks = q.data()?;
-        let row_bytes = k / BLOCK * F::BLOCK_BYTES;
+        let row_bytes = k / ggml_block * F::DTYPE.type_size();
         debug_assert_eq!(blocks.len(), rows * row_bytes);
-        let mut data = Vec::with_capacity(blocks.len());
+        let mut data = Vec::with_capacity(rows * k / BLOCK * F::BLOCK_BYTES);
         blocks
             .chunks(row_bytes)
             .for_each(|row| F::repack_row(row, &mut data));
@@ -347,10 +358,15 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     /// Checks `F`'s matrix against candle's dequantised product, the portable kernel against the
-    /// one `matmul` ran, the repacked blocks' dequantisation against candle's, and `concat`: for 3
-    /// blocks per row (scales all in the tail) and 19 (two groups of eight, then a tail).
+    /// one `matmul` ran, the repacked blocks' dequantisation against candle's (bit for bit), and
+    /// `concat`: for 3 blocks per row (scales all in the tail) and 19 (two groups of eight, then a
+    /// tail); K-quants (super-blocks of 256) for 8, 40 and 64 blocks per row.
     pub(super) fn check_format<F: BlockFormat>() {
-        for k in [96, 608] {
+        let ks: &[usize] = match F::DTYPE.block_size() {
+            BLOCK => &[96, 608],
+            _ => &[256, 1280, 2048],
+        };
+        for &k in ks {
             check_against_dequantised::<F>(k);
         }
     }

@@ -6,13 +6,13 @@ use candle_core::quantized::GgmlDType;
 
 #[cfg(target_arch = "x86_64")]
 use super::f16_avx;
+use super::parts::NIBBLE_BYTES;
+#[cfg(target_arch = "x86_64")]
+use super::parts::{nibbles_avx2, sums_unsigned_avx2};
 use super::{f16_at, BlockFormat, QuantizedRow, BLOCK};
 
 /// The Q4_1 block format.
 pub(crate) struct Q4_1;
-
-/// Bytes of nibbles per block.
-const QUANT_BYTES: usize = BLOCK / 2;
 
 impl BlockFormat for Q4_1 {
     const DTYPE: GgmlDType = GgmlDType::Q4_1;
@@ -29,7 +29,7 @@ impl BlockFormat for Q4_1 {
 
     fn dot_block(w: &[u8], nb: usize, b: usize, x: &QuantizedRow) -> f32 {
         let (scales, quants) = w.split_at(4 * nb);
-        let qs = &quants[b * QUANT_BYTES..(b + 1) * QUANT_BYTES];
+        let qs = &quants[b * NIBBLE_BYTES..(b + 1) * NIBBLE_BYTES];
         let xq = &x.q[b * BLOCK..(b + 1) * BLOCK];
         let mut dot = 0i32;
         for (j, &byte) in qs.iter().enumerate() {
@@ -42,7 +42,7 @@ impl BlockFormat for Q4_1 {
     fn dequantize_block(w: &[u8], nb: usize, b: usize, out: &mut [f32]) {
         let (scales, quants) = w.split_at(4 * nb);
         let (d, m) = (f16_at(scales, b), f16_at(scales, nb + b));
-        let qs = &quants[b * QUANT_BYTES..(b + 1) * QUANT_BYTES];
+        let qs = &quants[b * NIBBLE_BYTES..(b + 1) * NIBBLE_BYTES];
         for (j, &byte) in qs.iter().enumerate() {
             out[j] = (byte & 0x0F) as f32 * d + m;
             out[j + 16] = (byte >> 4) as f32 * d + m;
@@ -94,13 +94,9 @@ impl BlockFormat for Q4_1 {
         b: usize,
         xv: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::*;
         // SAFETY: the caller guarantees `quants` holds at least `b + 1` blocks of 16 bytes.
-        let t = unsafe { _mm_loadu_si128(quants.add(b * QUANT_BYTES) as *const __m128i) };
-        let both = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-        let wq = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xv), _mm256_set1_epi16(1));
-        _mm256_cvtepi32_ps(sums)
+        let wq = unsafe { nibbles_avx2(quants.add(b * NIBBLE_BYTES)) };
+        sums_unsigned_avx2(wq, xv)
     }
 }
 

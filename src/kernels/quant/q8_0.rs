@@ -5,7 +5,7 @@
 use candle_core::quantized::GgmlDType;
 
 #[cfg(target_arch = "x86_64")]
-use super::f16_avx;
+use super::parts::{f16_scales_avx2, sums_signed_avx2};
 use super::{f16_at, BlockFormat, QuantizedRow, BLOCK};
 
 /// The Q8_0 block format.
@@ -55,27 +55,11 @@ impl BlockFormat for Q8_0 {
         nb: usize,
         dd: *mut f32,
     ) -> (std::arch::x86_64::__m256, f32) {
-        use std::arch::x86_64::*;
-        // SAFETY: the trait's contract: F16C is available, `w` starts with `nb` f16 scales, `x`
-        // has `nb` blocks and `dd` room for `nb` values; every access below is at a block
-        // `b < nb` (eight at a time only while `b + 8 ≤ nb`).
-        unsafe {
-            let mut b = 0;
-            while b + 8 <= nb {
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * b) as *const __m128i));
-                let dx = _mm256_loadu_ps(x.d.as_ptr().add(b));
-                _mm256_storeu_ps(dd.add(b), _mm256_mul_ps(dw, dx));
-                b += 8;
-            }
-            while b < nb {
-                *dd.add(b) = f16_avx(w.add(2 * b)) * *x.d.get_unchecked(b);
-                b += 1;
-            }
-        }
-        (_mm256_setzero_ps(), 0.0)
+        // SAFETY: the trait's contract, which is `f16_scales_avx2`'s: the row starts with `nb`
+        // f16 scales.
+        unsafe { f16_scales_avx2(w, x, nb, dd) }
     }
 
-    /// `maddubs` wants one unsigned operand, so it multiplies |w| by x carrying w's sign.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -87,8 +71,7 @@ impl BlockFormat for Q8_0 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees `quants` holds at least `b + 1` blocks of 32 bytes.
         let wq = unsafe { _mm256_loadu_si256(quants.add(b * BLOCK) as *const __m256i) };
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq));
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        sums_signed_avx2(wq, xv)
     }
 }
 
