@@ -361,3 +361,49 @@ fn saelens_expected_average_only_in_folds_a_known_scale() {
     let want = (&r["reconstruct"] / s).unwrap();
     assert_close("reconstruct", &sae.reconstruct(&x).unwrap(), &want);
 }
+
+#[test]
+fn qwen_scope_f32_with_strided_and_offset_tensors() {
+    let dir = common::sae_fixture("qwen-scope/SAE-Res-Tiny-W64-L0_6");
+    let file = dir.join("layer3.sae.pt");
+    assert_eq!(detect_format(&file).unwrap(), SaeFormat::QwenScope);
+    assert_eq!(detect_format(&dir).unwrap(), SaeFormat::QwenScope);
+    let sae = Sae::load(&file, &Device::Cpu).unwrap();
+    // W_enc was stored (d_sae, d_model) and W_dec (d_model, d_sae): both oriented by shape.
+    assert_eq!((sae.d_in(), sae.d_sae()), (16, 64));
+    assert!(matches!(sae.activation(), Activation::TopKSigned { k: 6 }));
+    assert!(!sae.apply_b_dec_to_input());
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(3)));
+    assert_eq!(
+        sae.metadata().model.as_ref().unwrap().name,
+        "Qwen/Tiny",
+        "model from the repository name"
+    );
+    check_reference(&sae, &dir);
+    // The fixture's first row keeps negative values, which a ReLU'd TopK would zero.
+    let f = sae.encode(&reference(&dir)["x"]).unwrap();
+    let min = f.flatten_all().unwrap().min(0).unwrap();
+    assert!(min.to_scalar::<f32>().unwrap() < 0.0);
+}
+
+#[test]
+fn qwen_scope_bf16_with_k_and_hook_in_the_file() {
+    let dir = common::sae_fixture("qwen-scope/bf16");
+    let sae = Sae::load(&dir.join("layer2.sae.pt"), &Device::Cpu).unwrap();
+    assert_eq!((sae.d_in(), sae.d_sae()), (16, 48));
+    assert!(matches!(sae.activation(), Activation::TopKSigned { k: 5 }));
+    // The file's own hook_name wins over the file name's layer.
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(4)));
+    assert_eq!(sae.w_enc().dtype(), DType::F32);
+    check_reference(&sae, &dir);
+}
+
+#[test]
+fn qwen_scope_round_trips_through_the_dsg_format() {
+    let (sae, dir) = load("qwen-scope/SAE-Res-Tiny-W64-L0_6/layer3.sae.pt");
+    let out = common::scratch("sae_formats", "qwen_scope_dsg");
+    sae.save(&out, sae.metadata()).unwrap();
+    let back = Sae::load(&out, &Device::Cpu).unwrap();
+    assert!(matches!(back.activation(), Activation::TopKSigned { k: 6 }));
+    check_reference(&back, dir.parent().unwrap());
+}

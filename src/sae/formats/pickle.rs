@@ -1,0 +1,644 @@
+//! A pickle reader that executes nothing, for the `data.pkl` of a PyTorch checkpoint.
+//!
+//! Python's unpickler imports and calls whatever a file names, so loading an untrusted `.pt` with
+//! it runs arbitrary code. This reader instead interprets only the opcodes that `torch.save`
+//! emits for tensors and plain containers (dict, `OrderedDict`, list, tuple, str, bytes, int,
+//! float, bool, None) and resolves a global only when it is on a short allow-list of names it
+//! understands itself (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`,
+//! `torch._utils._rebuild_parameter`, the float storage types and dtypes). Any other global (e.g.
+//! `os.system`, `builtins.eval`), any call (`REDUCE`) of something not on the list, and the
+//! object-building opcodes (`INST`, `OBJ`, `NEWOBJ`, extension codes) are refused with a message
+//! that names them; nothing named by the file is ever looked up in a real namespace.
+
+use std::collections::HashMap;
+
+/// The storage element types dsg reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PtDType {
+    /// `torch.float32` / `FloatStorage`.
+    F32,
+    /// `torch.bfloat16` / `BFloat16Storage`.
+    BF16,
+    /// `torch.float16` / `HalfStorage`.
+    F16,
+}
+
+/// A global on the allow-list.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Global {
+    /// `collections.OrderedDict`.
+    OrderedDict,
+    /// `torch._utils._rebuild_tensor_v2`.
+    RebuildTensorV2,
+    /// `torch._utils._rebuild_parameter`.
+    RebuildParameter,
+    /// `torch.FloatStorage`, `torch.BFloat16Storage`, `torch.HalfStorage`.
+    Storage(PtDType),
+    /// `torch.float32`, `torch.bfloat16`, `torch.float16`.
+    DType(PtDType),
+}
+
+/// A storage named by a persistent id: the zip member `data/{key}` holding `numel` elements.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StorageRef {
+    /// Element type.
+    pub dtype: PtDType,
+    /// The member name under `data/`.
+    pub key: String,
+    /// Number of elements in the storage.
+    pub numel: usize,
+}
+
+/// A tensor: a strided view of a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TensorRef {
+    /// The storage viewed.
+    pub storage: StorageRef,
+    /// Offset of the first element, in elements.
+    pub offset: usize,
+    /// Shape.
+    pub size: Vec<usize>,
+    /// Stride of each dimension, in elements.
+    pub stride: Vec<usize>,
+}
+
+/// A value the reader can build.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    /// `None`.
+    None,
+    /// A bool.
+    Bool(bool),
+    /// An int that fits in 64 bits.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A str.
+    Str(String),
+    /// bytes (or a Python 2 str).
+    Bytes(Vec<u8>),
+    /// A list.
+    List(Vec<Value>),
+    /// A tuple.
+    Tuple(Vec<Value>),
+    /// A dict or `OrderedDict`, in insertion order.
+    Dict(Vec<(Value, Value)>),
+    /// An allowed global (a callable or a dtype).
+    Global(Global),
+    /// A storage (persistent id).
+    Storage(StorageRef),
+    /// A tensor.
+    Tensor(TensorRef),
+}
+
+impl Value {
+    /// A short description for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) => "list",
+            Value::Tuple(_) => "tuple",
+            Value::Dict(_) => "dict",
+            Value::Global(_) => "global",
+            Value::Storage(_) => "storage",
+            Value::Tensor(_) => "tensor",
+        }
+    }
+}
+
+/// The allow-list, as written in error messages.
+const ALLOWED: &str = "collections.OrderedDict, torch._utils._rebuild_tensor_v2, \
+                       torch._utils._rebuild_parameter, torch.{Float,BFloat16,Half}Storage, \
+                       torch.{float32,bfloat16,float16}";
+
+/// Resolves `module.name` against the allow-list.
+fn global(module: &str, name: &str) -> Result<Global, String> {
+    let dtype = |s: &str| match s {
+        "FloatStorage" | "float32" => Some(PtDType::F32),
+        "BFloat16Storage" | "bfloat16" => Some(PtDType::BF16),
+        "HalfStorage" | "float16" => Some(PtDType::F16),
+        _ => None,
+    };
+    match (module, name) {
+        ("collections", "OrderedDict") => Ok(Global::OrderedDict),
+        ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensorV2),
+        ("torch._utils", "_rebuild_parameter") => Ok(Global::RebuildParameter),
+        ("torch", n) if n.ends_with("Storage") && dtype(n).is_some() => {
+            Ok(Global::Storage(dtype(n).expect("checked")))
+        }
+        ("torch", n) if dtype(n).is_some() => Ok(Global::DType(dtype(n).expect("checked"))),
+        _ => Err(format!(
+            "global `{module}.{name}`, which is not on the allow-list and is never imported or \
+             run (allowed: {ALLOWED})"
+        )),
+    }
+}
+
+/// Parses a pickle into the value it describes; errors say what was refused and at which byte.
+pub(crate) fn parse(data: &[u8]) -> Result<Value, String> {
+    let mut m = Machine {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
+    loop {
+        let at = m.pos;
+        let op = m.byte()?;
+        match m.step(op) {
+            Ok(true) => continue,
+            Ok(false) => return m.pop(),
+            Err(e) => return Err(format!("byte {at} (opcode {}): {e}", op_name(op))),
+        }
+    }
+}
+
+/// The printable name of an opcode.
+fn op_name(op: u8) -> String {
+    if op.is_ascii_graphic() {
+        format!("{:?}", op as char)
+    } else {
+        format!("0x{op:02x}")
+    }
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Value>,
+}
+
+impl Machine<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("truncated: {n} more bytes needed at byte {}", self.pos))?;
+        let out = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn uint(&mut self, n: usize) -> Result<u64, String> {
+        let b = self.take(n)?;
+        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64))
+    }
+
+    fn len(&mut self, n: usize) -> Result<usize, String> {
+        let v = self.uint(n)?;
+        usize::try_from(v).map_err(|_| format!("length {v} too large"))
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let rest = &self.data[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("truncated: unterminated line")?;
+        let s = std::str::from_utf8(&rest[..end]).map_err(|_| "a line that is not UTF-8")?;
+        self.pos += end + 1;
+        Ok(s.to_string())
+    }
+
+    fn string(&mut self, n: usize) -> Result<Value, String> {
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec())
+            .map(Value::Str)
+            .map_err(|_| "a str that is not UTF-8".to_string())
+    }
+
+    fn pop(&mut self) -> Result<Value, String> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "stack underflow".to_string())
+    }
+
+    fn top(&mut self) -> Result<&mut Value, String> {
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "stack underflow".to_string())
+    }
+
+    /// The values pushed since the last MARK, which is removed.
+    fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
+        let mark = self.marks.pop().ok_or("no MARK on the stack")?;
+        if mark > self.stack.len() {
+            return Err("MARK above the stack".into());
+        }
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn push(&mut self, v: Value) -> Result<bool, String> {
+        self.stack.push(v);
+        Ok(true)
+    }
+
+    fn put(&mut self, key: u64) -> Result<bool, String> {
+        let v = self.top()?.clone();
+        self.memo.insert(key, v);
+        Ok(true)
+    }
+
+    fn get(&mut self, key: u64) -> Result<bool, String> {
+        let v = self
+            .memo
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| format!("memo key {key} was never stored"))?;
+        self.push(v)
+    }
+
+    fn set_items(&mut self, items: Vec<Value>) -> Result<bool, String> {
+        if !items.len().is_multiple_of(2) {
+            return Err("an odd number of items for a dict".into());
+        }
+        let Value::Dict(entries) = self.top()? else {
+            return Err("SETITEM(S) on something that is not a dict".into());
+        };
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            entries.push((k, v));
+        }
+        Ok(true)
+    }
+
+    fn append(&mut self, items: Vec<Value>) -> Result<bool, String> {
+        let Value::List(list) = self.top()? else {
+            return Err("APPEND(S) on something that is not a list".into());
+        };
+        list.extend(items);
+        Ok(true)
+    }
+
+    fn tuple(&mut self, n: usize) -> Result<bool, String> {
+        if n > self.stack.len() {
+            return Err("stack underflow".into());
+        }
+        let items = self.stack.split_off(self.stack.len() - n);
+        self.push(Value::Tuple(items))
+    }
+
+    /// Runs one opcode; `Ok(false)` at STOP.
+    fn step(&mut self, op: u8) -> Result<bool, String> {
+        match op {
+            0x80 => self.take(1).map(|_| true), // PROTO
+            0x95 => self.take(8).map(|_| true), // FRAME
+            b'.' => Ok(false),                  // STOP
+            b'(' => {
+                self.marks.push(self.stack.len());
+                Ok(true)
+            }
+            b'0' => self.pop().map(|_| true),
+            b'1' => self.pop_mark().map(|_| true),
+            b'2' => {
+                let v = self.top()?.clone();
+                self.push(v)
+            }
+            b'}' => self.push(Value::Dict(Vec::new())),
+            b']' => self.push(Value::List(Vec::new())),
+            b')' => self.push(Value::Tuple(Vec::new())),
+            b't' => {
+                let items = self.pop_mark()?;
+                self.push(Value::Tuple(items))
+            }
+            0x85 => self.tuple(1),
+            0x86 => self.tuple(2),
+            0x87 => self.tuple(3),
+            b'l' => {
+                let items = self.pop_mark()?;
+                self.push(Value::List(items))
+            }
+            b'd' => {
+                let items = self.pop_mark()?;
+                self.push(Value::Dict(Vec::new()))?;
+                self.set_items(items)
+            }
+            b'a' => {
+                let v = self.pop()?;
+                self.append(vec![v])
+            }
+            b'e' => {
+                let items = self.pop_mark()?;
+                self.append(items)
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.set_items(vec![k, v])
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                self.set_items(items)
+            }
+            b'J' => {
+                let v = self.uint(4)? as u32 as i32;
+                self.push(Value::Int(v as i64))
+            }
+            b'K' => {
+                let v = self.uint(1)?;
+                self.push(Value::Int(v as i64))
+            }
+            b'M' => {
+                let v = self.uint(2)?;
+                self.push(Value::Int(v as i64))
+            }
+            0x8a => {
+                let n = self.len(1)?;
+                let v = long(self.take(n)?)?;
+                self.push(Value::Int(v))
+            }
+            b'G' => {
+                let b: [u8; 8] = self.take(8)?.try_into().expect("8 bytes");
+                self.push(Value::Float(f64::from_be_bytes(b)))
+            }
+            b'N' => self.push(Value::None),
+            0x88 => self.push(Value::Bool(true)),
+            0x89 => self.push(Value::Bool(false)),
+            b'X' => {
+                let n = self.len(4)?;
+                let v = self.string(n)?;
+                self.push(v)
+            }
+            0x8c => {
+                let n = self.len(1)?;
+                let v = self.string(n)?;
+                self.push(v)
+            }
+            0x8d => {
+                let n = self.len(8)?;
+                let v = self.string(n)?;
+                self.push(v)
+            }
+            b'C' | b'U' => {
+                let n = self.len(1)?;
+                let v = self.take(n)?.to_vec();
+                self.push(Value::Bytes(v))
+            }
+            b'B' | b'T' => {
+                let n = self.len(4)?;
+                let v = self.take(n)?.to_vec();
+                self.push(Value::Bytes(v))
+            }
+            b'q' => {
+                let k = self.uint(1)?;
+                self.put(k)
+            }
+            b'r' => {
+                let k = self.uint(4)?;
+                self.put(k)
+            }
+            0x94 => {
+                let k = self.memo.len() as u64;
+                self.put(k)
+            }
+            b'h' => {
+                let k = self.uint(1)?;
+                self.get(k)
+            }
+            b'j' => {
+                let k = self.uint(4)?;
+                self.get(k)
+            }
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                let g = global(&module, &name)?;
+                self.push(Value::Global(g))
+            }
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                    return Err("STACK_GLOBAL with names that are not strings".into());
+                };
+                let g = global(&module, &name)?;
+                self.push(Value::Global(g))
+            }
+            b'R' => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                let v = reduce(callable, args)?;
+                self.push(v)
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                let v = persistent(pid)?;
+                self.push(v)
+            }
+            b'b' => {
+                // BUILD: only the attribute state of a (Ordered)dict, e.g. a state dict's
+                // `_metadata`, which says nothing about the tensors and is dropped.
+                let _state = self.pop()?;
+                match self.top()? {
+                    Value::Dict(_) => Ok(true),
+                    other => Err(format!("BUILD (setting state) on a {}", other.kind())),
+                }
+            }
+            b'i' | b'o' | 0x81 | 0x92 => Err("building an arbitrary object is refused".into()),
+            0x82..=0x84 => Err("extension-registry objects are refused".into()),
+            _ => Err("an opcode this reader does not support".into()),
+        }
+    }
+}
+
+/// A two's-complement little-endian integer of at most 8 bytes (LONG1).
+fn long(b: &[u8]) -> Result<i64, String> {
+    if b.is_empty() {
+        return Ok(0);
+    }
+    if b.len() > 8 {
+        return Err(format!(
+            "an integer of {} bytes (more than 64 bits)",
+            b.len()
+        ));
+    }
+    let mut v = 0i64;
+    for (i, &x) in b.iter().enumerate() {
+        v |= (x as i64) << (8 * i);
+    }
+    let bits = 8 * b.len();
+    if bits < 64 && b[b.len() - 1] & 0x80 != 0 {
+        v -= 1i64 << bits;
+    }
+    Ok(v)
+}
+
+fn as_usize(v: &Value, what: &str) -> Result<usize, String> {
+    match v {
+        Value::Int(i) => usize::try_from(*i).map_err(|_| format!("{what} {i} is negative")),
+        other => Err(format!("{what} is a {}, not an int", other.kind())),
+    }
+}
+
+fn usizes(v: &Value, what: &str) -> Result<Vec<usize>, String> {
+    match v {
+        Value::Tuple(items) | Value::List(items) => {
+            items.iter().map(|x| as_usize(x, what)).collect()
+        }
+        other => Err(format!("{what} is a {}, not a tuple", other.kind())),
+    }
+}
+
+/// `callable(*args)` for the allowed callables.
+fn reduce(callable: Value, args: Value) -> Result<Value, String> {
+    let Value::Tuple(args) = args else {
+        return Err(format!("call arguments are a {}, not a tuple", args.kind()));
+    };
+    let g = match callable {
+        Value::Global(g) => g,
+        other => return Err(format!("calling a {} is refused", other.kind())),
+    };
+    match (g, args.as_slice()) {
+        (Global::OrderedDict, []) => Ok(Value::Dict(Vec::new())),
+        (Global::OrderedDict, [Value::List(pairs)]) => pairs
+            .iter()
+            .map(|p| match p {
+                Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => {
+                    Ok((kv[0].clone(), kv[1].clone()))
+                }
+                _ => Err("OrderedDict items that are not pairs".to_string()),
+            })
+            .collect::<Result<_, _>>()
+            .map(Value::Dict),
+        (Global::RebuildTensorV2, [storage, offset, size, stride, _grad, hooks, ..])
+            if args.len() <= 7 =>
+        {
+            let Value::Storage(storage) = storage else {
+                return Err(format!("a tensor over a {}, not a storage", storage.kind()));
+            };
+            if !matches!(hooks, Value::Dict(h) if h.is_empty()) {
+                return Err("a tensor with backward hooks".into());
+            }
+            let size = usizes(size, "tensor size")?;
+            let stride = usizes(stride, "tensor stride")?;
+            if size.len() != stride.len() {
+                return Err(format!(
+                    "tensor size {size:?} and stride {stride:?} differ in rank"
+                ));
+            }
+            Ok(Value::Tensor(TensorRef {
+                storage: storage.clone(),
+                offset: as_usize(offset, "storage offset")?,
+                size,
+                stride,
+            }))
+        }
+        (Global::RebuildParameter, [t @ Value::Tensor(_), _grad, _hooks]) => Ok(t.clone()),
+        (g, _) => Err(format!(
+            "calling {g:?} with {} argument(s) of this kind is refused",
+            args.len()
+        )),
+    }
+}
+
+/// A persistent id `('storage', StorageType, key, location, numel)`.
+fn persistent(pid: Value) -> Result<Value, String> {
+    let bad = || "a persistent id that is not ('storage', type, key, location, numel)".to_string();
+    let Value::Tuple(items) = pid else {
+        return Err(bad());
+    };
+    match items.as_slice() {
+        [Value::Str(tag), Value::Global(Global::Storage(dtype)), key, _location, numel]
+            if tag == "storage" =>
+        {
+            let key = match key {
+                Value::Str(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                _ => return Err(bad()),
+            };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("storage key {key:?} is not a plain name"));
+            }
+            Ok(Value::Storage(StorageRef {
+                dtype: *dtype,
+                key,
+                numel: as_usize(numel, "storage size")?,
+            }))
+        }
+        [Value::Str(tag), Value::Global(g), ..] if tag == "storage" => Err(format!(
+            "storage of type {g:?} (only float storages are read)"
+        )),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_plain_containers() {
+        // {'a': [1, -2, 300], 'b': (True, None, 1.5), 'c': 'x'} at protocol 2, hand-assembled.
+        let mut p = vec![0x80, 2, b'}', b'('];
+        p.extend(b"X\x01\x00\x00\x00a]");
+        p.extend(b"(K\x01J\xfe\xff\xff\xffM\x2c\x01e");
+        p.extend(b"X\x01\x00\x00\x00b\x88N");
+        p.push(b'G');
+        p.extend(1.5f64.to_be_bytes());
+        p.push(0x87);
+        p.extend(b"X\x01\x00\x00\x00c\x8c\x01xu.");
+        let v = parse(&p).unwrap();
+        let want = Value::Dict(vec![
+            (
+                Value::Str("a".into()),
+                Value::List(vec![Value::Int(1), Value::Int(-2), Value::Int(300)]),
+            ),
+            (
+                Value::Str("b".into()),
+                Value::Tuple(vec![Value::Bool(true), Value::None, Value::Float(1.5)]),
+            ),
+            (Value::Str("c".into()), Value::Str("x".into())),
+        ]);
+        assert_eq!(v, want);
+    }
+
+    #[test]
+    fn long1_is_twos_complement() {
+        assert_eq!(long(&[0xff]).unwrap(), -1);
+        assert_eq!(long(&[0x00, 0x01]).unwrap(), 256);
+        assert_eq!(long(&[0xff, 0x7f]).unwrap(), 32767);
+        assert!(long(&[0; 9]).is_err());
+    }
+
+    #[test]
+    fn refuses_unlisted_globals_and_calls() {
+        let err = parse(b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00ls\x85R.").unwrap_err();
+        assert!(err.contains("`posix.system`"), "{err}");
+        let err = parse(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.").unwrap_err();
+        assert!(err.contains("`builtins.eval`"), "{err}");
+        let err = parse(b"(ios\nsystem\n.").unwrap_err();
+        assert!(err.contains("arbitrary object"), "{err}");
+        let err = parse(b"ctorch\nFloatStorage\n)R.").unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"\x80",
+            b"X\xff\xff\xff\xff",
+            b"h\x05.",
+            b"u.",
+            b"t.",
+            b"\x8a\x09\x00",
+            b"s.",
+            b"\xfe",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
