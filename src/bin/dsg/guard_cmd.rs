@@ -18,8 +18,8 @@ use dsg::stats::shard::ShardSpec;
 /// Options of `dsg fit`.
 #[derive(Args, Clone)]
 pub struct FitArgs {
-    /// The SAE (any supported format).
-    #[arg(long)]
+    /// The SAE: a path (any supported format) or a name, release/id, in the Hugging Face cache.
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: PathBuf,
     /// Hook point, when the SAE file does not name one (e.g. blocks.3.hook_resid_post).
     #[arg(long)]
@@ -303,7 +303,7 @@ pub struct GuardArgs {
     #[arg(long = "guard")]
     pub guards: Vec<PathBuf>,
     /// The SAE, when not at the path recorded in the guardrail.
-    #[arg(long = "guard-sae")]
+    #[arg(long = "guard-sae", value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// What every guardrail does when its gate fires, instead of its file's clamp: clamp:C (all
     /// selected features to −C), farrell:C, norm:S (each feature's edit of norm S·‖h‖) or refuse.

@@ -240,6 +240,12 @@ enum StatsCommand {
 }
 
 /// The model file or folder `--model` names, or the default model (fetched on first use).
+/// Parses an SAE option: a path, or an SAELens-style name (`release/id`) resolved in the local
+/// Hugging Face cache (`dsg::sae::resolve_sae_path`).
+fn sae_path(s: &str) -> std::result::Result<PathBuf, String> {
+    dsg::sae::resolve_sae_path(Path::new(s)).map_err(|e| e.to_string())
+}
+
 fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     match &args.model {
         Some(p) => Ok(p.clone()),

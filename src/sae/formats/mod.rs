@@ -49,7 +49,15 @@ fn resolve(path: &Path) -> Result<(SaeFormat, PathBuf)> {
         });
     }
     if !path.exists() {
-        return Err(Error::missing(path, "SAE file or directory"));
+        let named = super::registry::resolve_sae_path(path)?;
+        if named.exists() {
+            return resolve(&named);
+        }
+        return Err(Error::missing(
+            path,
+            "SAE file or directory (nor an SAE name such as \
+             gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71)",
+        ));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -124,6 +132,7 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Sae> {
 
 /// Loads an SAE in a given format; `path` may be the directory or one of its files.
 pub(crate) fn load_as(path: &Path, format: SaeFormat, device: &Device) -> Result<Sae> {
+    let path = &super::registry::resolve_sae_path(path)?;
     let dir_format = matches!(format, SaeFormat::SaeLens | SaeFormat::Sparsify);
     let path = if dir_format && path.is_file() {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
