@@ -21,6 +21,7 @@ mod activation;
 pub mod collect;
 mod core;
 pub mod formats;
+pub mod labels;
 mod meta;
 pub mod metrics;
 mod norm;
@@ -35,6 +36,7 @@ use candle_core::Tensor;
 
 pub use activation::Activation;
 pub use formats::detect_format;
+pub use labels::{FeatureLabel, FeatureLabels};
 pub use meta::{ModelIdentity, SaeFormat, SaeMeta, SaeMetrics, SaeSource};
 pub use norm::{NormState, Normalization};
 pub use registry::resolve_sae_path;

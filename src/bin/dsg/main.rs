@@ -10,11 +10,12 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod sae_cmd;
 
 use dsg::eval::bench::{self, ThroughputConfig};
-use dsg::eval::explain::{check_html_output, explain, record_text, write_html};
+use dsg::eval::explain::{check_html_output, explain, labels_for_guards, record_text, write_html};
 use dsg::eval::perplexity::TextPerplexity;
 use dsg::generate::{answer, user_prompt, GenerateOptions};
 use dsg::guard::GuardrailFile;
 use dsg::model::{self, fetch, LoadedModel, ModelSummary, NoHooks};
+use dsg::sae::FeatureLabels;
 
 mod demo;
 mod eval_cmd;
@@ -117,6 +118,9 @@ enum Command {
     Inspect {
         /// The guardrail file.
         guard: PathBuf,
+        /// Feature labels: a Neuronpedia explanations export (.jsonl) for the guardrail's SAE.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Show what guardrails decide on a prompt and which features fire on which tokens.
     Explain {
@@ -133,6 +137,10 @@ enum Command {
         /// Also write an HTML page with the tokens highlighted.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Feature labels: Neuronpedia explanations exports (.jsonl), each shown with the
+        /// guardrails whose SAE it fits (repeatable).
+        #[arg(long)]
+        labels: Vec<PathBuf>,
         /// Replace an existing --html page.
         #[arg(long)]
         force: bool,
@@ -372,7 +380,16 @@ fn main() -> Result<()> {
         Command::Stats(StatsCommand::Merge { out, shards, force }) => {
             guard_cmd::merge_stats(&shards, &out, force)?
         }
-        Command::Inspect { guard } => guard_cmd::inspect(&GuardrailFile::load(&guard)?),
+        Command::Inspect { guard, labels } => {
+            let file = GuardrailFile::load(&guard)?;
+            let labels = labels
+                .map(|p| FeatureLabels::read_neuronpedia(&p))
+                .transpose()?;
+            if let Some(l) = &labels {
+                l.check(Some(file.hook_point), file.d_sae)?;
+            }
+            guard_cmd::inspect(&file, labels.as_ref())
+        }
         Command::Explain {
             model,
             guard,
@@ -380,6 +397,7 @@ fn main() -> Result<()> {
             raw,
             html,
             force,
+            labels,
         } => {
             if guard.guards.is_empty() {
                 anyhow::bail!("explain needs at least one --guard");
@@ -395,17 +413,27 @@ fn main() -> Result<()> {
             let prompt = user_prompt(&lm.tokenizer, &prompt, None, raw)?;
             let ids = prompt.ids.clone();
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
+            let label_sets = FeatureLabels::read_all(&labels)?;
+            let labels = labels_for_guards(&label_sets, &guards)?;
             let e = explain(&lm, &mut guards, &ids, Some(&prompt.evidence))?;
-            for ((g, r), p) in guards.iter().zip(&e.records).zip(&guard.guards) {
+            for (((g, r), p), l) in guards
+                .iter()
+                .zip(&e.records)
+                .zip(&guard.guards)
+                .zip(&labels)
+            {
                 let name = p.display().to_string();
-                print!("{}", record_text(&lm.tokenizer, g, &name, r, usize::MAX));
+                print!(
+                    "{}",
+                    record_text(&lm.tokenizer, g, &name, r, usize::MAX, *l)
+                );
             }
             println!(
                 "next token without guards: {:?} (p {:.3}); with: {:?} (p {:.3})",
                 e.plain.0, e.plain.1, e.guarded.0, e.guarded.1
             );
             if let Some(out) = html {
-                write_html(&lm.tokenizer, &guard.guards, &e.records, &out)?;
+                write_html(&lm.tokenizer, &guard.guards, &e.records, &labels, &out)?;
                 eprintln!("wrote {}", out.display());
             }
         }
