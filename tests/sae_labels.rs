@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dsg::model::HookPoint;
 use dsg::sae::labels::{assign, feature_list};
@@ -152,4 +152,49 @@ fn malformed_lines_name_the_file_and_line() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("gunzip"), "{msg}");
+}
+
+#[test]
+fn dsg_inspect_shows_labels_and_refuses_ones_for_another_layer() {
+    let guard = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/guards/wmdp-bio-smollm2-135m-L3.json");
+    let inspect = |labels: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dsg"))
+            .arg("inspect")
+            .arg(&guard)
+            .arg("--labels")
+            .arg(labels)
+            .output()
+            .unwrap()
+    };
+    let fits = written(
+        "cli_fits",
+        &[
+            r#"{"modelId": "smollm2-135m", "layer": "3-dsg-res-4k", "index": "3146", "description": "virology terms"}"#,
+        ],
+    );
+    let out = inspect(&fits);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3-dsg-res-4k"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("3146 "))
+        .unwrap();
+    assert!(row.ends_with("virology terms"), "{row}");
+    let other = written(
+        "cli_other",
+        &[r#"{"layer": "4-dsg-res-4k", "index": "3146", "description": "x"}"#],
+    );
+    let out = inspect(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("layer 4") && stderr.contains("blocks.3"),
+        "{stderr}"
+    );
 }
