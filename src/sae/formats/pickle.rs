@@ -111,6 +111,37 @@ impl Value {
     }
 }
 
+/// How deeply containers may nest (torch checkpoints nest a few levels).
+const MAX_DEPTH: usize = 32;
+
+/// How many values the memo and `DUP` may copy in all, since a copy here is deep where Python
+/// shares the object (without a cap, a few hundred bytes could ask for exponential memory).
+const COPY_BUDGET: usize = 1 << 20;
+
+/// The number of values in `v` (itself included), or `None` when it nests deeper than
+/// `max_depth`; iterative, so a hostile nesting cannot exhaust the call stack.
+fn size_within(v: &Value, max_depth: usize) -> Option<usize> {
+    let mut todo = vec![(v, 0usize)];
+    let mut n = 0;
+    while let Some((v, depth)) = todo.pop() {
+        if depth > max_depth {
+            return None;
+        }
+        n += 1;
+        match v {
+            Value::List(xs) | Value::Tuple(xs) => todo.extend(xs.iter().map(|x| (x, depth + 1))),
+            Value::Dict(kv) => {
+                for (k, x) in kv {
+                    todo.push((k, depth + 1));
+                    todo.push((x, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(n)
+}
+
 /// The allow-list, as written in error messages.
 const ALLOWED: &str = "collections.OrderedDict, torch._utils._rebuild_tensor_v2, \
                        torch._utils._rebuild_parameter, torch.{Float,BFloat16,Half}Storage, \
@@ -147,6 +178,7 @@ pub(crate) fn parse(data: &[u8]) -> Result<Value, String> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        copies_left: COPY_BUDGET,
     };
     loop {
         let at = m.pos;
@@ -174,6 +206,7 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    copies_left: usize,
 }
 
 impl Machine<'_> {
@@ -242,29 +275,53 @@ impl Machine<'_> {
     }
 
     fn push(&mut self, v: Value) -> Result<bool, String> {
+        size_within(&v, MAX_DEPTH).ok_or(format!("containers nested deeper than {MAX_DEPTH}"))?;
         self.stack.push(v);
         Ok(true)
     }
 
+    /// A deep copy of `v`, charged to the copy budget.
+    fn copy(&mut self, v: &Value) -> Result<Value, String> {
+        let n = size_within(v, MAX_DEPTH).unwrap_or(usize::MAX);
+        self.copies_left = self.copies_left.checked_sub(n).ok_or(format!(
+            "more than {COPY_BUDGET} values copied by the memo or DUP"
+        ))?;
+        Ok(v.clone())
+    }
+
     fn put(&mut self, key: u64) -> Result<bool, String> {
-        let v = self.top()?.clone();
+        let top = self.top()?.clone();
+        let v = self.copy(&top)?;
         self.memo.insert(key, v);
         Ok(true)
     }
 
     fn get(&mut self, key: u64) -> Result<bool, String> {
-        let v = self
+        let stored = self
             .memo
             .get(&key)
-            .cloned()
-            .ok_or_else(|| format!("memo key {key} was never stored"))?;
+            .ok_or_else(|| format!("memo key {key} was never stored"))?
+            .clone();
+        let v = self.copy(&stored)?;
         self.push(v)
+    }
+
+    /// Refuses `items` that would nest a container on the stack too deeply.
+    fn check_items(items: &[Value]) -> Result<(), String> {
+        match items
+            .iter()
+            .all(|v| size_within(v, MAX_DEPTH - 1).is_some())
+        {
+            true => Ok(()),
+            false => Err(format!("containers nested deeper than {MAX_DEPTH}")),
+        }
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<bool, String> {
         if !items.len().is_multiple_of(2) {
             return Err("an odd number of items for a dict".into());
         }
+        Self::check_items(&items)?;
         let Value::Dict(entries) = self.top()? else {
             return Err("SETITEM(S) on something that is not a dict".into());
         };
@@ -276,6 +333,7 @@ impl Machine<'_> {
     }
 
     fn append(&mut self, items: Vec<Value>) -> Result<bool, String> {
+        Self::check_items(&items)?;
         let Value::List(list) = self.top()? else {
             return Err("APPEND(S) on something that is not a list".into());
         };
@@ -304,7 +362,8 @@ impl Machine<'_> {
             b'0' => self.pop().map(|_| true),
             b'1' => self.pop_mark().map(|_| true),
             b'2' => {
-                let v = self.top()?.clone();
+                let top = self.top()?.clone();
+                let v = self.copy(&top)?;
                 self.push(v)
             }
             b'}' => self.push(Value::Dict(Vec::new())),
@@ -623,6 +682,23 @@ mod tests {
         assert!(err.contains("arbitrary object"), "{err}");
         let err = parse(b"ctorch\nFloatStorage\n)R.").unwrap_err();
         assert!(err.contains("refused"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_and_copy_bombs_are_refused() {
+        // ((((None,),),)…) a million levels deep, from two bytes per level.
+        let mut p = vec![0x80, 2, b'N'];
+        p.extend(std::iter::repeat_n(0x85, 1_000_000));
+        p.push(b'.');
+        assert!(parse(&p).unwrap_err().contains("nested deeper"));
+        // A list that doubles on every step: [L, L] memoised, 40 times.
+        let mut p = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..40 {
+            p.extend([b'(', b'h', 0, b'h', 0, b'l', b'q', 0]);
+        }
+        p.push(b'.');
+        let err = parse(&p).unwrap_err();
+        assert!(err.contains("copied") || err.contains("nested"), "{err}");
     }
 
     #[test]
