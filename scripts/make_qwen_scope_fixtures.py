@@ -14,8 +14,10 @@ a ReLU would zero), and draws are re-seeded until every top-k cut has a gap of a
 * `bf16/layer2.sae.pt`: bfloat16 weights, with `k` and `hook_name` entries in the dict.
 * `malicious/layer0.sae.pt`: a checkpoint whose pickle would call `os.system` (via `__reduce__`)
   to create SIDE_EFFECT; dsg must refuse it without running anything.
+* `variants/{state-dict-p4,parameters}/layer3.sae.pt`: the f32 SAE as a module's state dict
+  (OrderedDict with `_metadata`, pickle protocol 4) and as `nn.Parameter`s; `k` from config.json.
 * `broken/*/layer0.sae.pt`: the f32 checkpoint with a truncated pickle, an unknown opcode, and a
-  storage member cut short.
+  storage member cut short; and a `W_enc` whose shape fits neither orientation.
 * `neuronpedia/*.jsonl`: Neuronpedia explanation exports for the label importer.
 
 Run from the repository root:  /work/venvs/gemma3/bin/python scripts/make_qwen_scope_fixtures.py
@@ -81,7 +83,7 @@ def write_reference(dir_: Path, out: dict) -> None:
     save_np(arrays, str(dir_ / "reference.safetensors"), metadata={"source": "numpy (Qwen-Scope model card maths)"})
 
 
-def f32_fixture() -> Path:
+def f32_fixture() -> tuple[Path, dict, dict]:
     d_model, d_sae, k = 16, 64, 6
     t, out = draw(d_model, d_sae, k, torch.float32, seed=1)
     dir_ = ROOT / "SAE-Res-Tiny-W64-L0_6"
@@ -92,7 +94,33 @@ def f32_fixture() -> Path:
     assert not w_dec.is_contiguous() and b_enc.storage_offset() == 3
     torch.save({"W_enc": t["W_enc"], "W_dec": w_dec, "b_enc": b_enc, "b_dec": t["b_dec"]}, dir_ / "layer3.sae.pt")
     write_reference(dir_, out)
-    return dir_ / "layer3.sae.pt"
+    return dir_ / "layer3.sae.pt", t, out
+
+
+class Tiny(torch.nn.Module):
+    """The four tensors as parameters of a module."""
+
+    def __init__(self, t: dict):
+        super().__init__()
+        for name, v in t.items():
+            setattr(self, name, torch.nn.Parameter(v.clone()))
+
+
+def variant_fixtures(t: dict, out: dict) -> None:
+    """The f32 SAE saved two other ways torch users save weights; k from a config.json."""
+    module = Tiny(t)
+    saves = {
+        # An OrderedDict with `_metadata` (BUILD), pickle protocol 4 (FRAME, MEMOIZE, STACK_GLOBAL).
+        "state-dict-p4": lambda f: torch.save(module.state_dict(), f, pickle_protocol=4),
+        # nn.Parameter objects (torch._utils._rebuild_parameter).
+        "parameters": lambda f: torch.save(dict(module.named_parameters()), f),
+    }
+    for name, save in saves.items():
+        dir_ = ROOT / "variants" / name
+        dir_.mkdir(parents=True)
+        save(dir_ / "layer3.sae.pt")
+        (dir_ / "config.json").write_text(json.dumps({"k": 6}) + "\n")
+        write_reference(dir_, out)
 
 
 def bf16_fixture() -> None:
@@ -133,6 +161,14 @@ def broken_fixtures(good: Path) -> None:
             lambda n, b: b[:2] + b"\xfe" + b[3:] if n.endswith("data.pkl") else b)
     rewrite(good, base / "short-storage" / "layer0.sae.pt",
             lambda n, b: b[:-4] if n.endswith("data/0") else b)
+    # W_enc one column short: neither orientation fits d_model 16 and d_sae 64.
+    torch.save({"W_enc": torch.zeros(64, 15), "W_dec": torch.zeros(16, 64), "b_enc": torch.zeros(64),
+                "b_dec": torch.zeros(16), "k": 6}, _mkdir(base / "wrong-shape") / "layer0.sae.pt")
+
+
+def _mkdir(d: Path) -> Path:
+    d.mkdir(parents=True)
+    return d
 
 
 def neuronpedia_fixtures() -> None:
@@ -161,9 +197,12 @@ def neuronpedia_fixtures() -> None:
 
 
 def main() -> None:
-    if ROOT.exists():
-        shutil.rmtree(ROOT)
-    good = f32_fixture()
+    if ROOT.exists():  # everything but the hand-written README
+        for p in ROOT.iterdir():
+            if p.name != "README.md":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    good, t, out = f32_fixture()
+    variant_fixtures(t, out)
     bf16_fixture()
     malicious_fixture()
     broken_fixtures(good)

@@ -267,6 +267,7 @@ fn broken_torch_checkpoints_are_errors_not_panics() {
         ("truncated-pickle", "truncated"),
         ("bad-opcode", "0xfe"),
         ("short-storage", "bytes"),
+        ("wrong-shape", "[64, 15]"),
     ];
     for (case, what) in cases {
         let file = common::sae_fixture(&format!("qwen-scope/broken/{case}/layer0.sae.pt"));

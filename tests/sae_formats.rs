@@ -519,3 +519,14 @@ fn unresolvable_names_say_where_they_looked_and_what_is_there() {
     let msg = err("qwen-scope-3-tiny-w64-l6/3");
     assert!(msg.contains("layer{n}"), "{msg}");
 }
+
+#[test]
+fn qwen_scope_state_dicts_and_parameters_load_alike() {
+    // A module's state dict (OrderedDict + BUILD, pickle protocol 4) and nn.Parameters.
+    for variant in ["state-dict-p4", "parameters"] {
+        let dir = common::sae_fixture(&format!("qwen-scope/variants/{variant}"));
+        let sae = Sae::load(&dir.join("layer3.sae.pt"), &Device::Cpu).unwrap();
+        assert!(matches!(sae.activation(), Activation::TopKSigned { k: 6 }));
+        check_reference(&sae, &dir);
+    }
+}
