@@ -247,13 +247,13 @@ enum StatsCommand {
     },
 }
 
-/// The model file or folder `--model` names, or the default model (fetched on first use).
 /// Parses an SAE option: a path, or an SAELens-style name (`release/id`) resolved in the local
 /// Hugging Face cache (`dsg::sae::resolve_sae_path`).
 fn sae_path(s: &str) -> std::result::Result<PathBuf, String> {
     dsg::sae::resolve_sae_path(Path::new(s)).map_err(|e| e.to_string())
 }
 
+/// The model file or folder `--model` names, or the default model (fetched on first use).
 fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     match &args.model {
         Some(p) => Ok(p.clone()),
@@ -409,11 +409,11 @@ fn main() -> Result<()> {
                 inputs.extend(guard.sae.as_deref());
                 check_html_output(out, &inputs, guard_cmd::overwrite(force))?;
             }
+            let label_sets = FeatureLabels::read_all(&labels)?;
             let lm = load_model_at(&model_path)?;
             let prompt = user_prompt(&lm.tokenizer, &prompt, None, raw)?;
             let ids = prompt.ids.clone();
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
-            let label_sets = FeatureLabels::read_all(&labels)?;
             let labels = labels_for_guards(&label_sets, &guards)?;
             let e = explain(&lm, &mut guards, &ids, Some(&prompt.evidence))?;
             for (((g, r), p), l) in guards
