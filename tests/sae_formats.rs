@@ -514,8 +514,16 @@ fn unresolvable_names_say_where_they_looked_and_what_is_there() {
     ] {
         assert!(msg.contains(part), "{msg:?} should mention {part:?}");
     }
-    let msg = err("gemma-scope-9b-pt-res-canonical/layer_3/width_16k/canonical");
-    assert!(msg.contains("average_l0_N"), "{msg}");
+    // A canonical id the table does not know lists the folders the cache holds for it.
+    let gs = cache.join("models--google--gemma-scope-2b-pt-res/snapshots/abc123/layer_3");
+    copy_into(
+        "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71",
+        &gs.join("width_65k/average_l0_30"),
+    );
+    let msg = err("gemma-scope-2b-pt-res-canonical/layer_3/width_65k/canonical");
+    for part in ["does not know", "average_l0_30", "width_65k"] {
+        assert!(msg.contains(part), "{msg:?} should mention {part:?}");
+    }
     let msg = err("qwen-scope-3-tiny-w64-l6/3");
     assert!(msg.contains("layer{n}"), "{msg}");
 }

@@ -30,6 +30,9 @@ const GEMMA_2B_RES_16K_CANONICAL_L0: [u32; 26] = [
     75, 73, 116,
 ];
 
+/// The last part of a canonical id's path when the table does not know its folder.
+const UNKNOWN_CANONICAL: &str = "canonical";
+
 /// Where a name points: a Hugging Face repository and a path inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubFile {
@@ -157,11 +160,11 @@ fn known(release: &str, id: &str) -> Option<Result<HubFile>> {
                 repo,
                 path: format!("{layer}/{width}/average_l0_{n}/params.npz"),
             }),
-            None => Err(Error::Unsupported(format!(
-                "SAE `{release}/{id}`: dsg's table does not know which average_l0 folder is \
-                 canonical here (it knows gemma-scope-2b-pt-res-canonical width_16k); name the \
-                 folder instead, e.g. `gemma-scope-{base}/{layer}/{width}/average_l0_N`"
-            ))),
+            // No such folder exists: `locate` then lists the ones the cache holds.
+            None => Ok(HubFile {
+                repo,
+                path: format!("{layer}/{width}/{UNKNOWN_CANONICAL}"),
+            }),
         });
     }
     let rest = release.strip_prefix("qwen-scope-")?;
@@ -239,11 +242,18 @@ fn locate(cache: &Path, file: &HubFile, name: &str) -> Result<PathBuf> {
         }
         near = next;
     }
+    let what = match file.path.strip_suffix(UNKNOWN_CANONICAL) {
+        Some(folder) => format!(
+            "the canonical SAE of {folder} for `{name}`: dsg's table does not know which \
+             average_l0_N folder is canonical here (it knows gemma-scope-2b-pt-res-canonical \
+             width_16k), so name one"
+        ),
+        None => format!("{} for SAE `{name}`", file.path),
+    };
     Err(Error::missing(
         &near,
         format!(
-            "{} for SAE `{name}` (revision {}); this folder holds {} {download}",
-            file.path,
+            "{what} (revision {}); this folder holds {} {download}",
             revisions.first().map(String::as_str).unwrap_or("none"),
             listing(&near, |_| true)
         ),
@@ -288,12 +298,12 @@ mod tests {
             "layer_3/width_16k/canonical",
         );
         assert_eq!(f.path, "layer_3/width_16k/average_l0_59/params.npz");
-        assert!(known(
+        let f = file(
             "gemma-scope-9b-pt-res-canonical",
-            "layer_3/width_16k/canonical"
-        )
-        .unwrap()
-        .is_err());
+            "layer_3/width_16k/canonical",
+        );
+        assert_eq!(f.repo, "google/gemma-scope-9b-pt-res");
+        assert_eq!(f.path, "layer_3/width_16k/canonical");
         let f = file("gemma-scope-2-1b-it-res", "layer_13_width_16k_l0_medium");
         assert_eq!(f.repo, "google/gemma-scope-2-1b-it");
         assert_eq!(
