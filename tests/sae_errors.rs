@@ -288,3 +288,50 @@ fn f16_storage_refuses_values_past_its_range() {
     let back = Sae::load(&dir.join("y.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(back.b_dec().to_vec1::<f32>().unwrap()[3], 1.0e5);
 }
+
+#[test]
+fn malicious_pickle_is_refused_without_running_it() {
+    let probe = Path::new("/tmp/dsg-qwen-scope-pickle-side-effect");
+    let _ = std::fs::remove_file(probe);
+    let file = common::sae_fixture("qwen-scope/malicious/layer0.sae.pt");
+    let (err, msg) = load_err(&file);
+    assert!(matches!(err, Error::Format { .. }), "{err:?}");
+    assert_mentions(&msg, &["layer0.sae.pt", "`posix.system`", "allow-list"]);
+    assert!(!probe.exists(), "the pickle's os.system call ran");
+}
+
+#[test]
+fn broken_torch_checkpoints_are_errors_not_panics() {
+    let cases = [
+        ("truncated-pickle", "truncated"),
+        ("bad-opcode", "0xfe"),
+        ("short-storage", "bytes"),
+        ("wrong-shape", "[64, 15]"),
+    ];
+    for (case, what) in cases {
+        let file = common::sae_fixture(&format!("qwen-scope/broken/{case}/layer0.sae.pt"));
+        let (_, msg) = load_err(&file);
+        assert_mentions(&msg, &["layer0.sae.pt", what]);
+    }
+    // A checkpoint cut short is not a readable archive.
+    let dir = common::copy_sae_fixture("qwen-scope/SAE-Res-Tiny-W64-L0_6", "sae_errors", "cut");
+    let file = dir.join("layer3.sae.pt");
+    let bytes = std::fs::read(&file).unwrap();
+    for len in [0, 3, 100, bytes.len() / 2, bytes.len() - 30] {
+        std::fs::write(&file, &bytes[..len]).unwrap();
+        let (_, msg) = load_err(&file);
+        assert_mentions(&msg, &["layer3.sae.pt"]);
+    }
+}
+
+#[test]
+fn qwen_scope_without_k_is_refused_until_a_config_gives_it() {
+    // Outside its repository folder the file does not say k.
+    let dir = common::copy_sae_fixture("qwen-scope/SAE-Res-Tiny-W64-L0_6", "sae_errors", "no_k");
+    let (err, msg) = load_err(&dir.join("layer3.sae.pt"));
+    assert!(matches!(err, Error::Missing { .. }), "{err:?}");
+    assert_mentions(&msg, &["layer3.sae.pt", "`k`", "L0_"]);
+    // A config.json beside it supplies k.
+    std::fs::write(dir.join("config.json"), r#"{"k": 6}"#).unwrap();
+    assert!(Sae::load(&dir.join("layer3.sae.pt"), &Device::Cpu).is_ok());
+}

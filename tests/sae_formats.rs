@@ -361,3 +361,180 @@ fn saelens_expected_average_only_in_folds_a_known_scale() {
     let want = (&r["reconstruct"] / s).unwrap();
     assert_close("reconstruct", &sae.reconstruct(&x).unwrap(), &want);
 }
+
+#[test]
+fn qwen_scope_f32_with_strided_and_offset_tensors() {
+    let dir = common::sae_fixture("qwen-scope/SAE-Res-Tiny-W64-L0_6");
+    let file = dir.join("layer3.sae.pt");
+    assert_eq!(detect_format(&file).unwrap(), SaeFormat::QwenScope);
+    assert_eq!(detect_format(&dir).unwrap(), SaeFormat::QwenScope);
+    let sae = Sae::load(&file, &Device::Cpu).unwrap();
+    // W_enc was stored (d_sae, d_model) and W_dec (d_model, d_sae): both oriented by shape.
+    assert_eq!((sae.d_in(), sae.d_sae()), (16, 64));
+    assert!(matches!(sae.activation(), Activation::TopKSigned { k: 6 }));
+    assert!(!sae.apply_b_dec_to_input());
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(3)));
+    assert_eq!(
+        sae.metadata().model.as_ref().unwrap().name,
+        "Qwen/Tiny",
+        "model from the repository name"
+    );
+    check_reference(&sae, &dir);
+    // The fixture's first row keeps negative values, which a ReLU'd TopK would zero.
+    let f = sae.encode(&reference(&dir)["x"]).unwrap();
+    let min = f.flatten_all().unwrap().min(0).unwrap();
+    assert!(min.to_scalar::<f32>().unwrap() < 0.0);
+}
+
+#[test]
+fn qwen_scope_bf16_with_k_and_hook_in_the_file() {
+    let dir = common::sae_fixture("qwen-scope/bf16");
+    let sae = Sae::load(&dir.join("layer2.sae.pt"), &Device::Cpu).unwrap();
+    assert_eq!((sae.d_in(), sae.d_sae()), (16, 48));
+    assert!(matches!(sae.activation(), Activation::TopKSigned { k: 5 }));
+    // The file's own hook_name wins over the file name's layer.
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(4)));
+    assert_eq!(sae.w_enc().dtype(), DType::F32);
+    check_reference(&sae, &dir);
+}
+
+#[test]
+fn qwen_scope_round_trips_through_the_dsg_format() {
+    let (sae, dir) = load("qwen-scope/SAE-Res-Tiny-W64-L0_6/layer3.sae.pt");
+    let out = common::scratch("sae_formats", "qwen_scope_dsg");
+    sae.save(&out, sae.metadata()).unwrap();
+    let back = Sae::load(&out, &Device::Cpu).unwrap();
+    assert!(matches!(back.activation(), Activation::TopKSigned { k: 6 }));
+    check_reference(&back, dir.parent().unwrap());
+}
+
+/// Copies the files of SAE fixture folder `rel` into `dst` (created).
+fn copy_into(rel: &str, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(common::sae_fixture(rel)).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// A fake Hugging Face hub cache holding the fixtures under their releases' repositories.
+fn fake_hub_cache() -> PathBuf {
+    let cache = common::scratch("sae_formats", "hub");
+    let gs = cache.join("models--google--gemma-scope-2b-pt-res");
+    std::fs::create_dir_all(gs.join("refs")).unwrap();
+    std::fs::write(gs.join("refs/main"), "abc123\n").unwrap();
+    // A stale revision that refs/main does not name must not be used.
+    std::fs::create_dir_all(gs.join("snapshots/old999/layer_3/width_16k/average_l0_71")).unwrap();
+    copy_into(
+        "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71",
+        &gs.join("snapshots/abc123/layer_3/width_16k/average_l0_71"),
+    );
+    copy_into(
+        "gemma-scope-2-1b-pt/resid_post_all/layer_7_width_16k_l0_small",
+        &cache.join(
+            "models--google--gemma-scope-2-1b-pt/snapshots/r1/resid_post_all/\
+             layer_7_width_16k_l0_small",
+        ),
+    );
+    copy_into(
+        "qwen-scope/SAE-Res-Tiny-W64-L0_6",
+        &cache.join("models--Qwen--SAE-Res-Qwen3-TINY-W64-L0_6/snapshots/r2"),
+    );
+    copy_into(
+        "sparsify/topk_bf16/layers.2",
+        &cache.join("models--EleutherAI--sae-tiny/snapshots/r3/layers.2"),
+    );
+    cache
+}
+
+fn named(name: &str, cache: &Path) -> Sae {
+    let path = dsg::sae::registry::resolve_in(name, cache)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} is not a known name"));
+    Sae::load(&path, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn saelens_names_resolve_in_a_hub_cache() {
+    let cache = fake_hub_cache();
+    let sae = named(
+        "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71",
+        &cache,
+    );
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(3)));
+    assert!(sae.origin().unwrap().to_str().unwrap().contains("abc123"));
+    let sae = named(
+        "gemma-scope-2-1b-pt-res-all/layer_7_width_16k_l0_small",
+        &cache,
+    );
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(7)));
+    let sae = named("qwen-scope-3-tiny-w64-l6/layer3", &cache);
+    assert!(matches!(sae.activation(), Activation::TopKSigned { k: 6 }));
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(3)));
+    let sae = named("EleutherAI/sae-tiny/layers.2", &cache);
+    assert_eq!(sae.hook(), Some(HookPoint::resid_post(2)));
+    // Sae::load tries a path that does not exist as a name, in $HF_HUB_CACHE (no other test in
+    // this binary reads it).
+    std::env::set_var("HF_HUB_CACHE", &cache);
+    let sae = Sae::load(Path::new("qwen-scope-3-tiny-w64-l6/layer3"), &Device::Cpu).unwrap();
+    assert_eq!(sae.d_sae(), 64);
+    // Paths and names the table does not know are left to the caller.
+    assert_eq!(
+        dsg::sae::registry::resolve_in("no-such-release/x", &cache).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn unresolvable_names_say_where_they_looked_and_what_is_there() {
+    let cache = fake_hub_cache();
+    let err = |name: &str| {
+        dsg::sae::registry::resolve_in(name, &cache)
+            .unwrap_err()
+            .to_string()
+    };
+    // The canonical layer-3 folder (average_l0_59) is not cached; the one that is gets listed.
+    let msg = err("gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical");
+    for part in [
+        "average_l0_59",
+        "average_l0_71",
+        "snapshots/abc123",
+        "huggingface-cli",
+    ] {
+        assert!(msg.contains(part), "{msg:?} should mention {part:?}");
+    }
+    let msg = err("gemma-scope-9b-pt-res/layer_3/width_16k/average_l0_71");
+    let cache_str = cache.display().to_string();
+    for part in [
+        cache_str.as_str(),
+        "models--google--gemma-scope-9b-pt-res",
+        "models--google--gemma-scope-2b-pt-res",
+    ] {
+        assert!(msg.contains(part), "{msg:?} should mention {part:?}");
+    }
+    // A canonical id the table does not know lists the folders the cache holds for it.
+    let gs = cache.join("models--google--gemma-scope-2b-pt-res/snapshots/abc123/layer_3");
+    copy_into(
+        "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71",
+        &gs.join("width_65k/average_l0_30"),
+    );
+    let msg = err("gemma-scope-2b-pt-res-canonical/layer_3/width_65k/canonical");
+    for part in ["does not know", "average_l0_30", "width_65k"] {
+        assert!(msg.contains(part), "{msg:?} should mention {part:?}");
+    }
+    let msg = err("qwen-scope-3-tiny-w64-l6/3");
+    assert!(msg.contains("layer{n}"), "{msg}");
+}
+
+#[test]
+fn qwen_scope_state_dicts_and_parameters_load_alike() {
+    // A module's state dict (OrderedDict + BUILD, pickle protocol 4) and nn.Parameters.
+    for variant in ["state-dict-p4", "parameters"] {
+        let dir = common::sae_fixture(&format!("qwen-scope/variants/{variant}"));
+        let sae = Sae::load(&dir.join("layer3.sae.pt"), &Device::Cpu).unwrap();
+        assert!(matches!(sae.activation(), Activation::TopKSigned { k: 6 }));
+        check_reference(&sae, &dir);
+    }
+}

@@ -1,6 +1,7 @@
 //! What guardrails decided on one prompt and which of their features fired on which tokens
 //! (`dsg explain`, `dsg demo`): the record of each guardrail, a text rendering and an HTML page
-//! with the tokens highlighted.
+//! with the tokens highlighted. Features are named by their [`FeatureLabels`] where the caller has
+//! them (e.g. imported from Neuronpedia).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use candle_core::DType;
 use crate::guard::{Guardrail, RowRecord};
 use crate::model::{Batch, ForwardOptions, HookList, Hooks, LoadedModel, NoHooks, Tokenizer};
 use crate::output::{check_output, Overwrite};
+use crate::sae::labels::{feature_list, FeatureLabels};
 use crate::{Error, Result};
 
 /// A token's text and its probability.
@@ -93,13 +95,14 @@ pub fn explain(
 }
 
 /// A guardrail's decision and the first `max_tokens` tokens where its features fired, as lines
-/// of text (each ending in a newline).
+/// of text (each ending in a newline); each feature is followed by its label from `labels`, if any.
 pub fn record_text(
     tok: &Tokenizer,
     guard: &Guardrail,
     name: &str,
     r: &RowRecord,
     max_tokens: usize,
+    labels: Option<&FeatureLabels>,
 ) -> String {
     let gate = &guard.file().gate;
     let mut s = String::new();
@@ -126,10 +129,10 @@ pub fn record_text(
     for (t, (id, feats)) in fired.take(max_tokens) {
         let _ = writeln!(
             s,
-            "  {t:>4} {:<18} {}{:?}",
+            "  {t:>4} {:<18} {}{}",
             format!("{:?}", tok.token_str(*id)),
             if r.clamped[t] { "clamped " } else { "" },
-            feats
+            feature_list(feats, labels)
         );
     }
     if active > max_tokens {
@@ -145,15 +148,22 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// An HTML page: one section per guardrail (`names` and `records` aligned), tokens shaded where
-/// features fired (red where clamped), features in each token's tooltip.
-pub fn html_page(tok: &Tokenizer, names: &[PathBuf], records: &[RowRecord]) -> String {
+/// An HTML page: one section per guardrail (`names`, `records` and `labels` aligned; a missing
+/// `labels` entry means none), tokens shaded where features fired (red where clamped), features
+/// (with their labels) in each token's tooltip.
+pub fn html_page(
+    tok: &Tokenizer,
+    names: &[PathBuf],
+    records: &[RowRecord],
+    labels: &[Option<&FeatureLabels>],
+) -> String {
     let mut html = String::from(
         "<!doctype html><meta charset=utf-8><title>dsg explain</title><style>\
          body{font-family:sans-serif}.t{white-space:pre-wrap;font-family:monospace}\
          .a{background:#fde68a}.c{background:#fca5a5}</style>\n",
     );
-    for (name, r) in names.iter().zip(records) {
+    for (i, (name, r)) in names.iter().zip(records).enumerate() {
+        let labels = labels.get(i).copied().flatten();
         let _ = write!(
             html,
             "<h3>{}: score {:.4}, {}</h3><div class=t>",
@@ -171,7 +181,8 @@ pub fn html_page(tok: &Tokenizer, names: &[PathBuf], records: &[RowRecord]) -> S
             };
             let _ = write!(
                 html,
-                "<span class=\"{class}\" title=\"features {feats:?}\">{}</span>",
+                "<span class=\"{class}\" title=\"features {}\">{}</span>",
+                escape(&feature_list(feats, labels)),
                 escape(&tok.token_str(*id))
             );
         }
@@ -191,9 +202,23 @@ pub fn write_html(
     tok: &Tokenizer,
     names: &[PathBuf],
     records: &[RowRecord],
+    labels: &[Option<&FeatureLabels>],
     out: &Path,
 ) -> Result<()> {
-    std::fs::write(out, html_page(tok, names, records)).map_err(|e| Error::io(out, e))
+    std::fs::write(out, html_page(tok, names, records, labels)).map_err(|e| Error::io(out, e))
+}
+
+/// For each of `guards`, the first of the label sets `sets` that fits its SAE (layer, width and
+/// indices; [`crate::sae::labels::assign`]); a set that fits no guardrail is an error.
+pub fn labels_for_guards<'a>(
+    sets: &'a [FeatureLabels],
+    guards: &[Guardrail],
+) -> Result<Vec<Option<&'a FeatureLabels>>> {
+    let saes: Vec<_> = guards
+        .iter()
+        .map(|g| (Some(g.file().hook_point), g.file().d_sae))
+        .collect();
+    crate::sae::labels::assign(sets, &saes)
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 //! rolling means) of its logits is calibrated at `p_dyn` on the suite's calibration prompts, by
 //! the rule the SAE gates use. Their logits come from the suite's one pass with the activity.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::detection::{markdown_table, GateEval};
+use super::explain::labels_for_guards;
 use super::plot::score_histograms;
 use super::suite::{
     build_suite, probe_training_prompts, ProbeTrainConfig, SuiteActivity, SuiteConfig, SuiteLogits,
@@ -23,6 +25,7 @@ use crate::guard::probe_fit::{prompt_signals, SignalRequest};
 use crate::guard::{Evidence, Gate, Guardrail, Probe, ProbeInput};
 use crate::model::LoadedModel;
 use crate::output::{check_output_dir, Overwrite};
+use crate::sae::FeatureLabels;
 use crate::{Error, Result};
 
 /// What [`evaluate_gates`] evaluates and where it writes.
@@ -54,6 +57,9 @@ pub struct GateReportConfig {
     pub sae: Option<PathBuf>,
     /// Read the activity saved in this folder instead of running the model.
     pub from_activity: Option<PathBuf>,
+    /// Neuronpedia explanation exports naming the guardrails' features in `report.json`, each
+    /// for the guardrails whose SAE it fits (see [`crate::sae::labels`]).
+    pub labels: Vec<PathBuf>,
     /// Folder for the report files.
     pub out: PathBuf,
     /// Whether existing report files may be replaced.
@@ -175,6 +181,9 @@ pub struct GuardReport {
     pub guard: String,
     /// Its selected features.
     pub features: Vec<u32>,
+    /// The label of each selected feature that has one (`labels`), by feature id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<u32, String>,
     /// Its own gate and the compared ones.
     pub gates: Vec<GateEval>,
 }
@@ -264,6 +273,8 @@ pub fn evaluate_gates(
             path.display()
         )));
     }
+    let label_sets = FeatureLabels::read_all(&cfg.labels)?;
+    let labels = labels_for_guards(&label_sets, guards)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let feature_sets: Vec<Vec<u32>> = guards.iter().map(|g| g.file().feature_ids()).collect();
     let mut probes = Vec::new();
@@ -307,7 +318,7 @@ pub fn evaluate_gates(
     sets.push(("calibration: MMLU selection".into(), a0.calibration.len()));
     sets.extend(a0.variants.iter().map(|(n, p)| (n.clone(), p.len())));
     let mut parts = Vec::new();
-    for ((g, act), path) in guards.iter().zip(&activity).zip(guard_paths) {
+    for (((g, act), path), labels) in guards.iter().zip(&activity).zip(guard_paths).zip(&labels) {
         let view = act.eval_activity();
         let own = g.file().gate;
         let mut evals = vec![GateEval::new(
@@ -330,9 +341,15 @@ pub fn evaluate_gates(
         }
         write_histogram(&cfg.out, path, &evals)?;
         evals.extend(probe_evals.iter().cloned());
+        let features = g.file().feature_ids();
+        let labels = features
+            .iter()
+            .filter_map(|&i| Some((i, (*labels)?.get(i as usize)?.description.clone())))
+            .collect();
         parts.push(GuardReport {
             guard: path.display().to_string(),
-            features: g.file().feature_ids(),
+            features,
+            labels,
             gates: evals,
         });
     }
@@ -556,6 +573,7 @@ mod tests {
             batch: 8,
             sae: None,
             from_activity: None,
+            labels: vec![],
             out,
             overwrite: Overwrite::Refuse,
         }

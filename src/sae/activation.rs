@@ -26,6 +26,13 @@ pub enum Activation {
         /// Number of latents kept per row.
         k: usize,
     },
+    /// Keep the `k` largest pre-activations of each row as they are, without a ReLU (a kept
+    /// value may be negative); all others are 0 (Qwen-Scope's documented encode). Ties as
+    /// [`Activation::TopK`].
+    TopKSigned {
+        /// Number of latents kept per row.
+        k: usize,
+    },
     /// sparsify's "groupmax": the latents form `groups` equal contiguous groups; in each, only the
     /// largest ReLU'd pre-activation is kept (lowest index among ties).
     GroupMax {
@@ -35,12 +42,13 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// A short name: `relu`, `jumprelu` or `topk`.
+    /// A short name: `relu`, `jumprelu`, `topk`, `topk_signed` or `groupmax`.
     pub fn name(&self) -> &'static str {
         match self {
             Activation::Relu => "relu",
             Activation::JumpRelu { .. } => "jumprelu",
             Activation::TopK { .. } => "topk",
+            Activation::TopKSigned { .. } => "topk_signed",
             Activation::GroupMax { .. } => "groupmax",
         }
     }
@@ -57,7 +65,10 @@ impl Activation {
             Activation::Relu => Ok(pre.relu()?),
             Activation::JumpRelu { threshold } => jump_relu(pre, threshold),
             Activation::TopK { k } => {
-                per_row(pre, |row, out, order| top_k_row(row, *k, out, order))
+                per_row(pre, |row, out, order| top_k_row(row, *k, true, out, order))
+            }
+            Activation::TopKSigned { k } => {
+                per_row(pre, |row, out, order| top_k_row(row, *k, false, out, order))
             }
             Activation::GroupMax { groups } => {
                 let n = pre.dims().last().copied().unwrap_or(0);
@@ -104,9 +115,9 @@ fn per_row(pre: &Tensor, f: impl Fn(&[f32], &mut [f32], &mut Vec<usize>) + Sync)
     Ok(Tensor::from_vec(out, dims, &Device::Cpu)?.to_device(pre.device())?)
 }
 
-/// Writes `max(row[i], 0)` into `out[i]` for the `k` largest entries of `row` (others stay 0);
-/// `order` is scratch space.
-fn top_k_row(row: &[f32], k: usize, out: &mut [f32], order: &mut Vec<usize>) {
+/// Writes `row[i]` (`max(row[i], 0)` when `relu`) into `out[i]` for the `k` largest entries of
+/// `row` (others stay 0); `order` is scratch space.
+fn top_k_row(row: &[f32], k: usize, relu: bool, out: &mut [f32], order: &mut Vec<usize>) {
     let n = row.len();
     let k = k.min(n);
     if k == 0 {
@@ -120,7 +131,7 @@ fn top_k_row(row: &[f32], k: usize, out: &mut [f32], order: &mut Vec<usize>) {
         order.select_nth_unstable_by(k - 1, cmp);
     }
     for &i in &order[..k] {
-        out[i] = row[i].max(0.0);
+        out[i] = if relu { row[i].max(0.0) } else { row[i] };
     }
 }
 
@@ -178,6 +189,16 @@ mod tests {
         assert_eq!(
             v2(&act.apply(&pre).unwrap()),
             [[0.0, 3.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]]
+        );
+    }
+
+    #[test]
+    fn signed_top_k_keeps_negative_values() {
+        let act = Activation::TopKSigned { k: 2 };
+        let pre = t(&[0.1, 3.0, -1.0, 2.0, -5.0, -0.5, -2.0, 0.0], &[2, 4]);
+        assert_eq!(
+            v2(&act.apply(&pre).unwrap()),
+            [[0.0, 3.0, 0.0, 2.0], [0.0, -0.5, 0.0, 0.0]]
         );
     }
 

@@ -44,7 +44,7 @@ impl Sae {
             Activation::JumpRelu { threshold } => Activation::JumpRelu {
                 threshold: expect("threshold", &threshold, &[d_sae])?,
             },
-            Activation::TopK { k } if k == 0 || k > d_sae => {
+            Activation::TopK { k } | Activation::TopKSigned { k } if k == 0 || k > d_sae => {
                 return Err(Error::out_of_range(
                     "k",
                     k,

@@ -19,6 +19,8 @@ pub enum SaeFormat {
     Sparsify,
     /// dsg's own: `sae.json` + `sae.safetensors`.
     Dsg,
+    /// Qwen-Scope: `layer{n}.sae.pt`, a `torch.save` dict of `W_enc`, `W_dec`, `b_enc`, `b_dec`.
+    QwenScope,
 }
 
 /// Where an SAE was loaded from.

@@ -21,9 +21,11 @@ mod activation;
 pub mod collect;
 mod core;
 pub mod formats;
+pub mod labels;
 mod meta;
 pub mod metrics;
 mod norm;
+pub mod registry;
 pub mod run;
 mod subset;
 pub mod train;
@@ -34,8 +36,10 @@ use candle_core::Tensor;
 
 pub use activation::Activation;
 pub use formats::detect_format;
+pub use labels::{FeatureLabel, FeatureLabels};
 pub use meta::{ModelIdentity, SaeFormat, SaeMeta, SaeMetrics, SaeSource};
 pub use norm::{NormState, Normalization};
+pub use registry::resolve_sae_path;
 pub use subset::SaeSubset;
 
 use crate::model::HookPoint;
@@ -89,7 +93,8 @@ pub struct SaeParts {
 
 impl Sae {
     /// Loads an SAE, detecting the format from `path` (a file or a directory); see
-    /// [`detect_format`].
+    /// [`detect_format`]. A `path` that does not exist is tried as an SAELens-style name
+    /// (`release/id`) in the local Hugging Face cache ([`resolve_sae_path`]).
     pub fn load(path: &Path, device: &candle_core::Device) -> crate::Result<Sae> {
         formats::load(path, device)
     }

@@ -26,7 +26,7 @@ use dsg::stats::prompts::mcq_prompt;
 #[derive(Args, Clone)]
 pub struct DemoArgs {
     /// The SAE to use; default: the SmolLM2-135M-Instruct SAE built into dsg (`assets/sae/`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// Hook point, when the SAE file does not name one.
     #[arg(long)]

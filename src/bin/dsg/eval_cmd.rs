@@ -185,6 +185,10 @@ pub struct GateArgs {
     /// Read the activity saved by an earlier run in this folder instead of running the model.
     #[arg(long)]
     pub from_activity: Option<PathBuf>,
+    /// Feature labels for report.json: Neuronpedia explanations exports (.jsonl), each for the
+    /// guardrails whose SAE it fits (repeatable).
+    #[arg(long)]
+    pub labels: Vec<PathBuf>,
     /// Folder for report.md, report.json, the histograms and the activity
     /// (`activity-<guard>.json`).
     #[arg(long)]
@@ -242,6 +246,7 @@ impl GateArgs {
             batch: self.batch,
             sae: self.guard.sae.clone(),
             from_activity: self.from_activity.clone(),
+            labels: self.labels.clone(),
             out: self.out.clone(),
             overwrite: crate::guard_cmd::overwrite(self.force),
         })

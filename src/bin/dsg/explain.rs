@@ -26,5 +26,8 @@ pub fn print_record(
     r: &RowRecord,
     max_tokens: usize,
 ) {
-    print!("{}", record_text(&lm.tokenizer, guard, name, r, max_tokens));
+    print!(
+        "{}",
+        record_text(&lm.tokenizer, guard, name, r, max_tokens, None)
+    );
 }

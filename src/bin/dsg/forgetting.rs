@@ -33,7 +33,7 @@ pub struct TofuArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The SAE (default: the built-in one).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// Output folder (report.md, report.json, guard.json, each model's TOFU_EVAL.json; work/ keeps
     /// adapters and evaluations for reuse).
@@ -87,7 +87,7 @@ pub struct HazardArgs {
     #[arg(long, num_args = 1..)]
     pub compare: Option<Vec<PathBuf>>,
     /// The SAE to fit with; default: the shipped SAE.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// Which split the evaluated questions come from: heldout to report, selection to choose.
     #[arg(long, default_value = "heldout", value_parser = parse_split)]
@@ -135,7 +135,7 @@ pub struct KnowledgeArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The SAE (default: the built-in one).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// Results folder.
     #[arg(long, default_value = "results/forgetting/knowledge")]

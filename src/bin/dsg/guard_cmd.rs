@@ -13,13 +13,14 @@ use dsg::guard::{
 };
 use dsg::model::{HookPoint, LoadedModel};
 use dsg::output::Overwrite;
+use dsg::sae::labels::{FeatureLabels, CHOICE};
 use dsg::stats::shard::ShardSpec;
 
 /// Options of `dsg fit`.
 #[derive(Args, Clone)]
 pub struct FitArgs {
-    /// The SAE (any supported format).
-    #[arg(long)]
+    /// The SAE: a path (any supported format) or a name, release/id, in the Hugging Face cache.
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: PathBuf,
     /// Hook point, when the SAE file does not name one (e.g. blocks.3.hook_resid_post).
     #[arg(long)]
@@ -230,8 +231,9 @@ pub fn fit(lm: &LoadedModel, req: &FitRequest) -> Result<FitOutcome> {
     Ok(outcome)
 }
 
-/// `dsg inspect`: a guardrail's identity, features, gate and calibration.
-pub fn inspect(file: &GuardrailFile) {
+/// `dsg inspect`: a guardrail's identity, features (with their labels, if given), gate and
+/// calibration.
+pub fn inspect(file: &GuardrailFile, labels: Option<&FeatureLabels>) {
     println!(
         "model      {} (sha256 {})",
         file.model.name, file.model.sha256
@@ -285,14 +287,34 @@ pub fn inspect(file: &GuardrailFile) {
         p.retain_corpus.as_deref().unwrap_or("-"),
         p.retain_rows
     );
+    if let Some(l) = labels {
+        println!(
+            "labels     {} ({}), {} latents labelled; each is {CHOICE}",
+            l.path.display(),
+            l.source.as_deref().unwrap_or("no source id"),
+            l.labels.len()
+        );
+    }
     println!(
-        "{:>6} {:>12} {:>12} {:>9} {:>9}",
-        "id", "mean forget", "mean retain", "freq F", "freq R"
+        "{:>6} {:>12} {:>12} {:>9} {:>9}{}",
+        "id",
+        "mean forget",
+        "mean retain",
+        "freq F",
+        "freq R",
+        if labels.is_some() { "  label" } else { "" }
     );
     for f in &file.features {
         let (mf, ff) = f.forget.map_or((f64::NAN, f64::NAN), |s| (s.mean, s.freq));
         let (mr, fr) = f.retain.map_or((f64::NAN, f64::NAN), |s| (s.mean, s.freq));
-        println!("{:>6} {mf:>12.5} {mr:>12.5} {ff:>9.4} {fr:>9.4}", f.id);
+        let label = labels
+            .and_then(|l| l.get(f.id as usize))
+            .map(|l| format!("  {}", l.description))
+            .unwrap_or_default();
+        println!(
+            "{:>6} {mf:>12.5} {mr:>12.5} {ff:>9.4} {fr:>9.4}{label}",
+            f.id
+        );
     }
 }
 
@@ -303,7 +325,7 @@ pub struct GuardArgs {
     #[arg(long = "guard")]
     pub guards: Vec<PathBuf>,
     /// The SAE, when not at the path recorded in the guardrail.
-    #[arg(long = "guard-sae")]
+    #[arg(long = "guard-sae", value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// What every guardrail does when its gate fires, instead of its file's clamp: clamp:C (all
     /// selected features to −C), farrell:C, norm:S (each feature's edit of norm S·‖h‖) or refuse.

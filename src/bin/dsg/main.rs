@@ -10,11 +10,12 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod sae_cmd;
 
 use dsg::eval::bench::{self, ThroughputConfig};
-use dsg::eval::explain::{check_html_output, explain, record_text, write_html};
+use dsg::eval::explain::{check_html_output, explain, labels_for_guards, record_text, write_html};
 use dsg::eval::perplexity::TextPerplexity;
 use dsg::generate::{answer, user_prompt, GenerateOptions};
 use dsg::guard::GuardrailFile;
 use dsg::model::{self, fetch, LoadedModel, ModelSummary, NoHooks};
+use dsg::sae::FeatureLabels;
 
 mod demo;
 mod eval_cmd;
@@ -123,6 +124,9 @@ enum Command {
     Inspect {
         /// The guardrail file.
         guard: PathBuf,
+        /// Feature labels: a Neuronpedia explanations export (.jsonl) for the guardrail's SAE.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Show what guardrails decide on a prompt and which features fire on which tokens.
     Explain {
@@ -139,6 +143,10 @@ enum Command {
         /// Also write an HTML page with the tokens highlighted.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Feature labels: Neuronpedia explanations exports (.jsonl), each shown with the
+        /// guardrails whose SAE it fits (repeatable).
+        #[arg(long)]
+        labels: Vec<PathBuf>,
         /// Replace an existing --html page.
         #[arg(long)]
         force: bool,
@@ -243,6 +251,12 @@ enum StatsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Parses an SAE option: a path, or an SAELens-style name (`release/id`) resolved in the local
+/// Hugging Face cache (`dsg::sae::resolve_sae_path`).
+fn sae_path(s: &str) -> std::result::Result<PathBuf, String> {
+    dsg::sae::resolve_sae_path(Path::new(s)).map_err(|e| e.to_string())
 }
 
 /// The model file or folder `--model` names, or the default model (fetched on first use).
@@ -378,7 +392,16 @@ fn main() -> Result<()> {
         Command::Stats(StatsCommand::Merge { out, shards, force }) => {
             guard_cmd::merge_stats(&shards, &out, force)?
         }
-        Command::Inspect { guard } => guard_cmd::inspect(&GuardrailFile::load(&guard)?),
+        Command::Inspect { guard, labels } => {
+            let file = GuardrailFile::load(&guard)?;
+            let labels = labels
+                .map(|p| FeatureLabels::read_neuronpedia(&p))
+                .transpose()?;
+            if let Some(l) = &labels {
+                l.check(Some(file.hook_point), file.d_sae)?;
+            }
+            guard_cmd::inspect(&file, labels.as_ref())
+        }
         Command::Explain {
             model,
             guard,
@@ -386,6 +409,7 @@ fn main() -> Result<()> {
             raw,
             html,
             force,
+            labels,
         } => {
             if guard.guards.is_empty() {
                 anyhow::bail!("explain needs at least one --guard");
@@ -397,21 +421,31 @@ fn main() -> Result<()> {
                 inputs.extend(guard.sae.as_deref());
                 check_html_output(out, &inputs, guard_cmd::overwrite(force))?;
             }
+            let label_sets = FeatureLabels::read_all(&labels)?;
             let lm = load_model_at(&model_path)?;
             let prompt = user_prompt(&lm.tokenizer, &prompt, None, raw)?;
             let ids = prompt.ids.clone();
             let mut guards = guard_cmd::load_guardrails(&lm, &guard)?;
+            let labels = labels_for_guards(&label_sets, &guards)?;
             let e = explain(&lm, &mut guards, &ids, Some(&prompt.evidence))?;
-            for ((g, r), p) in guards.iter().zip(&e.records).zip(&guard.guards) {
+            for (((g, r), p), l) in guards
+                .iter()
+                .zip(&e.records)
+                .zip(&guard.guards)
+                .zip(&labels)
+            {
                 let name = p.display().to_string();
-                print!("{}", record_text(&lm.tokenizer, g, &name, r, usize::MAX));
+                print!(
+                    "{}",
+                    record_text(&lm.tokenizer, g, &name, r, usize::MAX, *l)
+                );
             }
             println!(
                 "next token without guards: {:?} (p {:.3}); with: {:?} (p {:.3})",
                 e.plain.0, e.plain.1, e.guarded.0, e.guarded.1
             );
             if let Some(out) = html {
-                write_html(&lm.tokenizer, &guard.guards, &e.records, &out)?;
+                write_html(&lm.tokenizer, &guard.guards, &e.records, &labels, &out)?;
                 eprintln!("wrote {}", out.display());
             }
         }

@@ -85,8 +85,8 @@ pub enum SaeCommand {
     Eval {
         #[command(flatten)]
         model: ModelArgs,
-        /// The SAE (any supported format).
-        #[arg(long)]
+        /// The SAE: a path (any supported format) or a name, release/id, in the Hugging Face cache.
+        #[arg(long, value_parser = crate::sae_path)]
         sae: PathBuf,
         /// Text file (plain, WMDP .json selection split, or question .jsonl).
         #[arg(long)]

@@ -26,7 +26,7 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "guards")]
     pub no_guard: bool,
     /// An SAE to bind every guardrail to, instead of the path each file records.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// Address to bind; 127.0.0.1 keeps the server local (use 0.0.0.0 in a container).
     #[arg(long, default_value = "127.0.0.1")]

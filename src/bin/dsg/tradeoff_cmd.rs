@@ -32,7 +32,7 @@ pub struct TradeoffArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The SAE (default: the built-in one).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
     /// Output folder (default: results/tradeoff/<track>; work/ keeps every stage for reuse).
     #[arg(long)]

@@ -89,6 +89,7 @@ pub(crate) fn save(sae: &Sae, path: &Path, meta: &SaeMeta, dtype: DType) -> Resu
         Activation::Relu => ("relu", None),
         Activation::JumpRelu { .. } => ("jumprelu", None),
         Activation::TopK { k } => ("topk", Some(*k)),
+        Activation::TopKSigned { k } => ("topk_signed", Some(*k)),
         Activation::GroupMax { groups } => ("groupmax", Some(*groups)),
     };
     let header = Header {
@@ -190,6 +191,9 @@ pub(crate) fn load(path: &Path) -> Result<Sae> {
         "topk" => Activation::TopK {
             k: header.k.ok_or_else(need_k)?,
         },
+        "topk_signed" => Activation::TopKSigned {
+            k: header.k.ok_or_else(need_k)?,
+        },
         "groupmax" => Activation::GroupMax {
             groups: header.k.ok_or_else(need_k)?,
         },
@@ -197,7 +201,7 @@ pub(crate) fn load(path: &Path) -> Result<Sae> {
             return Err(Error::format(
                 &json_path,
                 "activation",
-                "relu, jumprelu, topk or groupmax",
+                "relu, jumprelu, topk, topk_signed or groupmax",
                 other,
             ))
         }

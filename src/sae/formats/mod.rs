@@ -7,6 +7,7 @@
 //! | SAELens | a directory with `cfg.json` + `sae_weights.safetensors` |
 //! | sparsify | a directory (named after the hookpoint) with `cfg.json` + `sae.safetensors` |
 //! | dsg | a directory with `sae.json` + `sae.safetensors`, or `X.safetensors` + `X.json` |
+//! | Qwen-Scope | `…/SAE-Res-*-L0_{k}/layer{n}.sae.pt` (a `torch.save` dict, read without Python) |
 //!
 //! Every reader converts weights to f32 on the CPU, checks shapes against the dimensions the file
 //! declares (orienting a matrix by its shape, never by a fixed transpose) and refuses NaN or
@@ -14,9 +15,12 @@
 
 pub mod dsg;
 mod gemma_scope;
+mod pickle;
+mod qwen_scope;
 mod saelens;
 mod sparsify;
 mod tensors;
+mod torch_pt;
 
 use std::path::{Path, PathBuf};
 
@@ -40,12 +44,20 @@ fn resolve(path: &Path) -> Result<(SaeFormat, PathBuf)> {
                 path,
                 "an SAE: expected sae.json (dsg), cfg.json + sae_weights.safetensors (SAELens), \
                  cfg.json + sae.safetensors (sparsify), params.npz or params.safetensors \
-                 (Gemma Scope)",
+                 (Gemma Scope), or one layer{n}.sae.pt (Qwen-Scope)",
             )
         });
     }
     if !path.exists() {
-        return Err(Error::missing(path, "SAE file or directory"));
+        let named = super::registry::resolve_sae_path(path)?;
+        if named.exists() {
+            return resolve(&named);
+        }
+        return Err(Error::missing(
+            path,
+            "SAE file or directory (nor an SAE name such as \
+             gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_71)",
+        ));
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -60,6 +72,7 @@ fn resolve(path: &Path) -> Result<(SaeFormat, PathBuf)> {
         }
     }
     match ext {
+        "pt" if name.ends_with(".sae.pt") => Ok((SaeFormat::QwenScope, path.to_path_buf())),
         "npz" => Ok((SaeFormat::GemmaScopeNpz, path.to_path_buf())),
         "json" if dsg::is_dsg_json(path) => Ok((SaeFormat::Dsg, path.to_path_buf())),
         "safetensors" if dsg::is_dsg_json(&path.with_extension("json")) => {
@@ -69,7 +82,7 @@ fn resolve(path: &Path) -> Result<(SaeFormat, PathBuf)> {
         _ => Err(Error::format(
             path,
             "file type",
-            "an SAE directory, .npz, .safetensors or dsg .json",
+            "an SAE directory, .npz, .safetensors, .sae.pt or dsg .json",
             format!("{name:?}"),
         )),
     }
@@ -91,10 +104,24 @@ fn detect_dir(dir: &Path) -> Option<(SaeFormat, PathBuf)> {
             SaeFormat::GemmaScopeSafetensors,
             dir.join("params.safetensors"),
         ));
+    } else if let Some(pt) = single_sae_pt(dir) {
+        return Some((SaeFormat::QwenScope, pt));
     } else {
         return None;
     };
     Some((format, dir.to_path_buf()))
+}
+
+/// The one `*.sae.pt` file in `dir`, if there is exactly one (a Qwen-Scope repository holds one
+/// per layer, so its folder names no single SAE).
+fn single_sae_pt(dir: &Path) -> Option<PathBuf> {
+    let mut found = std::fs::read_dir(dir).ok()?.filter_map(|e| {
+        let p = e.ok()?.path();
+        let name = p.file_name()?.to_str()?;
+        name.ends_with(".sae.pt").then_some(p)
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Loads an SAE, detecting its format.
@@ -105,6 +132,7 @@ pub(crate) fn load(path: &Path, device: &Device) -> Result<Sae> {
 
 /// Loads an SAE in a given format; `path` may be the directory or one of its files.
 pub(crate) fn load_as(path: &Path, format: SaeFormat, device: &Device) -> Result<Sae> {
+    let path = &super::registry::resolve_sae_path(path)?;
     let dir_format = matches!(format, SaeFormat::SaeLens | SaeFormat::Sparsify);
     let path = if dir_format && path.is_file() {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
@@ -144,6 +172,7 @@ fn load_resolved(path: &Path, format: SaeFormat, device: &Device) -> Result<Sae>
         SaeFormat::SaeLens => saelens::load(path),
         SaeFormat::Sparsify => sparsify::load(path),
         SaeFormat::Dsg => dsg::load(path),
+        SaeFormat::QwenScope => qwen_scope::load(path),
     }
     .map_err(|e| in_file(path, e))?;
     let sae = sae.with_origin(path.to_path_buf());

@@ -1,6 +1,6 @@
 //! Reading tensors and JSON configs with errors that name the file and the field.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -38,6 +38,14 @@ impl TensorFile {
             tensors,
             names,
         }
+    }
+
+    /// Reads every tensor of a `torch.save` checkpoint holding a dict (see [`super::torch_pt`]),
+    /// with the dict's plain scalar entries beside.
+    pub fn read_torch(path: &Path) -> Result<(Self, BTreeMap<String, super::pickle::Value>)> {
+        exists(path)?;
+        let file = super::torch_pt::read(path)?;
+        Ok((Self::new(path, file.tensors), file.scalars))
     }
 
     /// Reads every array of an (uncompressed) NumPy `.npz` archive.
