@@ -385,6 +385,16 @@ fn sentencepiece_tokenizer_from_gguf_matches_transformers() {
             "{t:?} decoded"
         );
     }
+    // SAE training rows of a BOS-adding tokenizer start with BOS, then ctx − 1 stream tokens.
+    let docs = vec![
+        "the theater in the north".to_string(),
+        "which of the chairs".into(),
+    ];
+    let rows = dsg::data::token_rows(&lm.tokenizer, &docs, 6).unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows
+        .iter()
+        .all(|r| r.len() == 6 && r[0] == 2 && !r[1..].contains(&2)));
     // Exact bytes of a byte-fallback token and of a `▁` piece.
     assert_eq!(lm.tokenizer.token_bytes(5), vec![0xC3]);
     assert_eq!(lm.tokenizer.token_bytes(46), b" the".to_vec());

@@ -116,7 +116,8 @@ pub fn equalize(
 
 /// SAE training rows: each non-blank document of `docs` tokenised without BOS and followed by EOS
 /// (when the tokenizer has one), the stream cut into rows of exactly `ctx` tokens; the incomplete
-/// tail is dropped.
+/// tail is dropped. A tokenizer that adds BOS (Gemma's: the model is off its distribution
+/// without one) starts every row with BOS, then `ctx − 1` tokens of the stream.
 pub fn token_rows(tokenizer: &Tokenizer, docs: &[String], ctx: usize) -> Result<Vec<Vec<u32>>> {
     if ctx < 2 {
         return Err(Error::out_of_range("context", ctx, "at least 2 tokens"));
@@ -126,7 +127,13 @@ pub fn token_rows(tokenizer: &Tokenizer, docs: &[String], ctx: usize) -> Result<
         stream.extend(tokenizer.encode(d, false)?);
         stream.extend(tokenizer.eos_id());
     }
-    Ok(stream.chunks_exact(ctx).map(<[u32]>::to_vec).collect())
+    Ok(match tokenizer.bos_id().filter(|_| tokenizer.adds_bos()) {
+        Some(bos) => stream
+            .chunks_exact(ctx - 1)
+            .map(|c| std::iter::once(bos).chain(c.iter().copied()).collect())
+            .collect(),
+        None => stream.chunks_exact(ctx).map(<[u32]>::to_vec).collect(),
+    })
 }
 
 #[cfg(test)]

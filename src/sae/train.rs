@@ -319,8 +319,11 @@ impl Trainer {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            p.m = ((&p.m * b1)? + (g * (1.0 - b1))?)?;
-            p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            // Detached: the decoder's radial projection ties its gradient to the step's graph, and
+            // moments that kept that link would hold every step's graph alive (≈ 100 MB a step).
+            let g = g.detach();
+            p.m = ((&p.m * b1)? + (&g * (1.0 - b1))?)?.detach();
+            p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
             let m_hat = (&p.m / (1.0 - b1.powi(t)))?;
             let v_hat = (&p.v / (1.0 - b2.powi(t)))?;
             let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
