@@ -399,3 +399,25 @@ fn sentencepiece_tokenizer_from_gguf_matches_transformers() {
     assert_eq!(lm.tokenizer.token_bytes(5), vec![0xC3]);
     assert_eq!(lm.tokenizer.token_bytes(46), b" the".to_vec());
 }
+
+/// A model without a chat template (a base model) renders chats as plain text: BOS when the
+/// tokenizer adds one, the messages joined by blank lines, a newline for the generation prompt;
+/// the user's text is still marked as such.
+#[test]
+fn base_model_without_template_renders_plain_text() {
+    let lm = model::load(&fixture("gguf/tiny_gemma3.gguf"), &Device::Cpu).unwrap();
+    assert!(lm.tokenizer.chat_template().is_none());
+    let msgs = [Message::new("system", "be brief"), Message::new("user", "the north")];
+    let text = lm.tokenizer.apply_chat_template(&msgs, true).unwrap();
+    assert_eq!(text, "<bos>be brief\n\nthe north\n");
+    let enc = lm.tokenizer.encode_chat_sources(&msgs, true).unwrap();
+    assert_eq!(enc.ids[0], 2);
+    let user: Vec<u32> = enc
+        .ids
+        .iter()
+        .zip(enc.written_by(&msgs, "user"))
+        .filter(|(_, u)| *u)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(user, lm.tokenizer.encode("the north", false).unwrap());
+}

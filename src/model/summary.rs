@@ -47,7 +47,7 @@ impl fmt::Display for ModelSummary<'_> {
             if tok.chat_template().is_some() {
                 "yes"
             } else {
-                "no"
+                "no (plain text: the messages joined by blank lines)"
             }
         )?;
         write!(

@@ -136,6 +136,13 @@ fn parse_tokenizer(text: &str, path: &Path) -> Result<tokenizers::Tokenizer> {
     })
 }
 
+/// The template of a model that has none (a base model such as Gemma-3-270M): BOS when the
+/// tokenizer adds one, the messages' contents joined by blank lines, and a newline for the
+/// generation prompt — plain text, as a base model is prompted.
+pub const PLAIN_TEMPLATE: &str = "{% if add_bos_token %}{{ bos_token }}{% endif %}{% for message in \
+    messages %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}{{ message['content'] }}{% endfor %}{% if \
+    add_generation_prompt %}{{ '\\n' }}{% endif %}";
+
 impl Tokenizer {
     /// Wraps a `tokenizers` tokenizer with its special ids and template.
     pub fn new(
@@ -352,16 +359,14 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
-    /// Renders `messages` with the model's chat template (Jinja, as transformers does).
+    /// Renders `messages` with the model's chat template (Jinja, as transformers does), or, for a
+    /// model without one (a base model), [`PLAIN_TEMPLATE`].
     pub fn apply_chat_template(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::Invalid("this tokenizer has no chat template".into()))?;
+        let template = self.chat_template.as_deref().unwrap_or(PLAIN_TEMPLATE);
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -383,6 +388,7 @@ impl Tokenizer {
             add_generation_prompt => add_generation_prompt,
             bos_token => tok(self.bos),
             eos_token => tok(self.eos),
+            add_bos_token => self.add_bos,
         };
         tmpl.render(ctx)
             .map_err(|e| Error::Invalid(format!("chat template failed: {e}")))
