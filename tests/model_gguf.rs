@@ -407,7 +407,10 @@ fn sentencepiece_tokenizer_from_gguf_matches_transformers() {
 fn base_model_without_template_renders_plain_text() {
     let lm = model::load(&fixture("gguf/tiny_gemma3.gguf"), &Device::Cpu).unwrap();
     assert!(lm.tokenizer.chat_template().is_none());
-    let msgs = [Message::new("system", "be brief"), Message::new("user", "the north")];
+    let msgs = [
+        Message::new("system", "be brief"),
+        Message::new("user", "the north"),
+    ];
     let text = lm.tokenizer.apply_chat_template(&msgs, true).unwrap();
     assert_eq!(text, "<bos>be brief\n\nthe north\n");
     let enc = lm.tokenizer.encode_chat_sources(&msgs, true).unwrap();
