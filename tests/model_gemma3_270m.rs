@@ -10,8 +10,8 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{fixture, ids, load_st, shared_data_or_skip};
+use candle_core::{DType, Device, IndexOp};
+use common::{fixture, ids, load_st, relative_error, shared_data_or_skip, top1_and_nll};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::model::{self, fetch, Batch, Capture, ForwardOptions, HookPoint, Logits, NoHooks};
 
@@ -23,32 +23,6 @@ fn gemma3() -> model::LoadedModel {
 fn reference_json() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture("gemma3_270m/wikitext_ref.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-/// Per-position top-1 and NLL of the next token, from the residual stream `residual` (seq, d_model).
-fn top1_and_nll(
-    lm: &model::LoadedModel,
-    residual: &Tensor,
-    tokens: &[u32],
-) -> (Vec<u32>, Vec<f64>) {
-    let n = tokens.len();
-    let (mut top1, mut nll) = (Vec::with_capacity(n), Vec::with_capacity(n - 1));
-    for start in (0..n).step_by(512) {
-        let len = 512.min(n - start);
-        let logits = lm
-            .model
-            .logits_of(&residual.i(start..start + len).unwrap(), false)
-            .unwrap();
-        top1.extend(logits.argmax(1).unwrap().to_vec1::<u32>().unwrap());
-        let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
-        let logp = logp.to_vec2::<f32>().unwrap();
-        for (t, row) in logp.iter().enumerate() {
-            if let Some(&next) = tokens.get(start + t + 1) {
-                nll.push(-row[next as usize] as f64);
-            }
-        }
-    }
-    (top1, nll)
 }
 
 fn perplexity(nll: &[f64]) -> f64 {
@@ -82,7 +56,7 @@ fn wikitext_parity_with_transformers_and_llama_cpp() {
         ..Default::default()
     };
     let out = lm.model.forward(&batch, &opts, &mut cap, None).unwrap();
-    let (top1, nll) = top1_and_nll(&lm, &out.residual.squeeze(0).unwrap(), &tokens);
+    let (top1, nll) = top1_and_nll(&lm.model, &out.residual.squeeze(0).unwrap(), &tokens);
     let ref_top1 = ids(&st["top1"]);
     let agree = top1.iter().zip(&ref_top1).filter(|(a, b)| a == b).count() as f64 / 4097.0;
     assert!(
@@ -104,18 +78,7 @@ fn wikitext_parity_with_transformers_and_llama_cpp() {
         .i((0, 0..32))
         .unwrap();
     let theirs = &st["resid_post_6"];
-    let rel = ((&ours - theirs).unwrap().sqr().unwrap().sum_all().unwrap())
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt()
-        / theirs
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt();
+    let rel = relative_error(&ours, theirs);
     assert!(rel < 1e-4, "blocks.6.hook_resid_post relative error {rel}");
 
     // The quantised weights, as decoding uses them: llama.cpp's perplexity within 1%.
@@ -125,7 +88,7 @@ fn wikitext_parity_with_transformers_and_llama_cpp() {
         ..Default::default()
     };
     let out = lm.model.forward(&batch, &opts, &mut NoHooks, None).unwrap();
-    let (_, qnll) = top1_and_nll(&lm, &out.residual.squeeze(0).unwrap(), &tokens);
+    let (_, qnll) = top1_and_nll(&lm.model, &out.residual.squeeze(0).unwrap(), &tokens);
     let qppl = perplexity(&qnll);
     assert!(
         (qppl / llama_ppl - 1.0).abs() < 0.01,

@@ -9,7 +9,7 @@
 mod common;
 
 use candle_core::{Device, IndexOp};
-use common::{fixture, ids, load_st, shared_data_or_skip};
+use common::{fixture, ids, load_st, relative_error, shared_data_or_skip, top1_and_nll};
 use dsg::generate::{generate, GenerateOptions};
 use dsg::model::{
     self, fetch, Batch, Capture, ForwardOptions, HookPoint, Logits, Message, NoHooks,
@@ -51,23 +51,7 @@ fn wikitext_parity_with_transformers_and_llama_cpp() {
         ..Default::default()
     };
     let out = lm.model.forward(&batch, &opts, &mut cap, None).unwrap();
-    let residual = out.residual.squeeze(0).unwrap();
-    let mut top1 = Vec::with_capacity(4096);
-    let mut nll = Vec::with_capacity(4095);
-    for start in (0..4096).step_by(512) {
-        let logits = lm
-            .model
-            .logits_of(&residual.i(start..start + 512).unwrap(), false)
-            .unwrap();
-        top1.extend(logits.argmax(1).unwrap().to_vec1::<u32>().unwrap());
-        let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
-        for t in 0..512 {
-            if start + t + 1 < 4096 {
-                let target = tokens[start + t + 1] as usize;
-                nll.push(-logp.i((t, target)).unwrap().to_scalar::<f32>().unwrap() as f64);
-            }
-        }
-    }
+    let (top1, nll) = top1_and_nll(&lm.model, &out.residual.squeeze(0).unwrap(), &tokens);
     let ref_top1: Vec<u32> = st["top1"]
         .to_dtype(candle_core::DType::I64)
         .unwrap()
@@ -100,22 +84,7 @@ fn wikitext_parity_with_transformers_and_llama_cpp() {
         .i((0, 0..32))
         .unwrap();
     let theirs = &st["resid_post_15"];
-    let diff = (&ours - theirs)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let norm = theirs
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let rel = (diff / norm).sqrt();
+    let rel = relative_error(&ours, theirs);
     assert!(rel < 1e-4, "blocks.15.hook_resid_post relative error {rel}");
 }
 

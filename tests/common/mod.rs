@@ -52,6 +52,47 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// `‖a − b‖ / ‖b‖` over all elements of two same-shaped tensors.
+pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
+
+/// A real model's next-token top-1 at every position of `tokens`, and the NLL of each next token,
+/// from the residual stream `residual` (seq, d_model), 512 positions of logits at a time.
+pub fn top1_and_nll(
+    model: &dsg::model::Model,
+    residual: &Tensor,
+    tokens: &[u32],
+) -> (Vec<u32>, Vec<f64>) {
+    use candle_core::IndexOp;
+    let n = tokens.len();
+    let (mut top1, mut nll) = (Vec::with_capacity(n), Vec::with_capacity(n - 1));
+    for start in (0..n).step_by(512) {
+        let len = 512.min(n - start);
+        let logits = model
+            .logits_of(&residual.i(start..start + len).unwrap(), false)
+            .unwrap();
+        top1.extend(logits.argmax(1).unwrap().to_vec1::<u32>().unwrap());
+        let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+        for (t, row) in logp.to_vec2::<f32>().unwrap().iter().enumerate() {
+            if let Some(&next) = tokens.get(start + t + 1) {
+                nll.push(-row[next as usize] as f64);
+            }
+        }
+    }
+    (top1, nll)
+}
+
 /// Token ids stored as an int64 tensor, as u32.
 pub fn ids(t: &Tensor) -> Vec<u32> {
     t.to_dtype(candle_core::DType::I64)
