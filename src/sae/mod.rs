@@ -27,6 +27,7 @@ pub mod metrics;
 mod norm;
 pub mod registry;
 pub mod run;
+mod sparse_grad;
 mod subset;
 pub mod train;
 

@@ -20,7 +20,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 
-use super::{Activation, Normalization, Sae, SaeMeta, SaeParts};
+use super::{sparse_grad, Activation, Normalization, Sae, SaeMeta, SaeParts};
 use crate::model::HookPoint;
 use crate::{Error, Result};
 
@@ -264,24 +264,22 @@ impl Trainer {
 
     /// One optimiser step on a batch `x` `(batch, d_in)` of raw activations.
     ///
-    /// Only the full `pre` matrix is dense (and computed without gradient); the selected
-    /// pre-activations and the decoder are recomputed from gathered rows, so the backward pass
-    /// costs `O(batch · k · d_in)` instead of `O(batch · d_sae · d_in)`.
+    /// Only the full `pre` matrix is dense (and computed without gradient); it picks the latents,
+    /// and the loss and gradients touch only the picked ones: on the CPU by hand
+    /// ([`super::sparse_grad`]), elsewhere by autograd over gathered rows.
     pub fn step(&mut self, x: &Tensor) -> Result<StepStats> {
         let x = (x.to_dtype(DType::F32)? * self.input_scale)?;
         let n = x.dim(0)?;
-        let [w_enc_t, b_enc, w_dec, b_dec] = [0, 1, 2, 3].map(|i| self.params[i].var.as_tensor());
+        let (d_sae, k) = (self.cfg.d_sae, self.cfg.k);
+        let [w_enc_t, b_enc, _, b_dec] = [0, 1, 2, 3].map(|i| self.params[i].var.as_tensor());
         let xc = x.broadcast_sub(b_dec)?;
         let pre_d = xc.detach().matmul(&w_enc_t.t()?)?.broadcast_add(b_enc)?;
         let pre_v: Vec<f32> = pre_d.flatten_all()?.to_vec1()?;
-        let idx = top_k_indices(&pre_v, self.cfg.d_sae, self.cfg.k, None);
-        let f = selected_pre(&xc, w_enc_t, b_enc, &idx, self.cfg.k)?.relu()?;
-        let recon = sparse_decode(&f, w_dec, &idx, self.cfg.k)?.broadcast_add(b_dec)?;
-        let fvu = normalized_sq_err(&recon, &x)?;
+        let idx = top_k_indices(&pre_v, d_sae, k, None);
         // Firing clocks, then the dead set used by AuxK.
-        let mut fired = vec![false; self.cfg.d_sae];
-        for (&i, v) in idx.iter().zip(f.flatten_all()?.to_vec1::<f32>()?) {
-            fired[i as usize] |= v > 0.0;
+        let mut fired = vec![false; d_sae];
+        for (p, &i) in idx.iter().enumerate() {
+            fired[i as usize] |= pre_v[(p / k) * d_sae + i as usize] > 0.0;
         }
         for (clock, f) in self.since_fired.iter_mut().zip(&fired) {
             *clock = if *f { 0 } else { *clock + n as u64 };
@@ -292,31 +290,31 @@ impl Trainer {
             .map(|&c| c >= self.cfg.dead_tokens)
             .collect();
         let n_dead = dead.iter().filter(|&&d| d).count();
-        let (loss, aux) = if n_dead > 0 && self.cfg.aux_coef > 0.0 {
-            let k_aux = self.cfg.k_aux.min(n_dead);
-            let aux_idx = top_k_indices(&pre_v, self.cfg.d_sae, k_aux, Some(&dead));
-            // The input is detached so that AuxK moves only the dead latents' own weights, not b_dec.
-            let f_aux = selected_pre(&xc.detach(), w_enc_t, b_enc, &aux_idx, k_aux)?.relu()?;
-            let e_hat = sparse_decode(&f_aux, w_dec, &aux_idx, k_aux)?;
-            let err = (&x - &recon)?.detach();
-            let aux = normalized_sq_err(&e_hat, &err)?;
-            ((&fvu + (&aux * self.cfg.aux_coef)?)?, scalar(&aux)?)
-        } else {
-            (fvu.clone(), 0.0)
+        let k_aux = (n_dead > 0 && self.cfg.aux_coef > 0.0).then(|| self.cfg.k_aux.min(n_dead));
+        let step = StepInput {
+            x: &x,
+            xc: &xc,
+            pre: &pre_v,
+            idx: &idx,
+            dead: &dead,
+            k_aux,
         };
-        let mut grads = loss.backward()?;
+        let (mut grads, fvu, aux) = if x.device().is_cpu() {
+            self.sparse_grads(&step)?
+        } else {
+            self.autograd_grads(&step)?
+        };
         // Remove the decoder gradient's component along each (unit) row.
-        let wd = self.params[2].var.as_tensor().clone();
-        if let Some(g) = grads.get(&wd) {
-            let radial = (g * &wd)?.sum_keepdim(D::Minus1)?;
-            let g = (g - wd.broadcast_mul(&radial)?)?;
-            grads.insert(&wd, g);
+        if let Some(g) = &grads[2] {
+            let wd = self.params[2].var.as_tensor();
+            let radial = (g * wd)?.sum_keepdim(D::Minus1)?;
+            grads[2] = Some((g - wd.broadcast_mul(&radial)?)?);
         }
         let lr = self.cfg.lr_at(self.step);
         let t = (self.step + 1) as i32;
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-        for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else {
+        for (p, g) in self.params.iter_mut().zip(grads) {
+            let Some(g) = g else {
                 continue;
             };
             // Detached: the decoder's radial projection ties its gradient to the step's graph, and
@@ -335,11 +333,73 @@ impl Trainer {
         self.step += 1;
         Ok(StepStats {
             step: self.step - 1,
-            fvu: scalar(&fvu)?,
+            fvu,
             aux,
             dead_fraction: self.dead_fraction(),
             lr,
         })
+    }
+
+    /// The loss's gradients (in `NAMES` order), FVU and AuxK loss, by hand on the CPU.
+    fn sparse_grads(&self, s: &StepInput) -> Result<StepGrads> {
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let [w_enc_t, _, w_dec, b_dec] = [0, 1, 2, 3].map(|i| self.params[i].var.as_tensor());
+        let (w_enc_v, w_dec_v, b_dec_v) = (flat(w_enc_t)?, flat(w_dec)?, flat(b_dec)?);
+        let (x, xc) = (flat(s.x)?, flat(s.xc)?);
+        let weights = sparse_grad::Weights {
+            w_enc_t: &w_enc_v,
+            w_dec: &w_dec_v,
+            b_dec: &b_dec_v,
+            d_in: b_dec_v.len(),
+        };
+        let main = sparse_grad::Selection {
+            idx: s.idx,
+            k: self.cfg.k,
+        };
+        let aux_idx = s
+            .k_aux
+            .map(|k_aux| top_k_indices(s.pre, self.cfg.d_sae, k_aux, Some(s.dead)));
+        let aux = s
+            .k_aux
+            .zip(aux_idx.as_deref())
+            .map(|(k, idx)| (sparse_grad::Selection { idx, k }, self.cfg.aux_coef));
+        let g = sparse_grad::loss_and_grads(&weights, &x, &xc, s.pre, main, aux);
+        let dev = s.x.device();
+        let shaped = |v: Vec<f32>, like: &Tensor| Tensor::from_vec(v, like.shape(), dev);
+        let grads = [
+            Some(shaped(g.w_enc_t, w_enc_t)?),
+            Some(shaped(g.b_enc, self.params[1].var.as_tensor())?),
+            Some(shaped(g.w_dec, w_dec)?),
+            Some(shaped(g.b_dec, b_dec)?),
+        ];
+        Ok((grads, g.fvu, g.aux))
+    }
+
+    /// The same as [`Trainer::sparse_grads`] by candle autograd (any device).
+    fn autograd_grads(&self, s: &StepInput) -> Result<StepGrads> {
+        let k = self.cfg.k;
+        let [w_enc_t, b_enc, w_dec, b_dec] = [0, 1, 2, 3].map(|i| self.params[i].var.as_tensor());
+        let f = selected_pre(s.xc, w_enc_t, b_enc, s.idx, k)?.relu()?;
+        let recon = sparse_decode(&f, w_dec, s.idx, k)?.broadcast_add(b_dec)?;
+        let fvu = normalized_sq_err(&recon, s.x)?;
+        let (loss, aux) = if let Some(k_aux) = s.k_aux {
+            // The input is detached so that AuxK moves only the dead latents' own weights, not b_dec.
+            let e_hat = aux_decode(
+                &s.xc.detach(),
+                [w_enc_t, b_enc, w_dec],
+                s.pre,
+                s.dead,
+                k_aux,
+            )?;
+            let err = (s.x - &recon)?.detach();
+            let aux = normalized_sq_err(&e_hat, &err)?;
+            ((&fvu + (&aux * self.cfg.aux_coef)?)?, scalar(&aux)?)
+        } else {
+            (fvu.clone(), 0.0)
+        };
+        let grads = loss.backward()?;
+        let grads = [0, 1, 2, 3].map(|i| grads.get(self.params[i].var.as_tensor()).cloned());
+        Ok((grads, scalar(&fvu)?, aux))
     }
 
     /// Fraction of latents that have not fired for `dead_tokens` tokens.
@@ -472,6 +532,25 @@ impl Trainer {
     }
 }
 
+/// What one step's gradient computation reads.
+struct StepInput<'a> {
+    /// The scaled batch `(n, d_in)`.
+    x: &'a Tensor,
+    /// `x − b_dec` (with gradient to `b_dec`).
+    xc: &'a Tensor,
+    /// The full pre-activations, row-major `(n, d_sae)`.
+    pre: &'a [f32],
+    /// The top-k latents per row, `(n, k)`.
+    idx: &'a [u32],
+    /// Which latents are dead.
+    dead: &'a [bool],
+    /// AuxK's latents per row, when AuxK is on this step.
+    k_aux: Option<usize>,
+}
+
+/// Gradients in `NAMES` order (`None` where a parameter got none), FVU and AuxK loss.
+type StepGrads = ([Option<Tensor>; 4], f64, f64);
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointState {
     config: TrainConfig,
@@ -530,6 +609,42 @@ fn sparse_decode(f: &Tensor, w_dec: &Tensor, idx: &[u32], k: usize) -> Result<Te
         .index_select(&ids, 0)?
         .reshape((n, k, w_dec.dim(1)?))?;
     Ok(rows.broadcast_mul(&f.unsqueeze(2)?)?.sum(1)?)
+}
+
+/// AuxK's reconstruction `TopK_{k_aux}(ReLU(pre))·W_dec` over the `dead` latents only.
+///
+/// Dense over the dead subset (`m` latents): `(n, m)` products with a constant top-`k_aux` mask, so
+/// its cost grows with `m`, not with `n · k_aux · d_in` gathered rows; gathering rows as the main
+/// path does made late steps, when `k_aux` reaches hundreds, several times slower than early ones.
+/// `pre` is the full `(n, d_sae)` pre-activation matrix, row-major, used only to pick the latents.
+fn aux_decode(
+    xc: &Tensor,
+    [w_enc_t, b_enc, w_dec]: [&Tensor; 3],
+    pre: &[f32],
+    dead: &[bool],
+    k_aux: usize,
+) -> Result<Tensor> {
+    let d_sae = dead.len();
+    let ids: Vec<u32> = (0..d_sae as u32).filter(|&i| dead[i as usize]).collect();
+    let m = ids.len();
+    let mut mask = vec![0f32; pre.len() / d_sae * m];
+    let mut row = vec![0f32; m];
+    for (r, full) in pre.chunks(d_sae).enumerate() {
+        for (v, &i) in row.iter_mut().zip(&ids) {
+            *v = full[i as usize];
+        }
+        for j in top_k_indices(&row, m, k_aux, None) {
+            mask[r * m + j as usize] = 1.0;
+        }
+    }
+    let n = mask.len() / m;
+    let mask = Tensor::from_vec(mask, (n, m), xc.device())?;
+    let ids = Tensor::new(ids, xc.device())?;
+    let pre = xc
+        .matmul(&w_enc_t.index_select(&ids, 0)?.t()?)?
+        .broadcast_add(&b_enc.index_select(&ids, 0)?)?;
+    let f = (pre.relu()? * mask)?;
+    Ok(f.matmul(&w_dec.index_select(&ids, 0)?)?)
 }
 
 /// `Σ‖a−b‖² / Σ‖b−mean(b)‖²` over the rows of `(n, d)` tensors (differentiable in `a`).
@@ -658,6 +773,63 @@ mod tests {
         }
         .validate()
         .is_ok());
+    }
+
+    #[test]
+    fn hand_written_gradients_equal_autograd_with_and_without_auxk() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (256, 16), &dev).unwrap();
+        let tr = Trainer::new(config(), &x).unwrap();
+        // Perturb the tied initialisation and the biases so that every term is exercised.
+        for (i, sd) in [(0, 0.3f32), (1, 0.2), (3, 0.2)] {
+            let t = tr.params[i].var.as_tensor();
+            let noisy = (t + Tensor::randn(0f32, sd, t.shape(), &dev).unwrap()).unwrap();
+            tr.params[i].var.set(&noisy).unwrap();
+        }
+        let x = (x * tr.input_scale).unwrap();
+        let [w_enc_t, b_enc, _, b_dec] = [0, 1, 2, 3].map(|i| tr.params[i].var.as_tensor());
+        let xc = x.broadcast_sub(b_dec).unwrap();
+        let pre = xc.matmul(&w_enc_t.t().unwrap()).unwrap();
+        let pre: Vec<f32> = pre
+            .broadcast_add(b_enc)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let idx = top_k_indices(&pre, 64, 4, None);
+        let dead: Vec<bool> = (0..64).map(|i| i % 3 != 0).collect();
+        for k_aux in [None, Some(8)] {
+            let s = StepInput {
+                x: &x,
+                xc: &xc,
+                pre: &pre,
+                idx: &idx,
+                dead: &dead,
+                k_aux,
+            };
+            let (hand, fvu_h, aux_h) = tr.sparse_grads(&s).unwrap();
+            let (auto, fvu_a, aux_a) = tr.autograd_grads(&s).unwrap();
+            assert!((fvu_h - fvu_a).abs() < 1e-5, "{fvu_h} vs {fvu_a}");
+            assert!((aux_h - aux_a).abs() < 1e-5, "{aux_h} vs {aux_a}");
+            assert_eq!(k_aux.is_some(), aux_h > 0.0);
+            for (name, (h, a)) in NAMES.iter().zip(hand.iter().zip(&auto)) {
+                let (h, a) = (h.as_ref().unwrap(), a.as_ref().unwrap());
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = (h - a).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(
+                    scale > 0.0 && diff <= 1e-4 * scale,
+                    "{name}: {diff} of {scale}"
+                );
+            }
+        }
     }
 
     #[test]
