@@ -3,10 +3,9 @@
 
 use candle_core::quantized::QTensor;
 
+use super::k_min::{Q4K, Q5K};
 use super::q4_1::Q4_1;
-use super::q4_k::Q4K;
 use super::q5_0::Q5_0;
-use super::q5_k::Q5K;
 use super::q6_k::Q6K;
 use super::q8_0::Q8_0;
 use super::{BlockFormat, QuantMatrix};

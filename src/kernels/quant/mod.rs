@@ -17,11 +17,10 @@
 //! [`Team`]: super::team::Team
 
 mod any;
+mod k_min;
 mod parts;
 mod q4_1;
-mod q4_k;
 mod q5_0;
-mod q5_k;
 mod q6_k;
 mod q8_0;
 
