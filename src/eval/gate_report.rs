@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::detection::{markdown_table, GateEval};
+use super::detection::{markdown_table, matched_table, GateEval};
 use super::explain::labels_for_guards;
 use super::plot::score_histograms;
 use super::suite::{
@@ -369,9 +369,11 @@ pub fn evaluate_gates(
     );
     for part in &parts {
         md.push_str(&format!(
-            "\n## {}\n\n{}",
+            "\n## {}\n\n{}\nFalse-positive rates at matched true-positive rates (the threshold \
+             that catches that share of the forget prompts):\n\n{}",
             part.guard,
-            markdown_table(&part.gates)
+            markdown_table(&part.gates),
+            matched_table(&part.gates)
         ));
     }
     let report = GateReport {
