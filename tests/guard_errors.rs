@@ -325,3 +325,51 @@ fn the_shipped_recipe_is_valid_and_the_built_in_questions_equal_the_data() {
     let built_in = dsg::guard::recipe::demo_questions(&dir.join("no-data")).unwrap();
     assert_eq!(from_data, built_in);
 }
+
+/// Every guardrail JSON under `dir` (recursively, skipping the untracked `work/` stage folders).
+fn guardrail_files(dir: &Path, out: &mut Vec<(PathBuf, Value)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "work") {
+                guardrail_files(&p, out);
+            }
+        } else if p.extension().is_some_and(|e| e == "json") {
+            let Ok(v) = serde_json::from_str::<Value>(&std::fs::read_to_string(&p).unwrap()) else {
+                continue;
+            };
+            if v.get("hook_point").is_some() && v["sae"]["sha256"].is_string() {
+                out.push((p, v));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_committed_guardrail_matches_the_sae_it_names() {
+    // A guardrail refuses to load when its SAE's digest differs (fail closed), and the digest
+    // covers the SAE folder's every file, model card included: editing a card after fitting
+    // would leave a committed guardrail that cannot load. The CLI's rule: the recorded path when
+    // it exists, else the built-in SAE when the digest is the built-in one's (fitted elsewhere).
+    let mut files = Vec::new();
+    guardrail_files(&repo("assets"), &mut files);
+    guardrail_files(&repo("results"), &mut files);
+    assert!(files.len() >= 5, "found only {} guardrails", files.len());
+    let built_in = dsg::assets::default_sae_sha256();
+    for (path, _) in files {
+        let file = GuardrailFile::load(&path).unwrap();
+        let sae = dsg::guard::load::resolve_sae_path(&path, &file);
+        let got = if sae.exists() {
+            dsg::guard::hook::artifact_sha256(&sae).unwrap()
+        } else {
+            built_in.clone()
+        };
+        assert_eq!(
+            got,
+            file.sae.sha256,
+            "{} names {} (built-in SAE: {built_in})",
+            path.display(),
+            sae.display()
+        );
+    }
+}
