@@ -73,7 +73,7 @@ fn log_softmax(row: &[f64]) -> Vec<f64> {
 fn kl_of_the_model_with_itself_is_zero() {
     let model = tiny();
     let ids = tokens(&model, 21);
-    let r = next_token_kl(&model, &ids, 8, &mut NoHooks, &mut NoHooks).unwrap();
+    let r = next_token_kl(&model, &ids, 8, None, &mut NoHooks, &mut NoHooks).unwrap();
     // Windows of 8, 8 and 5 tokens predict 7 + 7 + 4 positions.
     assert_eq!((r.n_windows, r.n_predicted, r.kl.len()), (3, 18, 18));
     assert!(r.max_kl <= 1e-9, "{r:?}");
@@ -81,6 +81,10 @@ fn kl_of_the_model_with_itself_is_zero() {
     assert_eq!(r.base_perplexity, r.guarded_perplexity);
     let ppl = dsg::eval::perplexity::perplexity(&model, &ids, 8, &mut NoHooks).unwrap();
     assert!((r.base_perplexity - ppl.perplexity).abs() <= 1e-4 * ppl.perplexity);
+    // With a leading BOS each window is BOS + 7 tokens, and every one of the 21 tokens is predicted.
+    let r = next_token_kl(&model, &ids, 8, Some(0), &mut NoHooks, &mut NoHooks).unwrap();
+    assert_eq!((r.n_windows, r.n_predicted), (3, 21));
+    assert!(r.max_kl <= 1e-9, "{r:?}");
 }
 
 #[test]
@@ -88,7 +92,7 @@ fn kl_under_a_residual_shift_matches_a_direct_computation() {
     let model = tiny();
     let ids = tokens(&model, 21);
     let window = 8;
-    let r = next_token_kl(&model, &ids, window, &mut NoHooks, &mut shift()).unwrap();
+    let r = next_token_kl(&model, &ids, window, None, &mut NoHooks, &mut shift()).unwrap();
     let mut direct = Vec::new();
     let mut guarded_nll = 0.0;
     for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
@@ -128,8 +132,14 @@ fn kl_between_two_models_matches_a_direct_computation() {
         .model;
     let ids = tokens(&base, 19);
     let window = 8;
-    let r =
-        next_token_kl_between((&base, &mut NoHooks), (&other, &mut NoHooks), &ids, window).unwrap();
+    let r = next_token_kl_between(
+        (&base, &mut NoHooks),
+        (&other, &mut NoHooks),
+        &ids,
+        window,
+        None,
+    )
+    .unwrap();
     let mut direct = Vec::new();
     for chunk in ids.chunks(window).filter(|c| c.len() >= 2) {
         let p = all_logits(&base, chunk, &mut NoHooks);
@@ -151,17 +161,23 @@ fn kl_between_two_models_matches_a_direct_computation() {
         r.mean_kl > 0.0,
         "quantisation changes the distribution: {r:?}"
     );
-    let same =
-        next_token_kl_between((&base, &mut NoHooks), (&base, &mut NoHooks), &ids, window).unwrap();
+    let same = next_token_kl_between(
+        (&base, &mut NoHooks),
+        (&base, &mut NoHooks),
+        &ids,
+        window,
+        None,
+    )
+    .unwrap();
     assert!(same.max_kl <= 1e-9);
 }
 
 #[test]
 fn short_inputs_and_windows_are_refused() {
     let model = tiny();
-    let e = next_token_kl(&model, &[1], 8, &mut NoHooks, &mut NoHooks).unwrap_err();
+    let e = next_token_kl(&model, &[1], 8, None, &mut NoHooks, &mut NoHooks).unwrap_err();
     assert!(e.to_string().contains("at least 2 tokens"), "{e}");
-    let e = next_token_kl(&model, &[1, 2, 3], 1, &mut NoHooks, &mut NoHooks).unwrap_err();
+    let e = next_token_kl(&model, &[1, 2, 3], 1, None, &mut NoHooks, &mut NoHooks).unwrap_err();
     assert!(e.to_string().starts_with("window (--window): 1"), "{e}");
 }
 

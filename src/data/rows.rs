@@ -127,7 +127,7 @@ pub fn token_rows(tokenizer: &Tokenizer, docs: &[String], ctx: usize) -> Result<
         stream.extend(tokenizer.encode(d, false)?);
         stream.extend(tokenizer.eos_id());
     }
-    Ok(match tokenizer.bos_id().filter(|_| tokenizer.adds_bos()) {
+    Ok(match tokenizer.leading_bos() {
         Some(bos) => stream
             .chunks_exact(ctx - 1)
             .map(|c| std::iter::once(bos).chain(c.iter().copied()).collect())

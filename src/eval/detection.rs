@@ -34,6 +34,9 @@ pub struct MatchedPoint {
     /// The gate score from which prompts count as caught: the `⌈tpr · n⌉`-th highest positive
     /// score (prompts scoring at least this are caught).
     pub score: f64,
+    /// The share of positives actually caught at that score (more than `tpr` when positives tie
+    /// at it: a gate whose score is 0 on most prompts cannot catch 90% without catching all).
+    pub caught: Rate,
     /// The false-positive rate on each negative set at that score.
     pub fpr: Vec<(String, Rate)>,
 }
@@ -50,6 +53,7 @@ pub fn matched_points(positives: &[f64], negatives: &[ScoreSet]) -> Vec<MatchedP
         .map(|&tpr| {
             let k = ((tpr * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
             let score = sorted[k - 1];
+            let caught = Rate::new(sorted.iter().filter(|&&x| x >= score).count(), sorted.len());
             let fpr = negatives
                 .iter()
                 .map(|neg| {
@@ -57,7 +61,12 @@ pub fn matched_points(positives: &[f64], negatives: &[ScoreSet]) -> Vec<MatchedP
                     (neg.name.clone(), Rate::new(hits, neg.scores.len()))
                 })
                 .collect();
-            MatchedPoint { tpr, score, fpr }
+            MatchedPoint {
+                tpr,
+                score,
+                caught,
+                fpr,
+            }
         })
         .collect()
 }
@@ -231,7 +240,8 @@ pub fn markdown_table(evals: &[GateEval]) -> String {
 }
 
 /// A Markdown table of several gates' false-positive rates at the matched true-positive rates
-/// (columns from the first one's negative sets).
+/// (columns from the first one's negative sets); a rate is marked `*` where ties caught more than
+/// the target share of positives (by over one point).
 pub fn matched_table(evals: &[GateEval]) -> String {
     let Some(first) = evals.first() else {
         return String::new();
@@ -248,7 +258,12 @@ pub fn matched_table(evals: &[GateEval]) -> String {
     for e in evals {
         let mut cells = vec![e.label.clone()];
         for p in &e.matched {
-            cells.extend(p.fpr.iter().map(|(_, r)| r.percent()));
+            let mark = if p.caught.rate > p.tpr + 0.01 {
+                " *"
+            } else {
+                ""
+            };
+            cells.extend(p.fpr.iter().map(|(_, r)| format!("{}{mark}", r.percent())));
         }
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
@@ -276,6 +291,11 @@ mod tests {
             assert_eq!(*k, want_k, "{got:?}");
         }
         assert_eq!(m[0].fpr[0].1.n, 4);
+        assert!(m.iter().all(|p| (p.caught.rate - p.tpr).abs() < 1e-9));
+        // Nine positives tied at 0: catching 50% means catching all of them.
+        let tied = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let m = matched_points(&tied, std::slice::from_ref(&neg));
+        assert_eq!((m[0].score, m[0].caught.k), (0.0, 10));
         assert!(matched_points(&[], &[neg]).is_empty());
     }
 

@@ -370,7 +370,8 @@ pub fn evaluate_gates(
     for part in &parts {
         md.push_str(&format!(
             "\n## {}\n\n{}\nFalse-positive rates at matched true-positive rates (the threshold \
-             that catches that share of the forget prompts):\n\n{}",
+             that catches that share of the forget prompts; `*`: prompts tied at that threshold catch more than \
+             that share):\n\n{}",
             part.guard,
             markdown_table(&part.gates),
             matched_table(&part.gates)

@@ -344,6 +344,12 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// The token every sequence cut from a text stream should start with: BOS when the model's
+    /// tokenizer adds one (Gemma), else `None` (SmolLM2).
+    pub fn leading_bos(&self) -> Option<u32> {
+        self.bos.filter(|_| self.add_bos)
+    }
+
     /// The vocabulary entry of an id, as stored (byte-level symbols such as `Ġ` included).
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

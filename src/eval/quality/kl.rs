@@ -87,17 +87,38 @@ fn chunk_logits(model: &Model, residual: &Tensor, start: usize, m: usize) -> Res
         .to_vec2::<f32>()?)
 }
 
-/// KL(p_base ‖ p_guarded) at every predicted position of `ids`, in windows of at most `window` tokens
-/// (as [`perplexity`](crate::eval::perplexity::perplexity) windows them), with the model run under
+/// The windows the KL is measured in: non-overlapping chunks of `ids` of at most `window` tokens
+/// (as [`perplexity`](crate::eval::perplexity::perplexity) windows them) or, with `bos`, that
+/// token followed by at most `window − 1` tokens of `ids`, so that a model trained with BOS
+/// (Gemma) never reads a window that starts mid-text without it.
+fn kl_windows(ids: &[u32], window: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
+    match bos {
+        Some(b) => ids
+            .chunks(window - 1)
+            .map(|c| std::iter::once(b).chain(c.iter().copied()).collect())
+            .collect(),
+        None => windows(ids, window).map(<[u32]>::to_vec).collect(),
+    }
+}
+
+/// KL(p_base ‖ p_guarded) at every predicted position of `ids`, in windows of at most `window`
+/// tokens (each starting with `bos` when given, see [`kl_windows`]), with the model run under
 /// `base_hooks` and under `guarded_hooks`.
 pub fn next_token_kl(
     model: &Model,
     ids: &[u32],
     window: usize,
+    bos: Option<u32>,
     base_hooks: &mut dyn Hooks,
     guarded_hooks: &mut dyn Hooks,
 ) -> Result<KlReport> {
-    next_token_kl_between((model, base_hooks), (model, guarded_hooks), ids, window)
+    next_token_kl_between(
+        (model, base_hooks),
+        (model, guarded_hooks),
+        ids,
+        window,
+        bos,
+    )
 }
 
 /// [`next_token_kl`] between two models sharing a tokenizer (a base model and an unlearned copy of
@@ -107,6 +128,7 @@ pub fn next_token_kl_between(
     other: (&Model, &mut dyn Hooks),
     ids: &[u32],
     window: usize,
+    bos: Option<u32>,
 ) -> Result<KlReport> {
     check_window(window)?;
     if ids.len() < 2 {
@@ -127,8 +149,8 @@ pub fn next_token_kl_between(
     let mut kl = Vec::with_capacity(ids.len());
     let (mut base_nll, mut guarded_nll) = (0.0f64, 0.0f64);
     let mut n_windows = 0;
-    for chunk in windows(ids, window) {
-        let batch = Batch::single(chunk.to_vec(), base_model.device())?;
+    for chunk in kl_windows(ids, window, bos) {
+        let batch = Batch::single(chunk.clone(), base_model.device())?;
         let base = residual(base_model, &batch, base_hooks)?;
         let guarded = residual(other_model, &batch, other_hooks)?;
         let n = chunk.len() - 1;
@@ -162,6 +184,16 @@ pub fn next_token_kl_between(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_start_with_bos_when_given() {
+        let ids: Vec<u32> = (1..=7).collect();
+        assert_eq!(
+            kl_windows(&ids, 4, Some(0)),
+            [vec![0, 1, 2, 3], vec![0, 4, 5, 6], vec![0, 7]]
+        );
+        assert_eq!(kl_windows(&ids, 4, None), [vec![1, 2, 3, 4], vec![5, 6, 7]]);
+    }
 
     #[test]
     fn kl_of_identical_distributions_is_zero_and_positive_otherwise() {

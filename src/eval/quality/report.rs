@@ -243,7 +243,15 @@ pub fn run(
             for g in guards.iter_mut() {
                 hooks.push(g);
             }
-            let kl = next_token_kl(&lm.model, &ids, w.window_tokens, &mut NoHooks, &mut hooks)?;
+            let bos = lm.tokenizer.leading_bos();
+            let kl = next_token_kl(
+                &lm.model,
+                &ids,
+                w.window_tokens,
+                bos,
+                &mut NoHooks,
+                &mut hooks,
+            )?;
             progress("wikitext", 1, 1);
             Some(WikiQuality {
                 windows: w.clone(),

@@ -573,12 +573,14 @@ fn measure(
             (&lm.model, g),
             &sets.wikitext,
             cfg.kl_window_tokens,
+            lm.tokenizer.leading_bos(),
         )?,
         None => next_token_kl_between(
             (&base.model, &mut NoHooks),
             (&lm.model, &mut NoHooks),
             &sets.wikitext,
             cfg.kl_window_tokens,
+            lm.tokenizer.leading_bos(),
         )?,
     };
     Ok(PointResult {

@@ -338,8 +338,14 @@ pub fn wikitext_kl(
         .filter(|&&i| i != Intervention::Refuse)
     {
         let mut g = guard.with_intervention(i)?;
-        let mut report =
-            next_token_kl(&lm.model, &ids, cfg.kl_window_tokens, &mut NoHooks, &mut g)?;
+        let mut report = next_token_kl(
+            &lm.model,
+            &ids,
+            cfg.kl_window_tokens,
+            lm.tokenizer.leading_bos(),
+            &mut NoHooks,
+            &mut g,
+        )?;
         report.kl.clear();
         out.push((i.to_string(), report));
     }
