@@ -253,7 +253,8 @@ fn guardrail_files_with_bad_values_name_the_field() {
         ),
         (
             "features",
-            Box::new(|v| v["features"][0]["id"] = json!(4096)),
+            // One past the last latent.
+            Box::new(|v| v["features"][0]["id"] = v["d_sae"].clone()),
         ),
         (
             "selection.ratio_percentile",

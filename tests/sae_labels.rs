@@ -167,12 +167,14 @@ fn dsg_inspect_shows_labels_and_refuses_ones_for_another_layer() {
             .output()
             .unwrap()
     };
-    let fits = written(
-        "cli_fits",
-        &[
-            r#"{"modelId": "smollm2-135m", "layer": "3-dsg-res-4k", "index": "3146", "description": "virology terms"}"#,
-        ],
+    // A label for the shipped guardrail's first feature.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&guard).unwrap()).unwrap();
+    let id = file["features"][0]["id"].as_u64().unwrap();
+    let line = format!(
+        r#"{{"modelId": "smollm2-135m", "layer": "3-dsg-res-8k", "index": "{id}", "description": "virology terms"}}"#
     );
+    let fits = written("cli_fits", &[&line]);
     let out = inspect(&fits);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -180,15 +182,15 @@ fn dsg_inspect_shows_labels_and_refuses_ones_for_another_layer() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("3-dsg-res-4k"), "{stdout}");
+    assert!(stdout.contains("3-dsg-res-8k"), "{stdout}");
     let row = stdout
         .lines()
-        .find(|l| l.trim_start().starts_with("3146 "))
+        .find(|l| l.trim_start().starts_with(&format!("{id} ")))
         .unwrap();
     assert!(row.ends_with("virology terms"), "{row}");
     let other = written(
         "cli_other",
-        &[r#"{"layer": "4-dsg-res-4k", "index": "3146", "description": "x"}"#],
+        &[&format!(r#"{{"layer": "4-dsg-res-8k", "index": "{id}", "description": "x"}}"#) as &str],
     );
     let out = inspect(&other);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -7,7 +7,8 @@
 //! * retain: WikiText-2 (raw test) and the selection-split MMLU questions, so that features firing
 //!   on any multiple-choice text are not selected;
 //! * N = 20 features among the top 1% importance ratios (`p_ratio` 99), ClampAll at −500;
-//! * a CUSUM gate with drift 0.2 (chosen on the selection split for its resistance to padding),
+//! * a CUSUM gate with drift 0.05 (chosen on the selection split for its resistance to padding,
+//!   with the default SAE; 0.2 was the choice with the first one),
 //!   its threshold calibrated at P95 on 1000 selection-split MMLU questions as chat prompts, the
 //!   shape of the traffic it gates.
 //!
@@ -24,7 +25,7 @@ use crate::{Error, Result};
 
 /// The gate of the shipped guardrail; its threshold is calibrated.
 pub const WMDP_BIO_GATE: Gate = Gate::Cusum {
-    drift: 0.2,
+    drift: 0.05,
     threshold: 0.0,
 };
 
