@@ -266,7 +266,7 @@ impl Trainer {
     ///
     /// Only the full `pre` matrix is dense (and computed without gradient); it picks the latents,
     /// and the loss and gradients touch only the picked ones: on the CPU by hand
-    /// ([`super::sparse_grad`]), elsewhere by autograd over gathered rows.
+    /// (`sae::sparse_grad`), elsewhere by autograd over gathered rows.
     pub fn step(&mut self, x: &Tensor) -> Result<StepStats> {
         let x = (x.to_dtype(DType::F32)? * self.input_scale)?;
         let n = x.dim(0)?;

@@ -102,7 +102,7 @@ fn kl_windows(ids: &[u32], window: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
 }
 
 /// KL(p_base ‖ p_guarded) at every predicted position of `ids`, in windows of at most `window`
-/// tokens (each starting with `bos` when given, see [`kl_windows`]), with the model run under
+/// tokens (each starting with `bos` when given), with the model run under
 /// `base_hooks` and under `guarded_hooks`.
 pub fn next_token_kl(
     model: &Model,
