@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::matvec::dot_f32 as dot;
+
 /// The SAE's weights as flat row-major slices.
 pub(super) struct Weights<'a> {
     /// `(d_sae, d_in)`: the encoder, transposed.
@@ -225,22 +227,4 @@ fn add(out: &mut [f32], a: f32, v: &[f32]) {
     for (o, &v) in out.iter_mut().zip(v) {
         *o += a * v;
     }
-}
-
-/// `a · b`, in eight lanes so that it vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
