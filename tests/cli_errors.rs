@@ -311,3 +311,35 @@ fn a_copied_guardrail_on_the_built_in_sae_still_loads() {
     );
     assert_mentions(&stderr, &["--guard-sae", "other.json"]);
 }
+
+#[test]
+fn tofu_tradeoff_checks_its_inputs_before_training() {
+    let dir = common::scratch("cli_errors", "tofu_tradeoff");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = dir.join("out");
+    let model = tiny_model();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "tradeoff",
+            "tofu",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    // Bad fine-tuning options are refused before anything is loaded.
+    assert_mentions(&run(&["--epochs", "0"]), &["epochs"]);
+    // The default SAE reads SmolLM2's 576-wide residual, not the tiny model's 64.
+    assert_mentions(&run(&[]), &["576", "64"]);
+    assert!(
+        !out.join("work").exists(),
+        "nothing is trained or written when an input is wrong"
+    );
+}

@@ -42,6 +42,18 @@ pub struct TofuArgs {
     /// Replace existing reports.
     #[arg(long)]
     pub force: bool,
+    /// Track T's models, data and evaluation sizes.
+    #[command(flatten)]
+    pub setup: TofuSetupArgs,
+    /// Interventions compared (repeatable): clamp:C, farrell:C, norm:S, refuse.
+    #[arg(long = "intervention", default_values = ["clamp:500", "norm:0.5", "refuse"], value_parser = parse_intervention)]
+    pub interventions: Vec<Intervention>,
+}
+
+/// Track T's fine-tuning of the target and the retain model, its data and its evaluation sizes
+/// (shared by `dsg forgetting tofu` and `dsg bench tradeoff tofu`).
+#[derive(Args, Clone)]
+pub struct TofuSetupArgs {
     /// Forget split: forget01, forget05 or forget10.
     #[arg(long, default_value = "forget01")]
     pub split: dsg::data::tofu::ForgetSplit,
@@ -72,9 +84,35 @@ pub struct TofuArgs {
     /// Gate calibration percentile on the retain questions.
     #[arg(long, default_value_t = 95.0)]
     pub p_dyn: f64,
-    /// Interventions compared (repeatable): clamp:C, farrell:C, norm:S, refuse.
-    #[arg(long = "intervention", default_values = ["clamp:500", "norm:0.5", "refuse"], value_parser = parse_intervention)]
-    pub interventions: Vec<Intervention>,
+}
+
+impl TofuSetupArgs {
+    /// The track's configuration with these options.
+    pub fn config(
+        &self,
+        model: PathBuf,
+        data: PathBuf,
+        sae: PathBuf,
+        out: PathBuf,
+        force: bool,
+        interventions: Vec<Intervention>,
+    ) -> tofu::TofuTrackConfig {
+        tofu::TofuTrackConfig {
+            model,
+            data,
+            sae,
+            out,
+            overwrite: overwrite(force),
+            split: self.split,
+            retain_authors: self.retain_authors,
+            train: tofu::lora_training(self.lora_rank, self.epochs, self.lr, self.batch_size),
+            utility_rows: (self.utility_rows > 0).then_some(self.utility_rows),
+            max_new_tokens: self.max_tokens,
+            wikitext_docs: self.wikitext_docs,
+            p_dyn: self.p_dyn,
+            interventions,
+        }
+    }
 }
 
 /// Options of `dsg forgetting hazard`.
@@ -283,38 +321,14 @@ pub fn run(model: &ModelArgs, command: &ForgettingCommand) -> Result<()> {
                 Some(p) => p.clone(),
                 None => dsg::assets::default_sae_dir()?,
             };
-            let train = dsg::train::TrainConfig {
-                method: dsg::train::Method::Lora(dsg::train::LoraSpec::all_projections(
-                    a.lora_rank,
-                    2.0 * a.lora_rank as f64,
-                )),
-                epochs: a.epochs,
-                max_steps: None,
-                batch_size: a.batch_size,
-                grad_accum: 1,
-                lr: a.lr,
-                warmup_steps: 2,
-                decay: dsg::train::Decay::Cosine,
-                adamw: dsg::train::AdamWConfig::default(),
-                max_grad_norm: Some(1.0),
-                seed: 0,
-                objective: dsg::train::Objective::Nll,
-            };
-            let cfg = tofu::TofuTrackConfig {
-                model: crate::model_path(model)?,
-                data: dsg::runtime::shared_data_dir(a.data.as_deref())?,
+            let cfg = a.setup.config(
+                crate::model_path(model)?,
+                dsg::runtime::shared_data_dir(a.data.as_deref())?,
                 sae,
-                out: a.out.clone(),
-                overwrite: overwrite(a.force),
-                split: a.split,
-                retain_authors: a.retain_authors,
-                train,
-                utility_rows: (a.utility_rows > 0).then_some(a.utility_rows),
-                max_new_tokens: a.max_tokens,
-                wikitext_docs: a.wikitext_docs,
-                p_dyn: a.p_dyn,
-                interventions: a.interventions.clone(),
-            };
+                a.out.clone(),
+                a.force,
+                a.interventions.clone(),
+            );
             let mut bar = progress_bar();
             let files = tofu::run(&cfg, &command_line(), &mut |s, d, t| bar(s, d, t))?;
             files.write(&cfg.out)?;

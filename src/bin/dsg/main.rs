@@ -454,10 +454,9 @@ fn main() -> Result<()> {
         Command::Eval { model, command } => eval_cmd::run(&model, &command)?,
         Command::Forgetting { model, command } => forgetting::run(&model, &command)?,
         Command::Bench {
-            model,
             command: Some(command),
             ..
-        } => tradeoff_cmd::run(&model, &command)?,
+        } => tradeoff_cmd::run(&command)?,
         Command::Bench {
             model,
             command: None,

@@ -6,37 +6,81 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::forgetting::command_line;
+use crate::forgetting::{command_line, TofuSetupArgs};
 use crate::guard_cmd::{overwrite, progress_bar};
 use crate::ModelArgs;
 use dsg::eval::tradeoff::knowledge::{self, KnowledgeTradeoff};
 use dsg::eval::tradeoff::methods::Sweep;
 use dsg::eval::tradeoff::report::{cost_ratios, goals, TradeoffReport};
+use dsg::eval::tradeoff::tofu::{self as tofu_tradeoff, TofuTradeoff};
+use dsg::eval::tradeoff::tofu_report::TofuTradeoffReport;
 
 /// `dsg bench …` subcommands.
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Fit DSG and train every baseline (RMU, gradient ascent, GradDiff, NPO, static clamps) on
     /// one track's data, sweep each method's knob, evaluate all with one harness, and write
-    /// results/tradeoff/<track>/ (JSON, a Table-1 Markdown, Pareto SVGs, costs).
-    Tradeoff(TradeoffArgs),
+    /// results/tradeoff/<track>/ (JSON, a Markdown table, Pareto SVGs, costs).
+    #[command(subcommand)]
+    Tradeoff(TradeoffTrack),
 }
 
-/// Options of `dsg bench tradeoff`.
+/// The tracks `dsg bench tradeoff` runs on.
+#[derive(Subcommand)]
+pub enum TradeoffTrack {
+    /// Track K: ARC-Easy life science, what the default model knows (Table 1's accuracies).
+    Knowledge(TradeoffArgs),
+    /// Track T: TOFU's forget authors, taught to the target by fine-tuning (open-unlearning's
+    /// metrics: ROUGE-L, forget quality, model utility).
+    Tofu(TofuTradeoffArgs),
+}
+
+/// Options of `dsg bench tradeoff tofu`.
 #[derive(Args, Clone)]
-pub struct TradeoffArgs {
-    /// The track: `knowledge` (Track K: ARC-Easy life science, what the default model knows).
-    #[arg(value_parser = ["knowledge"])]
-    pub track: String,
+pub struct TofuTradeoffArgs {
+    /// The base model: a GGUF file, a Hugging Face folder, or a name dsg fetches
+    /// (smollm2-135m-instruct, gemma-3-270m); default: smollm2-135m-instruct. Baselines train
+    /// from it, so no adapter or weights are taken.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// The shared data folder (default: DSG_SHARED_DATA, else ../shared/data).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The SAE (default: the built-in one).
     #[arg(long, value_parser = crate::sae_path)]
     pub sae: Option<PathBuf>,
-    /// Output folder (default: results/tradeoff/<track>; work/ keeps every stage for reuse).
+    /// Output folder (work/ keeps adapters, fits and every evaluation for reuse).
+    #[arg(long, default_value = "results/tradeoff/tofu")]
+    pub out: PathBuf,
+    /// Replace existing reports.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub force: bool,
+    /// The full sweep (every knob value of Track K's full grid) instead of one setting per
+    /// baseline.
+    #[arg(long)]
+    pub full: bool,
+    /// Track T's models, data and evaluation sizes (as `dsg forgetting tofu`).
+    #[command(flatten)]
+    pub setup: TofuSetupArgs,
+}
+
+/// Options of `dsg bench tradeoff knowledge`.
+#[derive(Args, Clone)]
+pub struct TradeoffArgs {
+    /// The base model: a GGUF file, a Hugging Face folder, or a name dsg fetches
+    /// (smollm2-135m-instruct, gemma-3-270m); default: smollm2-135m-instruct. Baselines train
+    /// from it, so no adapter or weights are taken.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The shared data folder (default: DSG_SHARED_DATA, else ../shared/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The SAE (default: the built-in one).
+    #[arg(long, value_parser = crate::sae_path)]
+    pub sae: Option<PathBuf>,
+    /// Output folder (work/ keeps every stage for reuse).
+    #[arg(long, default_value = "results/tradeoff/knowledge")]
+    pub out: PathBuf,
     /// Replace existing reports.
     #[arg(long)]
     pub force: bool,
@@ -80,11 +124,73 @@ pub struct TradeoffArgs {
 }
 
 /// Runs `dsg bench tradeoff`.
-pub fn run(model: &ModelArgs, command: &BenchCommand) -> Result<()> {
-    let BenchCommand::Tradeoff(a) = command;
-    if !model.adapter.is_empty() || model.weights.is_some() {
-        anyhow::bail!("dsg bench tradeoff trains and fits from the base model: give --model only");
+pub fn run(command: &BenchCommand) -> Result<()> {
+    let BenchCommand::Tradeoff(track) = command;
+    let base = |model: &Option<PathBuf>| ModelArgs {
+        model: model.clone(),
+        adapter: Vec::new(),
+        merge_adapter: false,
+        weights: None,
+    };
+    match track {
+        TradeoffTrack::Knowledge(a) => run_knowledge(&base(&a.model), a),
+        TradeoffTrack::Tofu(a) => run_tofu(&base(&a.model), a),
     }
+}
+
+fn model_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn run_tofu(model: &ModelArgs, a: &TofuTradeoffArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let sae = match &a.sae {
+        Some(p) => p.clone(),
+        None => dsg::assets::default_sae_dir()?,
+    };
+    let cfg = TofuTradeoff {
+        track: a.setup.config(
+            crate::model_path(model)?,
+            dsg::runtime::shared_data_dir(a.data.as_deref())?,
+            sae,
+            a.out.clone(),
+            a.force,
+            Vec::new(),
+        ),
+        sweep: if a.full { Sweep::Full } else { Sweep::Reduced },
+    };
+    let name = model_name(&cfg.track.model);
+    let report =
+        |points: &[tofu_tradeoff::TofuPoint], info: &serde_json::Value, pending: &[String]| {
+            TofuTradeoffReport::new(
+                name.clone(),
+                command_line(),
+                info.clone(),
+                points.to_vec(),
+                pending.to_vec(),
+                started.elapsed().as_secs_f64(),
+            )
+        };
+    let mut bar = progress_bar();
+    let (points, info) =
+        tofu_tradeoff::run(&cfg, &mut |s, d, t| bar(s, d, t), &mut |p, i, pending| {
+            report(p, i, pending).files()?.write(&cfg.track.out)
+        })?;
+    let files = report(&points, &info, &[]).files()?;
+    files.write(&cfg.track.out)?;
+    print!("{}", files.markdown);
+    eprintln!(
+        "wrote {}/report.md, report.json, {}",
+        cfg.track.out.display(),
+        tofu_tradeoff::FIGURES.join(", ")
+    );
+    Ok(())
+}
+
+fn run_knowledge(model: &ModelArgs, a: &TradeoffArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let cfg = KnowledgeTradeoff {
         model: crate::model_path(model)?,
@@ -93,10 +199,7 @@ pub fn run(model: &ModelArgs, command: &BenchCommand) -> Result<()> {
             Some(p) => p.clone(),
             None => dsg::assets::default_sae_dir()?,
         },
-        out: a
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("results/tradeoff").join(&a.track)),
+        out: a.out.clone(),
         overwrite: overwrite(a.force),
         sweep: if a.full { Sweep::Full } else { Sweep::Reduced },
         candidates: a.candidates,
@@ -111,18 +214,13 @@ pub fn run(model: &ModelArgs, command: &BenchCommand) -> Result<()> {
         seed: a.seed,
         resume_from: a.resume_from.clone(),
     };
-    let model_name = cfg
-        .model
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
+    let model_name = model_name(&cfg.model);
     let report = |points: &[dsg::eval::tradeoff::PointResult],
                   info: &serde_json::Value,
                   pending: &[String]| {
         let costs = cost_ratios(points);
         TradeoffReport {
-            track: a.track.clone(),
+            track: "knowledge".into(),
             model: model_name.clone(),
             command: command_line(),
             info: info.clone(),

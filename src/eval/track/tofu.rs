@@ -73,6 +73,29 @@ pub struct TofuTrackConfig {
     pub interventions: Vec<Intervention>,
 }
 
+/// Track T's fine-tuning of the target and the retain model: LoRA of `rank` (α twice the rank) on
+/// every projection, NLL on the answers, AdamW, cosine decay after 2 warm-up steps, gradient norm
+/// clipped at 1.
+pub fn lora_training(rank: usize, epochs: usize, lr: f64, batch_size: usize) -> TrainConfig {
+    TrainConfig {
+        method: crate::train::Method::Lora(crate::train::LoraSpec::all_projections(
+            rank,
+            2.0 * rank as f64,
+        )),
+        epochs,
+        max_steps: None,
+        batch_size,
+        grad_accum: 1,
+        lr,
+        warmup_steps: 2,
+        decay: crate::train::Decay::Cosine,
+        adamw: crate::train::AdamWConfig::default(),
+        max_grad_norm: Some(1.0),
+        seed: 0,
+        objective: crate::train::Objective::Nll,
+    }
+}
+
 /// One evaluated configuration's row of the report.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrackRow {
@@ -140,7 +163,7 @@ fn author_rows(full: &[crate::data::QaItem], authors: &[usize]) -> Vec<crate::da
         .collect()
 }
 
-fn examples(lm: &LoadedModel, rows: &[crate::data::QaItem]) -> Result<Vec<Example>> {
+pub(crate) fn examples(lm: &LoadedModel, rows: &[crate::data::QaItem]) -> Result<Vec<Example>> {
     rows.iter()
         .map(|r| {
             let e = encode_qa(&lm.tokenizer, &r.question, &r.answer)?;
@@ -197,7 +220,7 @@ fn train_run(
         .map_err(|e| Error::format(&record, "(root)", "a training record", e.to_string()))
 }
 
-fn load_adapted(cfg: &TofuTrackConfig, adapter: &Path) -> Result<LoadedModel> {
+pub(crate) fn load_adapted(cfg: &TofuTrackConfig, adapter: &Path) -> Result<LoadedModel> {
     model::load_adapted(
         &cfg.model,
         None,
@@ -210,7 +233,7 @@ fn load_adapted(cfg: &TofuTrackConfig, adapter: &Path) -> Result<LoadedModel> {
 /// Evaluates one configuration into `dir` (open-unlearning's files and `report.json`), or reads its
 /// row back from `<dir>/row.json` when an earlier run finished it.
 #[allow(clippy::too_many_arguments)]
-fn evaluate_cached(
+pub(crate) fn evaluate_cached(
     name: &str,
     lm: &LoadedModel,
     guards: &[Guardrail],
@@ -256,19 +279,16 @@ fn row(name: &str, r: &TofuReport) -> TrackRow {
     }
 }
 
-/// Fits the guardrail on the target (or reads `<work>/guard.json` back).
-fn fit_guard(
+/// The paper-configured fit on the target's corpora (forget authors' QA; retain authors' QA plus
+/// WikiText-2 selection documents), its documents written to `<out>/work/`: N 20, p_ratio 95, the
+/// ρ gate at `p_dyn` of the retain rows, every token counted; it writes `guard-corpus.json`.
+pub(crate) fn corpus_request(
     cfg: &TofuTrackConfig,
-    lm: &LoadedModel,
     forget: &[crate::data::QaItem],
     retain: &[crate::data::QaItem],
-    progress: &mut Progress,
-) -> Result<GuardrailFile> {
+) -> Result<FitRequest> {
     let work = cfg.out.join("work");
-    let guard_path = work.join("guard.json");
-    if let Ok(file) = GuardrailFile::load(&guard_path) {
-        return Ok(file);
-    }
+    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let docs = |name: &str, rows: &[crate::data::QaItem], extra: &[String]| -> Result<PathBuf> {
         let p = work.join(name);
         let lines: String = rows
@@ -286,7 +306,7 @@ fn fit_guard(
         .filter(|d| d.len() > 200)
         .take(cfg.wikitext_docs)
         .collect();
-    let req = FitRequest {
+    Ok(FitRequest {
         sae: cfg.sae.clone(),
         hook: None,
         forget: vec![docs("fit-forget.jsonl", forget, &[])?],
@@ -310,7 +330,23 @@ fn fit_guard(
         evidence: Evidence::AllTokens,
         out: work.join("guard-corpus.json"),
         overwrite: Overwrite::Force,
-    };
+    })
+}
+
+/// Fits the guardrail on the target (or reads `<work>/guard.json` back).
+pub(crate) fn fit_guard(
+    cfg: &TofuTrackConfig,
+    lm: &LoadedModel,
+    forget: &[crate::data::QaItem],
+    retain: &[crate::data::QaItem],
+    progress: &mut Progress,
+) -> Result<GuardrailFile> {
+    let work = cfg.out.join("work");
+    let guard_path = work.join("guard.json");
+    if let Ok(file) = GuardrailFile::load(&guard_path) {
+        return Ok(file);
+    }
+    let req = corpus_request(cfg, forget, retain)?;
     let mut relay = super::FitRelay(progress);
     let FitOutcome::Guardrail { .. } = fit_run(lm, &req, Some(&mut relay))? else {
         return Err(Error::Invalid("the track's fit wrote a shard".into()));
@@ -387,29 +423,45 @@ fn fit_guard(
     Ok(file)
 }
 
-/// Runs Track T (see the module documentation) and returns its files; `command` is recorded.
-pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Result<TrackFiles> {
+/// Track T's trained models and reference evaluations: what both `dsg forgetting tofu` and the
+/// trade-off on TOFU ([`crate::eval::tradeoff::tofu`]) build on.
+pub struct Prepared {
+    /// The target (base model with its TOFU adapter, applied on the fly).
+    pub target: LoadedModel,
+    /// The evaluation sets.
+    pub sets: TofuSets,
+    /// The evaluation options every configuration is measured with.
+    pub opts: TofuOptions,
+    /// The retain model's forget truth ratios (forget quality's reference).
+    pub reference: RetainReference,
+    /// Forget authors' QA rows (TOFU's forget set).
+    pub forget_rows: Vec<crate::data::QaItem>,
+    /// Retain authors' QA rows.
+    pub retain_rows: Vec<crate::data::QaItem>,
+    /// Forget authors (indices in `full.json`).
+    pub forget_authors: Vec<usize>,
+    /// Retain authors.
+    pub retain_authors: Vec<usize>,
+    /// Training examples of the target and of the retain model.
+    pub train_examples: [usize; 2],
+    /// Both training runs' records (`train.json`).
+    pub train_runs: Vec<serde_json::Value>,
+    /// The retain model's and the target's rows.
+    pub rows: Vec<TrackRow>,
+}
+
+/// Checks Track T's inputs (SAE, model, data, options) before any training.
+pub fn check(cfg: &TofuTrackConfig) -> Result<()> {
     cfg.train.validate()?;
-    let tofu = cfg.data.join("tofu");
-    check_out(
-        &cfg.out,
-        &["guard.json"],
-        &[&cfg.data, &cfg.model],
-        cfg.overwrite,
-    )?;
-    let full = read_tofu_qa(&tofu.join("full.json"))?;
-    // Every input is checked before the first (long) training run.
     let sae = load_sae(&cfg.sae, None)?;
     let base = model::load(&cfg.model, &candle_core::Device::Cpu)?;
     sae.check_model(base.model.config().d_model, base.model.config().n_layers)?;
-    drop(base);
     if !(0.0..=100.0).contains(&cfg.p_dyn) {
         return Err(Error::out_of_range("--p-dyn", cfg.p_dyn, "0 to 100"));
     }
     if !cfg.data.join(WIKITEXT_FILE).is_file() {
         return Err(Error::missing(&cfg.data, WIKITEXT_FILE));
     }
-    let forget_authors: Vec<usize> = cfg.split.author_range().collect();
     if cfg.retain_authors == 0 || cfg.retain_authors > 20 {
         return Err(Error::out_of_range(
             "--retain-authors",
@@ -417,6 +469,19 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
             "1 to 20 (TOFU's retain_perturbed holds authors 0-19)",
         ));
     }
+    Ok(())
+}
+
+/// Trains the target and the retain model (or reuses them from `<out>/work/`) and evaluates both;
+/// [`check`] must have passed.
+pub fn prepare(
+    cfg: &TofuTrackConfig,
+    clock: &mut Stopwatch,
+    progress: &mut Progress,
+) -> Result<Prepared> {
+    let tofu = cfg.data.join("tofu");
+    let full = read_tofu_qa(&tofu.join("full.json"))?;
+    let forget_authors: Vec<usize> = cfg.split.author_range().collect();
     let retain_authors: Vec<usize> = (0..cfg.retain_authors).collect();
     let forget_rows = author_rows(&full, &forget_authors);
     let retain_rows = author_rows(&full, &retain_authors);
@@ -433,7 +498,6 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
         ..TofuOptions::default()
     };
     let work = cfg.out.join("work");
-    let mut clock = Stopwatch::new();
     let target_run = train_run(cfg, &work.join("target"), &target_rows, progress)?;
     clock.lap("train target");
     let retain_run = train_run(cfg, &work.join("retain"), &retain_rows, progress)?;
@@ -457,7 +521,6 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
     clock.lap("evaluate retain model");
     let target = load_adapted(cfg, &work.join("target/adapter"))?;
     let mut p = |s: &str, d: usize, t: usize| progress(&format!("eval target: {s}"), d, t);
-    let target_dir = work.join("eval-target");
     let target_row = evaluate_cached(
         "target",
         &target,
@@ -465,17 +528,56 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
         &sets,
         &opts,
         Some(&reference),
-        &target_dir,
+        &work.join("eval-target"),
         &mut p,
     )?;
     clock.lap("evaluate target");
+    Ok(Prepared {
+        target,
+        sets,
+        opts,
+        reference,
+        train_examples: [target_rows.len(), retain_rows.len()],
+        forget_rows,
+        retain_rows,
+        forget_authors,
+        retain_authors,
+        train_runs: vec![target_run, retain_run],
+        rows: vec![retain_row, target_row],
+    })
+}
 
+/// Runs Track T (see the module documentation) and returns its files; `command` is recorded.
+pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Result<TrackFiles> {
+    check_out(
+        &cfg.out,
+        &["guard.json"],
+        &[&cfg.data, &cfg.model],
+        cfg.overwrite,
+    )?;
+    // Every input is checked before the first (long) training run.
+    check(cfg)?;
+    let mut clock = Stopwatch::new();
+    let Prepared {
+        target,
+        sets,
+        opts,
+        reference,
+        forget_rows,
+        retain_rows,
+        forget_authors,
+        retain_authors,
+        train_examples,
+        train_runs,
+        rows,
+    } = prepare(cfg, &mut clock, progress)?;
+    let work = cfg.out.join("work");
     let file = fit_guard(cfg, &target, &forget_rows, &retain_rows, progress)?;
     clock.lap("fit guardrail");
     let guard_out = cfg.out.join("guard.json");
     file.save(&guard_out)?;
     let guard = Guardrail::load(&guard_out, &target, Some(&cfg.sae))?;
-    let mut rows = vec![retain_row, target_row];
+    let mut rows = rows;
     for iv in &cfg.interventions {
         let g = guard.with_intervention(*iv)?;
         let name = format!("target + DSG {iv}");
@@ -536,9 +638,9 @@ pub fn run(cfg: &TofuTrackConfig, command: &str, progress: &mut Progress) -> Res
         command: command.to_string(),
         forget_authors,
         retain_authors,
-        train_examples: [target_rows.len(), retain_rows.len()],
+        train_examples,
         train: cfg.train.clone(),
-        train_runs: vec![target_run, retain_run],
+        train_runs,
         adapter_sha256: [
             crate::guard::hook::artifact_sha256(&work.join("target/adapter"))?,
             crate::guard::hook::artifact_sha256(&work.join("retain/adapter"))?,

@@ -17,8 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::methods::{sweep_points, GuardKind, MethodPoint, Recipe, Sweep};
-use super::{Cost, PointResult};
+use super::methods::{sweep_points, Epochs, GuardKind, MethodPoint, Recipe, Sweep};
+use super::{Cost, OnPoint, PointResult};
 use crate::data::{read_documents, Split, SplitMix64, MMLU_BIO_SUBJECTS};
 use crate::eval::mcq::{evaluate, protocol, Protocol, Question};
 use crate::eval::metrics::Rate;
@@ -306,7 +306,7 @@ fn eval_sets(
 
 /// Runs `fit` once, timed, with the process's peak memory reset before it; the cost is
 /// checkpointed as `work/name`, so a resumed run reports the first run's cost.
-fn timed(work: &Path, name: &str, fit: impl FnOnce() -> Result<()>) -> Result<Cost> {
+pub(super) fn timed(work: &Path, name: &str, fit: impl FnOnce() -> Result<()>) -> Result<Cost> {
     checkpoint(work, name, || {
         reset_peak_rss();
         let started = Instant::now();
@@ -318,11 +318,47 @@ fn timed(work: &Path, name: &str, fit: impl FnOnce() -> Result<()>) -> Result<Co
     })
 }
 
-/// The four guardrails (DSG paper, DSG dsg, static, always-on) as files, with their fits' costs.
-struct Guards {
-    paper: (GuardrailFile, Cost),
-    best: (GuardrailFile, Cost),
-    farrell: GuardrailFile,
+/// The guardrails of the guard-based methods as files, with their fits' costs: DSG as the paper
+/// configures it, dsg's fit (also the always-on clamp's features) and Farrell et al.'s static
+/// selection.
+pub(super) struct Guards {
+    /// The paper configuration.
+    pub(super) paper: (GuardrailFile, Cost),
+    /// dsg's fit.
+    pub(super) best: (GuardrailFile, Cost),
+    /// Farrell et al.'s selection, from the paper fit's statistics.
+    pub(super) farrell: GuardrailFile,
+}
+
+impl Guards {
+    /// The fitting cost a guard-based method reports.
+    pub(super) fn cost(&self, kind: GuardKind) -> Cost {
+        match kind {
+            GuardKind::DsgPaper => self.paper.1,
+            GuardKind::DsgBest | GuardKind::AlwaysOn => self.best.1,
+            // Farrell's selection reads the paper fit's statistics: the same pass.
+            GuardKind::Static => self.paper.1,
+        }
+    }
+}
+
+/// Farrell et al.'s selection from the statistics beside the paper fit's guardrail at
+/// `paper_path`: features firing on < 1% of retain tokens, ranked by forget frequency (SAEBench
+/// rounds frequencies to 6 decimals), clamped to −500 on every input.
+pub(super) fn farrell_guard(paper: &GuardrailFile, paper_path: &Path) -> Result<GuardrailFile> {
+    let (forget, retain) = StatsFiles::beside(paper_path).load()?;
+    let mut farrell_cfg =
+        FitConfig::paper(paper.model.clone(), paper.sae.clone(), paper.hook_point);
+    farrell_cfg.rule = SelectionRule::Frequency {
+        retain_threshold: 0.01,
+        stat_decimals: Some(6),
+    };
+    farrell_cfg.clamp = ClampSpec::farrell(500.0);
+    farrell_cfg.corpora = (
+        forget.features.provenance.corpus.clone(),
+        retain.features.provenance.corpus.clone(),
+    );
+    fit_from_stats(&forget, &retain, &farrell_cfg, None)
 }
 
 fn fit_guards(
@@ -355,21 +391,7 @@ fn fit_guards(
         }
     })?;
     let paper = GuardrailFile::load(&req.out)?;
-    // Farrell et al.: from the same statistics, features firing on < 1% of retain tokens, ranked
-    // by forget frequency (SAEBench rounds frequencies to 6 decimals).
-    let (forget, retain) = StatsFiles::beside(&req.out).load()?;
-    let mut farrell_cfg =
-        FitConfig::paper(paper.model.clone(), paper.sae.clone(), paper.hook_point);
-    farrell_cfg.rule = SelectionRule::Frequency {
-        retain_threshold: 0.01,
-        stat_decimals: Some(6),
-    };
-    farrell_cfg.clamp = ClampSpec::farrell(500.0);
-    farrell_cfg.corpora = (
-        forget.features.provenance.corpus.clone(),
-        retain.features.provenance.corpus.clone(),
-    );
-    let farrell = fit_from_stats(&forget, &retain, &farrell_cfg, None)?;
+    let farrell = farrell_guard(&paper, &req.out)?;
     Ok(Guards {
         paper: (paper, paper_cost),
         best: (best, best_cost),
@@ -377,15 +399,15 @@ fn fit_guards(
     })
 }
 
-/// The guardrail of a guard-based point, bound to the base model and the SAE.
-fn point_guard(
+/// The guardrail of a guard-based point, bound to `lm` and the SAE (its file saved in `work`).
+pub(super) fn point_guard(
     lm: &LoadedModel,
-    cfg: &KnowledgeTradeoff,
+    work: &Path,
+    sae: &Path,
     guards: &Guards,
     kind: GuardKind,
     intervention: Intervention,
 ) -> Result<Guardrail> {
-    let work = cfg.work();
     let (file, always_on) = match kind {
         GuardKind::DsgPaper => (&guards.paper.0, false),
         GuardKind::DsgBest => (&guards.best.0, false),
@@ -394,7 +416,7 @@ fn point_guard(
     };
     let path = work.join(format!("guard-point-{kind:?}.json").to_lowercase());
     file.save(&path)?;
-    let g = Guardrail::load(&path, lm, Some(&cfg.sae))?;
+    let g = Guardrail::load(&path, lm, Some(sae))?;
     // A negative threshold fires on every row: the static clamp.
     let g = if always_on {
         g.with_gate(Gate::Paper { tau: -1.0 })?
@@ -428,9 +450,11 @@ fn training_examples(
     ))
 }
 
-/// Trains one baseline into `dir` (reused when an earlier run finished it) and loads the result.
-fn trained_model(
-    cfg: &KnowledgeTradeoff,
+/// Trains one baseline into `dir` from `model` with the LoRA adapters `under` applied (reused when
+/// an earlier run finished it) and loads the result, `under` applied again.
+pub(super) fn trained_model(
+    model: &Path,
+    under: &[PathBuf],
     config: &TrainConfig,
     examples: &(Vec<Example>, Vec<Example>),
     dir: &Path,
@@ -443,8 +467,9 @@ fn trained_model(
     } else {
         dir.join("model.safetensors")
     };
+    let device = candle_core::Device::Cpu;
     let cost = timed(dir, "cost.json", || {
-        let mut lm = model::load(&cfg.model, &candle_core::Device::Cpu)?;
+        let mut lm = model::load_adapted(model, None, under, AdapterMode::OnTheFly, &device)?;
         let opts = RunOptions {
             out: dir.to_path_buf(),
             checkpoint_every: 0,
@@ -470,15 +495,10 @@ fn trained_model(
         ));
     }
     let lm = if is_lora {
-        model::load_adapted(
-            &cfg.model,
-            None,
-            &[weights],
-            AdapterMode::OnTheFly,
-            &candle_core::Device::Cpu,
-        )?
+        let adapters: Vec<PathBuf> = under.iter().cloned().chain([weights]).collect();
+        model::load_adapted(model, None, &adapters, AdapterMode::OnTheFly, &device)?
     } else {
-        model::load_with(&cfg.model, Some(&weights), &candle_core::Device::Cpu)?
+        model::load_adapted(model, Some(&weights), under, AdapterMode::OnTheFly, &device)?
     };
     Ok((lm, cost))
 }
@@ -601,16 +621,12 @@ fn measure(
     })
 }
 
-/// Called after each finished point with the points so far (base first), the data summary and
-/// the points still to run, so that a long run leaves a readable report at every stage.
-pub type OnPoint<'a> = dyn FnMut(&[PointResult], &serde_json::Value, &[String]) -> Result<()> + 'a;
-
 /// Runs the trade-off on Track K and returns every point (base first) with the data summary; the
 /// caller writes the report ([`super::report`]), also after each point through `on_point`.
 pub fn run(
     cfg: &KnowledgeTradeoff,
     progress: &mut Progress,
-    on_point: &mut OnPoint,
+    on_point: &mut OnPoint<PointResult>,
 ) -> Result<(Vec<PointResult>, serde_json::Value)> {
     cfg.check()?;
     let previous = cfg.resume_from.as_deref().map(read_previous).transpose()?;
@@ -629,7 +645,7 @@ pub fn run(
         "paper_gate": guards.paper.0.gate,
         "farrell_features": guards.farrell.feature_ids(),
     });
-    let points = sweep_points(cfg.sweep, layer);
+    let points = sweep_points(cfg.sweep, layer, Epochs::KNOWLEDGE);
     let mut info = info;
     if let Some(p) = &previous {
         let reused = reuse_points(p, &info["sets"], &points, &cfg.work().join("points"))?;
@@ -643,29 +659,23 @@ pub fn run(
         let r = checkpoint(
             &cfg.work().join("points"),
             &format!("{}.json", point.id),
-            || {
-                match &point.recipe {
-                    Recipe::Base => measure(&base, &base, None, &sets, cfg, point, None, progress),
-                    Recipe::Guard {
-                        guard,
-                        intervention,
-                    } => {
-                        let g = point_guard(&base, cfg, &guards, *guard, *intervention)?;
-                        let cost = match guard {
-                            GuardKind::DsgPaper => Some(guards.paper.1),
-                            GuardKind::DsgBest | GuardKind::AlwaysOn => Some(guards.best.1),
-                            // Farrell's selection reads the paper fit's statistics: the same pass.
-                            GuardKind::Static => Some(guards.paper.1),
-                        };
-                        measure(&base, &base, Some(g), &sets, cfg, point, cost, progress)
-                    }
-                    Recipe::Train { config } => {
-                        let dir = cfg.work().join("train").join(&point.id);
-                        let name = format!("{} {}", point.method, point.knob);
-                        let (lm, cost) =
-                            trained_model(cfg, config, &examples, &dir, &name, progress)?;
-                        measure(&base, &lm, None, &sets, cfg, point, Some(cost), progress)
-                    }
+            || match &point.recipe {
+                Recipe::Base => measure(&base, &base, None, &sets, cfg, point, None, progress),
+                Recipe::Guard {
+                    guard,
+                    intervention,
+                } => {
+                    let g =
+                        point_guard(&base, &cfg.work(), &cfg.sae, &guards, *guard, *intervention)?;
+                    let cost = Some(guards.cost(*guard));
+                    measure(&base, &base, Some(g), &sets, cfg, point, cost, progress)
+                }
+                Recipe::Train { config } => {
+                    let dir = cfg.work().join("train").join(&point.id);
+                    let name = format!("{} {}", point.method, point.knob);
+                    let (lm, cost) =
+                        trained_model(&cfg.model, &[], config, &examples, &dir, &name, progress)?;
+                    measure(&base, &lm, None, &sets, cfg, point, Some(cost), progress)
                 }
             },
         )?;
@@ -694,7 +704,7 @@ mod tests {
         let previous = committed();
         let work = std::env::temp_dir().join(format!("dsg-reuse-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
-        let sweep = sweep_points(Sweep::Reduced, 3);
+        let sweep = sweep_points(Sweep::Reduced, 3, Epochs::KNOWLEDGE);
         let reused = reuse_points(&previous, &previous.sets, &sweep, &work).unwrap();
         assert_eq!(reused.len(), previous.points.len());
         for p in &previous.points {
@@ -711,9 +721,14 @@ mod tests {
         let mut sets = previous.sets.clone();
         sets["forget_known"] = serde_json::json!(1);
         let work = std::env::temp_dir().join(format!("dsg-reuse-bad-{}", std::process::id()));
-        let err = reuse_points(&previous, &sets, &sweep_points(Sweep::Reduced, 3), &work)
-            .unwrap_err()
-            .to_string();
+        let err = reuse_points(
+            &previous,
+            &sets,
+            &sweep_points(Sweep::Reduced, 3, Epochs::KNOWLEDGE),
+            &work,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("--resume-from") && err.contains("differ"),
             "{err}"

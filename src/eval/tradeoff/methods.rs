@@ -156,10 +156,46 @@ fn norm(scale: f64) -> Intervention {
         .expect("a valid norm-scaled clamp")
 }
 
+/// Training epochs of the baselines: RMU's, and the NLL-based objectives' (gradient ascent,
+/// GradDiff, NPO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epochs {
+    /// RMU's epochs.
+    pub rmu: usize,
+    /// Gradient ascent's, GradDiff's and NPO's epochs.
+    pub gradient: usize,
+}
+
+impl Epochs {
+    /// Track K (128 forget rows, batch 8: 16 steps an epoch): 64 RMU steps, 32 for the rest.
+    pub const KNOWLEDGE: Epochs = Epochs {
+        rmu: 4,
+        gradient: 2,
+    };
+    /// Track T (TOFU's 40 forget rows, 5 steps an epoch): about Track K's step counts.
+    pub const TOFU: Epochs = Epochs {
+        rmu: 12,
+        gradient: 6,
+    };
+}
+
+/// Track T's reduced sweep: one setting of each training baseline (the middle of Track K's),
+/// since every TOFU evaluation takes minutes; `--full` runs [`sweep_points`]' full grid.
+const TOFU_REDUCED_SKIP: [&str; 3] = ["rmu-s_2_10", "gradient_ascent-lr_5e_4", "npo-1"];
+
+/// Track T's points: [`sweep_points`] with [`Epochs::TOFU`], the reduced sweep without
+/// RMU s=2, gradient ascent lr=5e-4 and NPO β=1.
+pub fn tofu_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
+    sweep_points(sweep, layer, Epochs::TOFU)
+        .into_iter()
+        .filter(|p| sweep == Sweep::Full || !TOFU_REDUCED_SKIP.contains(&p.id.as_str()))
+        .collect()
+}
+
 /// Every point of the sweep for a model whose SAE reads after block `layer`, the base model first.
 /// Each method's main knob: c for the clamps; the steering coefficient and α for RMU; the learning
 /// rate for gradient ascent and GradDiff; β for NPO.
-pub fn sweep_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
+pub fn sweep_points(sweep: Sweep, layer: usize, epochs: Epochs) -> Vec<MethodPoint> {
     let full = sweep == Sweep::Full;
     let mut points = vec![MethodPoint {
         method: "base".into(),
@@ -223,7 +259,7 @@ pub fn sweep_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
                     adaptive: true,
                 },
                 5e-4,
-                4,
+                epochs.rmu,
             ),
         ));
     }
@@ -236,7 +272,7 @@ pub fn sweep_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
         points.push(trained(
             "gradient ascent",
             format!("lr={lr:e}"),
-            train_config(lora(), Objective::GradAscent, lr, 2),
+            train_config(lora(), Objective::GradAscent, lr, epochs.gradient),
         ));
     }
     let gd: &[f64] = if full { &[3e-4, 1e-3] } else { &[5e-4] };
@@ -251,7 +287,7 @@ pub fn sweep_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
                     gamma: 1.0,
                 },
                 lr,
-                2,
+                epochs.gradient,
             ),
         ));
     }
@@ -272,7 +308,7 @@ pub fn sweep_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
                     gamma: 1.0,
                 },
                 5e-4,
-                2,
+                epochs.gradient,
             ),
         ));
     }
@@ -286,7 +322,7 @@ mod tests {
     #[test]
     fn ids_are_unique_and_every_method_is_swept() {
         for sweep in [Sweep::Reduced, Sweep::Full] {
-            let points = sweep_points(sweep, 3);
+            let points = sweep_points(sweep, 3, Epochs::KNOWLEDGE);
             let mut ids: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
             ids.sort();
             let n = ids.len();
@@ -315,6 +351,38 @@ mod tests {
                     .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
             }
         }
-        assert!(sweep_points(Sweep::Full, 3).len() > sweep_points(Sweep::Reduced, 3).len());
+        assert!(
+            sweep_points(Sweep::Full, 3, Epochs::KNOWLEDGE).len()
+                > sweep_points(Sweep::Reduced, 3, Epochs::KNOWLEDGE).len()
+        );
+    }
+
+    #[test]
+    fn the_tofu_sweep_keeps_one_setting_of_each_baseline() {
+        let reduced = tofu_points(Sweep::Reduced, 3);
+        for skipped in TOFU_REDUCED_SKIP {
+            assert!(
+                sweep_points(Sweep::Reduced, 3, Epochs::TOFU)
+                    .iter()
+                    .any(|p| p.id == skipped),
+                "{skipped} names a point of the reduced sweep"
+            );
+            assert!(!reduced.iter().any(|p| p.id == skipped));
+        }
+        for m in ["RMU", "gradient ascent", "GradDiff", "NPO"] {
+            assert_eq!(reduced.iter().filter(|p| p.method == m).count(), 1, "{m}");
+        }
+        let epochs: Vec<usize> = reduced
+            .iter()
+            .filter_map(|p| match &p.recipe {
+                Recipe::Train { config } => Some(config.epochs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(epochs, vec![12, 6, 6, 6]);
+        assert_eq!(
+            tofu_points(Sweep::Full, 3).len(),
+            sweep_points(Sweep::Full, 3, Epochs::TOFU).len()
+        );
     }
 }

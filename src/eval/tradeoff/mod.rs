@@ -7,10 +7,13 @@
 //! against utility and each method's fitting cost.
 //!
 //! * [`knowledge`]: Track K, ARC-Easy life science (what SmolLM2 knows).
+//! * [`tofu`]: Track T, TOFU's forget authors (what the fine-tuned target was taught).
 
 pub mod knowledge;
 pub mod methods;
 pub mod report;
+pub mod tofu;
+pub mod tofu_report;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +61,36 @@ pub struct PointResult {
     /// The free answers.
     pub samples: Vec<serde_json::Value>,
 }
+
+/// What the reports read of any track's point: its method, knob and fitting cost.
+pub trait Point {
+    /// The method (`DSG (paper)`, `RMU`, …).
+    fn method(&self) -> &str;
+    /// The knob setting.
+    fn knob(&self) -> &str;
+    /// Fitting or training cost (none for reference models).
+    fn cost(&self) -> Option<Cost>;
+    /// `method knob`, as tables and goals name the point.
+    fn label(&self) -> String {
+        format!("{} {}", self.method(), self.knob())
+    }
+}
+
+impl Point for PointResult {
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn knob(&self) -> &str {
+        &self.knob
+    }
+    fn cost(&self) -> Option<Cost> {
+        self.cost
+    }
+}
+
+/// Called after each finished point with the points so far, the data summary and the points still
+/// to run, so that a long run leaves a readable report at every stage.
+pub type OnPoint<'a, P> = dyn FnMut(&[P], &serde_json::Value, &[String]) -> crate::Result<()> + 'a;
 
 /// Whether `a` dominates `b` on (forget ↓, utility ↑): no worse on both, better on one.
 pub fn dominates(a: (f64, f64), b: (f64, f64)) -> bool {

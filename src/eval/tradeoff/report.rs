@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::methods::is_dsg;
-use super::{dominates, pareto_front, PointResult};
+use super::{dominates, pareto_front, Point, PointResult};
 use crate::eval::plot::plot_err;
 pub use crate::eval::track::knowledge::report::Goal;
 use crate::eval::track::TrackFiles;
@@ -51,26 +51,22 @@ pub struct TradeoffReport {
 /// A utility measure of a point (higher is better).
 type Utility = fn(&PointResult) -> f64;
 
-fn label(p: &PointResult) -> String {
-    format!("{} {}", p.method, p.knob)
-}
-
 /// Training costs against the DSG (paper) fit.
-pub fn cost_ratios(points: &[PointResult]) -> Vec<CostRatio> {
+pub fn cost_ratios<P: Point>(points: &[P]) -> Vec<CostRatio> {
     let Some(dsg) = points
         .iter()
-        .find(|p| p.method == "DSG (paper)")
-        .and_then(|p| p.cost)
+        .find(|p| p.method() == "DSG (paper)")
+        .and_then(|p| p.cost())
     else {
         return Vec::new();
     };
     points
         .iter()
-        .filter(|p| !is_dsg(&p.method) && p.method != "base")
-        .filter(|p| !p.method.contains("clamp"))
+        .filter(|p| !is_dsg(p.method()) && p.method() != "base")
+        .filter(|p| !p.method().contains("clamp"))
         .filter_map(|p| {
-            p.cost.map(|c| CostRatio {
-                point: label(p),
+            p.cost().map(|c| CostRatio {
+                point: p.label(),
                 seconds: c.seconds,
                 time_ratio: c.seconds / dsg.seconds.max(1e-9),
                 memory_ratio: c.peak_mib.zip(dsg.peak_mib).map(|(a, b)| a / b),
@@ -79,64 +75,86 @@ pub fn cost_ratios(points: &[PointResult]) -> Vec<CostRatio> {
         .collect()
 }
 
-/// The goals: a DSG point on or beyond every baseline's front (for retain accuracy and for MMLU),
-/// and DSG at least 20× cheaper than RMU.
-pub fn goals(points: &[PointResult], costs: &[CostRatio]) -> Vec<Goal> {
-    let mut out = Vec::new();
-    let utilities: [(&str, Utility); 2] = [
-        ("retain accuracy", |p| p.retain.rate),
-        ("MMLU outside the domain", |p| p.mmlu.rate),
-    ];
-    for (name, utility) in utilities {
-        let xy = |p: &PointResult| (p.forget.rate, utility(p));
-        let baselines: Vec<&PointResult> = points
+/// The goal "a DSG point on or beyond every baseline's Pareto front" on `(forget ↓, utility ↑)`
+/// coordinates `xy`; `name` says what the coordinates are. Points whose method is in `references`
+/// (the base model, a retain model) are neither DSG nor baselines.
+pub fn front_goal<P: Point>(
+    points: &[P],
+    name: &str,
+    references: &[&str],
+    xy: impl Fn(&P) -> (f64, f64),
+) -> Goal {
+    let baselines: Vec<&P> = points
+        .iter()
+        .filter(|p| !is_dsg(p.method()) && !references.contains(&p.method()))
+        .collect();
+    let mut lines = Vec::new();
+    let mut any = false;
+    for d in points.iter().filter(|p| is_dsg(p.method())) {
+        let by: Vec<String> = baselines
             .iter()
-            .filter(|p| !is_dsg(&p.method) && p.method != "base")
+            .filter(|b| dominates(xy(b), xy(d)))
+            .map(|b| b.label())
             .collect();
-        let mut lines = Vec::new();
-        let mut any = false;
-        for d in points.iter().filter(|p| is_dsg(&p.method)) {
-            let by: Vec<String> = baselines
-                .iter()
-                .filter(|b| dominates(xy(b), xy(d)))
-                .map(|b| label(b))
-                .collect();
-            any |= by.is_empty();
-            lines.push(if by.is_empty() {
-                format!("{}: not dominated", label(d))
-            } else {
-                format!("{}: dominated by {}", label(d), by.join(", "))
-            });
-        }
-        out.push(Goal {
-            goal: format!(
-                "a DSG point on or beyond every baseline's Pareto front (forget accuracy vs {name})"
-            ),
-            measured: lines.join("; "),
-            met: any,
+        any |= by.is_empty();
+        lines.push(if by.is_empty() {
+            format!("{}: not dominated", d.label())
+        } else {
+            format!("{}: dominated by {}", d.label(), by.join(", "))
         });
     }
+    Goal {
+        goal: format!("a DSG point on or beyond every baseline's Pareto front ({name})"),
+        measured: lines.join("; "),
+        met: any,
+    }
+}
+
+/// The goal "DSG at least 20× cheaper than RMU", where RMU was trained.
+pub fn cost_goal(costs: &[CostRatio]) -> Option<Goal> {
     let rmu: Vec<&CostRatio> = costs
         .iter()
         .filter(|c| c.point.starts_with("RMU"))
         .collect();
-    if !rmu.is_empty() {
-        let min = rmu
-            .iter()
-            .map(|c| c.time_ratio)
-            .fold(f64::INFINITY, f64::min);
-        out.push(Goal {
-            goal: "DSG's fit at least 20× cheaper than RMU's training".into(),
-            measured: format!(
-                "RMU takes {} DSG's fit time",
-                rmu.iter()
-                    .map(|c| format!("{:.1}× ({})", c.time_ratio, c.point))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            met: min >= 20.0,
-        });
+    if rmu.is_empty() {
+        return None;
     }
+    let min = rmu
+        .iter()
+        .map(|c| c.time_ratio)
+        .fold(f64::INFINITY, f64::min);
+    Some(Goal {
+        goal: "DSG's fit at least 20× cheaper than RMU's training".into(),
+        measured: format!(
+            "RMU takes {} DSG's fit time",
+            rmu.iter()
+                .map(|c| format!("{:.1}× ({})", c.time_ratio, c.point))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        met: min >= 20.0,
+    })
+}
+
+/// Track K's goals: a DSG point on or beyond every baseline's front (for retain accuracy and for
+/// MMLU), and DSG at least 20× cheaper than RMU.
+pub fn goals(points: &[PointResult], costs: &[CostRatio]) -> Vec<Goal> {
+    let utilities: [(&str, Utility); 2] = [
+        ("retain accuracy", |p| p.retain.rate),
+        ("MMLU outside the domain", |p| p.mmlu.rate),
+    ];
+    let mut out: Vec<Goal> = utilities
+        .iter()
+        .map(|(name, utility)| {
+            front_goal(
+                points,
+                &format!("forget accuracy vs {name}"),
+                &["base"],
+                |p| (p.forget.rate, utility(p)),
+            )
+        })
+        .collect();
+    out.extend(cost_goal(costs));
     out
 }
 
@@ -238,13 +256,21 @@ impl TradeoffReport {
             figures: vec![
                 (
                     "pareto-retain.svg".into(),
-                    pareto_svg(&self.points, "retain accuracy (known, held-out)", |p| {
-                        p.retain.rate
-                    })?,
+                    pareto_svg(
+                        &self.points,
+                        "retain accuracy (known, held-out)",
+                        FORGET_ACCURACY,
+                        |p| (p.retain.rate, p.forget.rate),
+                    )?,
                 ),
                 (
                     "pareto-mmlu.svg".into(),
-                    pareto_svg(&self.points, "MMLU outside the domain", |p| p.mmlu.rate)?,
+                    pareto_svg(
+                        &self.points,
+                        "MMLU outside the domain",
+                        FORGET_ACCURACY,
+                        |p| (p.mmlu.rate, p.forget.rate),
+                    )?,
                 ),
             ],
         })
@@ -263,29 +289,53 @@ const COLORS: [RGBColor; 9] = [
     RGBColor(160, 90, 40),
 ];
 
-/// Forget accuracy (y, lower is better) against `utility` (x, higher is better): one colour per
-/// method, each point labelled by its knob, each method's own front as a line.
-pub fn pareto_svg(points: &[PointResult], x_label: &str, utility: Utility) -> Result<String> {
+/// The vertical axis of a Pareto plot: its label, and whether lower is better.
+#[derive(Debug, Clone, Copy)]
+pub struct ForgetAxis<'a> {
+    /// The axis label.
+    pub label: &'a str,
+    /// Lower is better (forget accuracy, ROUGE); else higher is (forget quality).
+    pub lower_is_better: bool,
+}
+
+/// Track K's vertical axis.
+pub const FORGET_ACCURACY: ForgetAxis<'static> = ForgetAxis {
+    label: "forget accuracy (known questions)",
+    lower_is_better: true,
+};
+
+/// A forget measure (y) against a utility (x, higher is better), `xy` giving (utility, forget) in
+/// [0, 1]: one colour per method, each point labelled by its knob, each method's own front as a
+/// line.
+pub fn pareto_svg<P: Point>(
+    points: &[P],
+    x_label: &str,
+    y: ForgetAxis,
+    xy: impl Fn(&P) -> (f64, f64),
+) -> Result<String> {
     let mut methods: Vec<&str> = Vec::new();
     for p in points {
-        if !methods.contains(&p.method.as_str()) {
-            methods.push(&p.method);
+        if !methods.contains(&p.method()) {
+            methods.push(p.method());
         }
     }
-    let xs: Vec<f64> = points.iter().map(utility).collect();
+    let xs: Vec<f64> = points.iter().map(|p| xy(p).0).collect();
     let (x_lo, x_hi) = xs
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
             (a.min(x), b.max(x))
         });
     let pad = ((x_hi - x_lo) * 0.08).max(0.02);
+    // The front's (forget ↓, utility ↑) coordinates.
+    let oriented = |f: f64| if y.lower_is_better { f } else { -f };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
+        let better = if y.lower_is_better { "lower" } else { "upper" };
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("forget vs {x_label} (lower right is better)"),
+                format!("forget vs {x_label} ({better} right is better)"),
                 ("sans-serif", 18),
             )
             .margin(14)
@@ -296,32 +346,35 @@ pub fn pareto_svg(points: &[PointResult], x_label: &str, utility: Utility) -> Re
         chart
             .configure_mesh()
             .x_desc(x_label)
-            .y_desc("forget accuracy (known questions)")
+            .y_desc(y.label)
             .draw()
             .map_err(plot_err)?;
         for (m, method) in methods.iter().enumerate() {
             let color = COLORS[m % COLORS.len()];
-            let mine: Vec<&PointResult> = points.iter().filter(|p| p.method == *method).collect();
-            let xy: Vec<(f64, f64)> = mine.iter().map(|p| (utility(p), p.forget.rate)).collect();
-            let front: Vec<(f64, f64)> =
-                pareto_front(&xy.iter().map(|&(u, f)| (f, u)).collect::<Vec<_>>())
-                    .into_iter()
-                    .map(|i| xy[i])
-                    .collect();
+            let mine: Vec<&P> = points.iter().filter(|p| p.method() == *method).collect();
+            let pts: Vec<(f64, f64)> = mine.iter().map(|p| xy(p)).collect();
+            let front: Vec<(f64, f64)> = pareto_front(
+                &pts.iter()
+                    .map(|&(u, f)| (oriented(f), u))
+                    .collect::<Vec<_>>(),
+            )
+            .into_iter()
+            .map(|i| pts[i])
+            .collect();
             if front.len() > 1 {
                 chart
                     .draw_series(LineSeries::new(front, color.stroke_width(1)))
                     .map_err(plot_err)?;
             }
             chart
-                .draw_series(xy.iter().map(|&p| Circle::new(p, 5, color.filled())))
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))
                 .map_err(plot_err)?
                 .label(*method)
                 .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
             chart
-                .draw_series(mine.iter().zip(&xy).map(|(p, &xy)| {
+                .draw_series(mine.iter().zip(&pts).map(|(p, &xy)| {
                     Text::new(
-                        p.knob.clone(),
+                        p.knob().to_string(),
                         xy,
                         ("sans-serif", 11).into_font().color(&color),
                     )
