@@ -63,6 +63,14 @@ fn fit_options_out_of_range_name_the_option() {
     let cases: Vec<(&str, Edit<FitRequest>)> = vec![
         ("--n-features", Box::new(|r| r.n_features = 0)),
         ("--p-ratio", Box::new(|r| r.p_ratio = 150.0)),
+        (
+            "--min-forget-freq",
+            Box::new(|r| r.min_forget_freq = Some(-0.1)),
+        ),
+        (
+            "--min-forget-freq",
+            Box::new(|r| r.min_forget_freq = Some(2.0)),
+        ),
         ("--p-dyn", Box::new(|r| r.p_dyn = 101.0)),
         ("--rows", Box::new(|r| r.rows = 0)),
         ("--fraction", Box::new(|r| r.fraction = 0.0)),

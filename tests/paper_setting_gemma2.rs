@@ -299,6 +299,7 @@ fn fitted(name: &str) -> Fitted {
         split: dsg::data::Split::Selection,
         n_features: N_FEATURES,
         p_ratio: 95.0,
+        min_forget_freq: None,
         p_dyn: 95.0,
         gate: Gate::Paper { tau: 0.0 },
         clamp: 500.0,

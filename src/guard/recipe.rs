@@ -49,6 +49,7 @@ pub fn wmdp_bio(data: &Path, sae: PathBuf, out: PathBuf) -> FitRequest {
         split: Split::Selection,
         n_features: 20,
         p_ratio: 99.0,
+        min_forget_freq: None,
         p_dyn: 95.0,
         gate: WMDP_BIO_GATE,
         clamp: 500.0,

@@ -55,6 +55,11 @@ pub struct PercentileRule {
     /// Round the per-feature statistics to this many decimals first, as the reference's text
     /// round trip does.
     pub stat_decimals: Option<u32>,
+    /// dsg's addition (absent from the reference): drop features that fire on fewer than this
+    /// fraction of forget tokens, after the percentile filters. With few rows an SAE's near-silent
+    /// latents that never fire on retain text get huge ratios and would otherwise be chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_forget_frequency: Option<f64>,
 }
 
 impl PercentileRule {
@@ -66,6 +71,7 @@ impl PercentileRule {
             retain_percentile: 100.0,
             ratio_percentile,
             stat_decimals: Some(6),
+            min_forget_frequency: None,
         }
     }
 
@@ -179,6 +185,15 @@ impl SelectionRule {
                 check_percentile("selection.forget_percentile", rule.forget_percentile)?;
                 check_percentile("selection.retain_percentile", rule.retain_percentile)?;
                 check_percentile("selection.ratio_percentile", rule.ratio_percentile)?;
+                if let Some(f) = rule.min_forget_frequency {
+                    if !(0.0..=1.0).contains(&f) {
+                        return Err(Error::out_of_range(
+                            "selection.min_forget_frequency",
+                            f,
+                            "a firing frequency in [0, 1]",
+                        ));
+                    }
+                }
                 check_decimals("selection.stat_decimals", rule.stat_decimals)
             }
             SelectionRule::Frequency {
@@ -225,11 +240,18 @@ impl SelectionRule {
             )));
         }
         match self {
-            SelectionRule::Percentile(rule) => rank_by_ratio(
-                &rule.importance_of(forget),
-                &rule.importance_of(retain),
-                rule,
-            ),
+            SelectionRule::Percentile(rule) => {
+                let mut ranking = rank_by_ratio(
+                    &rule.importance_of(forget),
+                    &rule.importance_of(retain),
+                    rule,
+                )?;
+                if let Some(floor) = rule.min_forget_frequency {
+                    let freq = forget.freq();
+                    ranking.order.retain(|&i| freq[i as usize] >= floor);
+                }
+                Ok(ranking)
+            }
             SelectionRule::Frequency {
                 retain_threshold,
                 stat_decimals,
@@ -440,6 +462,45 @@ mod tests {
         let ranking = by_square.rank(&forget, &retain).unwrap();
         assert_eq!(ranking.order, vec![0, 1, 2]);
         assert_eq!(ranking.scores.unwrap().forget, vec![25.0, 9.0, 0.0]);
+    }
+
+    #[test]
+    fn a_forget_frequency_floor_drops_rarely_firing_features() {
+        // Feature 0 fires on 1 of 4 forget tokens (strongly), feature 1 on all, feature 3 on 2;
+        // none fires on retain text except feature 2.
+        let mut forget = FeatureStats::new(4, provenance());
+        let mut retain = FeatureStats::new(4, provenance());
+        for (a0, a3) in [(40.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.0, 0.0)] {
+            forget.add_row(&[a0, 3.0, 0.0, a3], &[true]).unwrap();
+            retain.add_row(&[0.0, 0.0, 1.0, 0.0], &[true]).unwrap();
+        }
+        let rule = |floor| {
+            SelectionRule::Percentile(PercentileRule {
+                min_forget_frequency: floor,
+                ..exact(0.0, 0.0)
+            })
+        };
+        assert_eq!(
+            rule(None).rank(&forget, &retain).unwrap().order,
+            vec![0, 1, 3, 2]
+        );
+        // Frequencies 0.25, 1, 0, 0.5: a floor of 0.5 keeps features 1 and 3, in the same order.
+        assert_eq!(
+            rule(Some(0.5)).rank(&forget, &retain).unwrap().order,
+            vec![1, 3]
+        );
+        assert_eq!(
+            rule(Some(0.25)).rank(&forget, &retain).unwrap().order,
+            vec![0, 1, 3]
+        );
+        let err = rule(Some(1.5)).validate().unwrap_err().to_string();
+        assert!(err.contains("selection.min_forget_frequency"), "{err}");
+        // Absent from the file when unset, so guardrails fitted by the reference rule are unchanged.
+        let json = serde_json::to_string(&rule(None)).unwrap();
+        assert!(!json.contains("min_forget_frequency"), "{json}");
+        let back: SelectionRule =
+            serde_json::from_str(&serde_json::to_string(&rule(Some(0.01))).unwrap()).unwrap();
+        assert_eq!(back, rule(Some(0.01)));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct FitArgs {
     /// Importance-ratio percentile p_ratio.
     #[arg(long, default_value_t = 95.0)]
     pub p_ratio: f64,
+    /// Drop candidate features that fire on fewer than this fraction of forget tokens (not in the
+    /// paper; e.g. 0.01 where near-silent latents would be picked for never firing on retain).
+    #[arg(long)]
+    pub min_forget_freq: Option<f64>,
     /// Calibration percentile p_dyn.
     #[arg(long, default_value_t = 95.0)]
     pub p_dyn: f64,
@@ -115,6 +119,7 @@ impl FitArgs {
             split: self.split,
             n_features: self.n_features,
             p_ratio: self.p_ratio,
+            min_forget_freq: self.min_forget_freq,
             p_dyn: self.p_dyn,
             gate: self.gate,
             clamp: self.clamp,

@@ -314,6 +314,7 @@ pub(crate) fn corpus_request(
         split: Split::Selection,
         n_features: 20,
         p_ratio: 95.0,
+        min_forget_freq: None,
         p_dyn: cfg.p_dyn,
         gate: Gate::Paper { tau: 0.0 },
         clamp: 500.0,

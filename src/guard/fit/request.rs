@@ -30,6 +30,9 @@ pub struct FitRequest {
     pub n_features: usize,
     /// Importance-ratio percentile `p_ratio`, in [0, 100].
     pub p_ratio: f64,
+    /// Drop candidates firing on fewer than this fraction of forget tokens (dsg's addition, see
+    /// [`PercentileRule::min_forget_frequency`](super::super::PercentileRule)), in [0, 1].
+    pub min_forget_freq: Option<f64>,
     /// Calibration percentile `p_dyn`, in [0, 100].
     pub p_dyn: f64,
     /// The gate kind and parameters; its threshold is calibrated.
@@ -112,6 +115,15 @@ impl FitRequest {
     pub fn validate(&self) -> Result<()> {
         at_least("--n-features", self.n_features, 1, "at least 1 feature")?;
         check_percentile("--p-ratio", self.p_ratio)?;
+        if let Some(f) = self.min_forget_freq {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(Error::out_of_range(
+                    "--min-forget-freq",
+                    f,
+                    "a fraction of forget tokens in [0, 1]",
+                ));
+            }
+        }
         check_percentile("--p-dyn", self.p_dyn)?;
         self.gate.validate()?;
         if !(self.clamp.is_finite() && self.clamp > 0.0) {

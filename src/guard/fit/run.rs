@@ -222,7 +222,10 @@ fn fit_config(lm: &LoadedModel, req: &FitRequest, sae: &Sae) -> Result<FitConfig
         .hook()
         .ok_or_else(|| Error::missing(&req.sae, "hook point (the SAE names none; pass --hook)"))?;
     let mut config = FitConfig::paper(model, ArtifactIdentity::of(&req.sae, sae_name)?, hook);
-    config.rule = SelectionRule::Percentile(PercentileRule::official(req.p_ratio));
+    config.rule = SelectionRule::Percentile(PercentileRule {
+        min_forget_frequency: req.min_forget_freq,
+        ..PercentileRule::official(req.p_ratio)
+    });
     config.n_features = req.n_features;
     config.p_dyn = req.p_dyn;
     config.gate = req.gate;

@@ -241,6 +241,7 @@ pub fn corpus_request(cfg: &KnowledgeConfig) -> FitRequest {
         split: Split::Selection,
         n_features: cfg.n_features,
         p_ratio: cfg.p_ratio,
+        min_forget_freq: None,
         p_dyn: cfg.p_dyn,
         gate: cfg.gate,
         clamp: 500.0,
