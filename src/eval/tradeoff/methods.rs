@@ -184,12 +184,33 @@ impl Epochs {
 const TOFU_REDUCED_SKIP: [&str; 3] = ["rmu-s_2_10", "gradient_ascent-lr_5e_4", "npo-1"];
 
 /// Track T's points: [`sweep_points`] with [`Epochs::TOFU`], the reduced sweep without
-/// RMU s=2, gradient ascent lr=5e-4 and NPO β=1.
+/// RMU s=2, gradient ascent lr=5e-4 and NPO β=1. Each TOFU evaluation takes 5–10 minutes on 2
+/// cores, so the order puts what the comparison needs first: the target, DSG's paper point and
+/// dsg's norm-relative point, every training baseline, then the other clamps; a run cut short
+/// still compares DSG with every baseline.
 pub fn tofu_points(sweep: Sweep, layer: usize) -> Vec<MethodPoint> {
-    sweep_points(sweep, layer, Epochs::TOFU)
+    let rank = |p: &MethodPoint| match &p.recipe {
+        Recipe::Base => 0,
+        Recipe::Guard {
+            guard: GuardKind::DsgPaper,
+            ..
+        } => 1,
+        Recipe::Guard {
+            guard: GuardKind::DsgBest,
+            intervention:
+                Intervention::Clamp {
+                    clamp: crate::guard::ClampSpec::NormRelative { .. },
+                },
+        } => 2,
+        Recipe::Train { .. } => 3,
+        Recipe::Guard { .. } => 4,
+    };
+    let mut points: Vec<MethodPoint> = sweep_points(sweep, layer, Epochs::TOFU)
         .into_iter()
         .filter(|p| sweep == Sweep::Full || !TOFU_REDUCED_SKIP.contains(&p.id.as_str()))
-        .collect()
+        .collect();
+    points.sort_by_key(rank);
+    points
 }
 
 /// Every point of the sweep for a model whose SAE reads after block `layer`, the base model first.
@@ -380,6 +401,22 @@ mod tests {
             })
             .collect();
         assert_eq!(epochs, vec![12, 6, 6, 6]);
+        let ids: Vec<&str> = reduced.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "base",
+                "dsg_paper-clamp_500",
+                "dsg_dsg-norm_0_5",
+                "rmu-s_5_10",
+                "gradient_ascent-lr_1e_4",
+                "graddiff-lr_5e_4",
+                "npo-0_1",
+                "dsg_dsg-clamp_500",
+                "static_clamp_farrell-farrell_500",
+                "alwayson_clamp-norm_0_5",
+            ]
+        );
         assert_eq!(
             tofu_points(Sweep::Full, 3).len(),
             sweep_points(Sweep::Full, 3, Epochs::TOFU).len()
