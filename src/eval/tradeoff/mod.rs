@@ -6,9 +6,11 @@
 //! writes the numbers (JSON), a table shaped like the paper's Table 1, Pareto plots of forget
 //! against utility and each method's fitting cost.
 //!
+//! * `build` (private): how a point's guardrail or trained model is made, for every track.
 //! * [`knowledge`]: Track K, ARC-Easy life science (what SmolLM2 knows).
 //! * [`tofu`]: Track T, TOFU's forget authors (what the fine-tuned target was taught).
 
+mod build;
 pub mod knowledge;
 pub mod methods;
 pub mod report;

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::knowledge::{farrell_guard, point_guard, timed, trained_model, Guards};
+use super::build::{farrell_guard, point_guard, timed, trained_model, Guards};
 use super::methods::{tofu_points, MethodPoint, Recipe, Sweep};
 use super::{Cost, OnPoint, Point};
 use crate::eval::track::tofu::{
