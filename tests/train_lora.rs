@@ -84,6 +84,45 @@ fn peft_adapters_match_transformers_and_peft() {
     }
 }
 
+/// Two adapters stacked on the fly (`--adapter A --adapter B`, or a baseline trained on top of a
+/// fine-tuned target) add both updates to the same outputs: equal to merging both, on every
+/// execution path (1e-4), and unlike one alone.
+#[test]
+fn stacked_adapters_add_their_updates() {
+    for case in CASES {
+        let dir = fixture(&format!("lora/{case}"));
+        let adapter = Adapter::load(&dir.join("adapter"), &Device::Cpu).unwrap();
+        let reference = load_st(&dir.join("reference.safetensors"));
+        let row = ids(&reference["input_ids_0"]);
+        let mut merged = tiny(&case_base(case));
+        merged.apply_adapter(&adapter, AdapterMode::Merged).unwrap();
+        merged.apply_adapter(&adapter, AdapterMode::Merged).unwrap();
+        let want = logits(&merged, &row);
+        let mut stacked = tiny(&case_base(case));
+        stacked
+            .apply_adapter(&adapter, AdapterMode::OnTheFly)
+            .unwrap();
+        stacked
+            .apply_adapter(&adapter, AdapterMode::OnTheFly)
+            .unwrap();
+        for exec in [
+            Execution::VectorPass,
+            Execution::TensorOps,
+            Execution::Autograd,
+        ] {
+            stacked.set_execution(exec);
+            let got = logits(&stacked, &row);
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-4, "{case} {exec:?}: {diff}");
+            let once = &reference["logits_peft_0"];
+            assert!(
+                max_abs_diff(&got, once) > 0.1,
+                "{case}: the second adapter did nothing"
+            );
+        }
+    }
+}
+
 /// Saving and re-reading an adapter keeps its configuration and tensors; removing it restores the
 /// base model's logits.
 #[test]

@@ -76,16 +76,37 @@ pub(super) fn add_updates(parts: &[LoraPart], x: &Tensor, y: Tensor) -> Result<T
     let out = y.dim(1)?;
     let mut sorted: Vec<&LoraPart> = parts.iter().collect();
     sorted.sort_by_key(|p| p.rows.start);
-    if let [p] = sorted.as_slice() {
+    // Stacked adapters update the same rows: parts go into layers of disjoint row ranges, each
+    // layer one add (in the order the adapters were applied, within equal starts).
+    let mut layers: Vec<Vec<&LoraPart>> = Vec::new();
+    for p in sorted {
+        match layers
+            .iter_mut()
+            .find(|l| l.last().is_some_and(|q| q.rows.end <= p.rows.start))
+        {
+            Some(l) => l.push(p),
+            None => layers.push(vec![p]),
+        }
+    }
+    let mut y = y;
+    for layer in layers {
+        y = add_layer(&layer, x, y, out)?;
+    }
+    Ok(y)
+}
+
+/// `y` plus the updates of parts with disjoint row ranges, sorted by start.
+fn add_layer(parts: &[&LoraPart], x: &Tensor, y: Tensor, out: usize) -> Result<Tensor> {
+    if let [p] = parts {
         if p.rows == (0..out) {
             return Ok((y + p.delta(x)?)?);
         }
     }
     // Outputs without an update get zeros, so one add covers every part (and stays differentiable).
     let m = y.dim(0)?;
-    let mut pieces = Vec::with_capacity(2 * sorted.len() + 1);
+    let mut pieces = Vec::with_capacity(2 * parts.len() + 1);
     let mut at = 0;
-    for p in sorted {
+    for p in parts {
         if p.rows.start > at {
             pieces.push(Tensor::zeros(
                 (m, p.rows.start - at),
