@@ -9,11 +9,12 @@ use std::time::Instant;
 use super::methods::GuardKind;
 use super::Cost;
 use crate::eval::track::knowledge::checkpoint;
-use crate::eval::track::Progress;
-use crate::guard::fit::fit_from_stats;
+use crate::eval::track::{FitRelay, Progress};
+use crate::guard::fit::{fit_from_stats, run as fit_run};
 use crate::guard::select::SelectionRule;
 use crate::guard::{
-    ClampSpec, FitConfig, Gate, Guardrail, GuardrailFile, Intervention, StatsFiles,
+    ClampSpec, FitConfig, FitOutcome, FitRequest, Gate, Guardrail, GuardrailFile, Intervention,
+    StatsFiles,
 };
 use crate::model::{self, AdapterMode, LoadedModel, NoHooks};
 use crate::train::bench::{peak_rss_mib, reset_peak_rss};
@@ -75,6 +76,33 @@ pub(super) fn farrell_guard(paper: &GuardrailFile, paper_path: &Path) -> Result<
         retain.features.provenance.corpus.clone(),
     );
     fit_from_stats(&forget, &retain, &farrell_cfg, None)
+}
+
+/// Completes the guards from dsg's fit (`best`, with its cost): fits DSG as the paper configures
+/// it by `req` (its own statistics pass, so its cost is what a user of the paper's recipe pays,
+/// timed as `work/fit-paper.json`) and Farrell et al.'s selection from that fit's statistics.
+pub(super) fn with_paper_fit(
+    lm: &LoadedModel,
+    req: &FitRequest,
+    best: (GuardrailFile, Cost),
+    work: &Path,
+    progress: &mut Progress,
+) -> Result<Guards> {
+    let paper_cost = timed(work, "fit-paper.json", || {
+        match fit_run(lm, req, Some(&mut FitRelay(progress)))? {
+            FitOutcome::Guardrail { .. } => Ok(()),
+            FitOutcome::Shard { .. } => Err(Error::Invalid(
+                "the paper configuration's fit wrote a shard".into(),
+            )),
+        }
+    })?;
+    let paper = GuardrailFile::load(&req.out)?;
+    let farrell = farrell_guard(&paper, &req.out)?;
+    Ok(Guards {
+        paper: (paper, paper_cost),
+        best,
+        farrell,
+    })
 }
 
 /// The guardrail of a guard-based point, bound to `lm` and the SAE (its file saved in `work`).

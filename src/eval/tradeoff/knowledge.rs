@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::build::{farrell_guard, point_guard, timed, trained_model, Guards};
+use super::build::{point_guard, timed, trained_model, with_paper_fit, Guards};
 use super::methods::{sweep_points, Epochs, MethodPoint, Recipe, Sweep};
 use super::{Cost, OnPoint, PointResult};
 use crate::data::{read_documents, Split, SplitMix64, MMLU_BIO_SUBJECTS};
@@ -29,10 +29,10 @@ use crate::eval::track::knowledge::measure::{
     base_outcomes, cluster_questions, mmlu_questions, Outcome, WIKITEXT,
 };
 use crate::eval::track::knowledge::{checkpoint, KnowledgeConfig};
-use crate::eval::track::{FitRelay, Progress};
+use crate::eval::track::Progress;
 use crate::generate::{answer, user_prompt, GenerateOptions};
-use crate::guard::fit::{run as fit_run, FitRequest};
-use crate::guard::{FitOutcome, Gate, Guardrail, GuardrailFile, Intervention};
+use crate::guard::fit::FitRequest;
+use crate::guard::{Gate, Guardrail, GuardrailFile, Intervention};
 use crate::model::{self, LoadedModel, NoHooks};
 use crate::output::Overwrite;
 use crate::train::Example;
@@ -312,8 +312,6 @@ fn fit_guards(
         fit_guard(lm, &kcfg, CLUSTER, progress).map(drop)
     })?;
     let best = GuardrailFile::load(work.join("guard.json"))?;
-    // The paper's configuration, fitted afresh from the same documents (its own statistics pass,
-    // so its cost is what a user of the paper's recipe pays).
     let req = FitRequest {
         n_features: 20,
         p_ratio: 95.0,
@@ -322,21 +320,7 @@ fn fit_guards(
         out: work.join("guard-paper.json"),
         ..corpus_request(&kcfg)
     };
-    let paper_cost = timed(&work, "fit-paper.json", || {
-        match fit_run(lm, &req, Some(&mut FitRelay(progress)))? {
-            FitOutcome::Guardrail { .. } => Ok(()),
-            FitOutcome::Shard { .. } => Err(Error::Invalid(
-                "the paper configuration's fit wrote a shard".into(),
-            )),
-        }
-    })?;
-    let paper = GuardrailFile::load(&req.out)?;
-    let farrell = farrell_guard(&paper, &req.out)?;
-    Ok(Guards {
-        paper: (paper, paper_cost),
-        best: (best, best_cost),
-        farrell,
-    })
+    with_paper_fit(lm, &req, (best, best_cost), &work, progress)
 }
 
 /// The baselines' training examples: `train_rows` selection-split questions per side in the cloze

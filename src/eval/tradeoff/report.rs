@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::methods::is_dsg;
-use super::{dominates, pareto_front, Point, PointResult};
+use super::{dominates, pareto_front, Cost, Point, PointResult};
 use crate::eval::plot::plot_err;
 pub use crate::eval::track::knowledge::report::Goal;
 use crate::eval::track::TrackFiles;
@@ -158,6 +158,56 @@ pub fn goals(points: &[PointResult], costs: &[CostRatio]) -> Vec<Goal> {
     out
 }
 
+/// The line a partial report opens with, naming the points still to run (empty when none).
+pub fn partial_line(pending: &[String]) -> String {
+    if pending.is_empty() {
+        return String::new();
+    }
+    format!(
+        "**Partial report**: {} point(s) still to run: {}.\n\n",
+        pending.len(),
+        pending.join(", ")
+    )
+}
+
+/// A point's fit seconds and peak MiB as table cells (`-` where unknown).
+pub fn cost_cells(cost: Option<Cost>) -> (String, String) {
+    match cost {
+        Some(c) => (
+            format!("{:.0}", c.seconds),
+            c.peak_mib.map_or("-".into(), |m| format!("{m:.0}")),
+        ),
+        None => ("-".into(), "-".into()),
+    }
+}
+
+/// The cost section (each baseline against DSG's fit) and the goals section of a report.
+pub fn costs_and_goals_markdown(costs: &[CostRatio], goals: &[Goal]) -> String {
+    let mut md = String::from(
+        "\n## Cost against DSG's fit (the paper configuration: one statistics pass, selection, \
+         calibration)\n\n| point | seconds | × DSG time | × DSG peak memory |\n|---|---|---|---|\n",
+    );
+    for c in costs {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {} |\n",
+            c.point,
+            c.seconds,
+            c.time_ratio,
+            c.memory_ratio.map_or("-".into(), |m| format!("{m:.2}"))
+        ));
+    }
+    md.push_str("\n## Goals\n\n| goal | measured | met |\n|---|---|---|\n");
+    for g in goals {
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            g.goal,
+            g.measured,
+            if g.met { "yes" } else { "no" }
+        ));
+    }
+    md
+}
+
 fn pct(r: &crate::eval::metrics::Rate) -> String {
     format!(
         "{:.1} [{:.1}, {:.1}]",
@@ -175,13 +225,7 @@ impl TradeoffReport {
              machine: {:.0} s.\n\n",
             self.track, self.model, self.command, self.seconds
         );
-        if !self.pending.is_empty() {
-            md.push_str(&format!(
-                "**Partial report**: {} point(s) still to run: {}.\n\n",
-                self.pending.len(),
-                self.pending.join(", ")
-            ));
-        }
+        md.push_str(&partial_line(&self.pending));
         md.push_str(&format!(
             "Data: `{}`\n\n",
             serde_json::to_string(&self.info["sets"]).unwrap_or_default()
@@ -197,13 +241,7 @@ impl TradeoffReport {
                 (Some(f), Some(r)) => format!("{:.0}% / {:.0}%", 100.0 * f.rate, 100.0 * r.rate),
                 _ => "-".into(),
             };
-            let (secs, mib) = match p.cost {
-                Some(c) => (
-                    format!("{:.0}", c.seconds),
-                    c.peak_mib.map_or("-".into(), |m| format!("{m:.0}")),
-                ),
-                None => ("-".into(), "-".into()),
-            };
+            let (secs, mib) = cost_cells(p.cost);
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {} |\n",
                 p.method,
@@ -218,28 +256,7 @@ impl TradeoffReport {
                 mib
             ));
         }
-        md.push_str(
-            "\n## Cost against DSG's fit (the paper configuration: one statistics pass, selection, \
-             calibration)\n\n| point | seconds | × DSG time | × DSG peak memory |\n|---|---|---|---|\n",
-        );
-        for c in &self.costs {
-            md.push_str(&format!(
-                "| {} | {:.0} | {:.1} | {} |\n",
-                c.point,
-                c.seconds,
-                c.time_ratio,
-                c.memory_ratio.map_or("-".into(), |m| format!("{m:.2}"))
-            ));
-        }
-        md.push_str("\n## Goals\n\n| goal | measured | met |\n|---|---|---|\n");
-        for g in &self.goals {
-            md.push_str(&format!(
-                "| {} | {} | {} |\n",
-                g.goal,
-                g.measured,
-                if g.met { "yes" } else { "no" }
-            ));
-        }
+        md.push_str(&costs_and_goals_markdown(&self.costs, &self.goals));
         md.push_str(
             "\nFigures: `pareto-retain.svg`, `pareto-mmlu.svg` (each method's points and its own \
              front; labels are knob settings). Every free answer is in report.json \

@@ -20,17 +20,16 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::build::{farrell_guard, point_guard, timed, trained_model, Guards};
+use super::build::{point_guard, timed, trained_model, with_paper_fit, Guards};
 use super::methods::{tofu_points, MethodPoint, Recipe, Sweep};
 use super::{Cost, OnPoint, Point};
 use crate::eval::track::tofu::{
     check, corpus_request, evaluate_cached, examples, fit_guard, prepare, Prepared,
     TofuTrackConfig, TrackRow,
 };
-use crate::eval::track::{check_out, FitRelay, Progress, Stopwatch};
-use crate::guard::fit::run as fit_run;
-use crate::guard::{FitOutcome, FitRequest, GuardrailFile};
-use crate::{Error, Result};
+use crate::eval::track::{check_out, Progress, Stopwatch};
+use crate::guard::FitRequest;
+use crate::Result;
 
 /// Everything `dsg bench tradeoff tofu` takes.
 #[derive(Debug, Clone)]
@@ -96,21 +95,7 @@ fn fit_guards(cfg: &TofuTradeoff, prep: &Prepared, progress: &mut Progress) -> R
         out: work.join("guard-paper.json"),
         ..corpus_request(&cfg.track, forget, retain)?
     };
-    let paper_cost = timed(&work, "fit-paper.json", || {
-        match fit_run(&prep.target, &req, Some(&mut FitRelay(progress)))? {
-            FitOutcome::Guardrail { .. } => Ok(()),
-            FitOutcome::Shard { .. } => Err(Error::Invalid(
-                "the paper configuration's fit wrote a shard".into(),
-            )),
-        }
-    })?;
-    let paper = GuardrailFile::load(&req.out)?;
-    let farrell = farrell_guard(&paper, &req.out)?;
-    Ok(Guards {
-        paper: (paper, paper_cost),
-        best: (best, best_cost),
-        farrell,
-    })
+    with_paper_fit(&prep.target, &req, (best, best_cost), &work, progress)
 }
 
 /// Evaluates one point of the sweep (or reads it back from `work/eval/<id>/`).
@@ -127,8 +112,9 @@ fn measure_point(
     let dir = work.join("eval").join(&point.id);
     let mut p = |s: &str, d: usize, t: usize| progress(&format!("{name}: {s}"), d, t);
     let target_adapter = work.join("target/adapter");
-    let (row, cost) = match &point.recipe {
-        Recipe::Base => (prep.rows[1].clone(), None),
+    // The model and guardrails a point is evaluated with, and what making them cost.
+    let (trained, guard, cost) = match &point.recipe {
+        Recipe::Base => (None, None, None),
         Recipe::Guard {
             guard,
             intervention,
@@ -141,17 +127,7 @@ fn measure_point(
                 *guard,
                 *intervention,
             )?;
-            let row = evaluate_cached(
-                &name,
-                &prep.target,
-                &[g],
-                &prep.sets,
-                &prep.opts,
-                Some(&prep.reference),
-                &dir,
-                &mut p,
-            )?;
-            (row, Some(guards.cost(*guard)))
+            (None, Some(g), Some(guards.cost(*guard)))
         }
         Recipe::Train { config } => {
             let train_dir = work.join("train").join(&point.id);
@@ -164,18 +140,22 @@ fn measure_point(
                 &name,
                 &mut p,
             )?;
-            let row = evaluate_cached(
-                &name,
-                &lm,
-                &[],
-                &prep.sets,
-                &prep.opts,
-                Some(&prep.reference),
-                &dir,
-                &mut p,
-            )?;
-            (row, Some(cost))
+            (Some(lm), None, Some(cost))
         }
+    };
+    let row = if matches!(point.recipe, Recipe::Base) {
+        prep.rows[1].clone()
+    } else {
+        evaluate_cached(
+            &name,
+            trained.as_ref().unwrap_or(&prep.target),
+            guard.as_slice(),
+            &prep.sets,
+            &prep.opts,
+            Some(&prep.reference),
+            &dir,
+            &mut p,
+        )?
     };
     let method = match point.recipe {
         Recipe::Base => "target".to_string(),

@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
-use super::report::{cost_goal, cost_ratios, front_goal, pareto_svg, CostRatio, ForgetAxis, Goal};
+use super::report::{
+    cost_cells, cost_goal, cost_ratios, costs_and_goals_markdown, front_goal, pareto_svg,
+    partial_line, CostRatio, ForgetAxis, Goal,
+};
 use super::tofu::{TofuPoint, REFERENCES};
 use crate::eval::track::TrackFiles;
 use crate::Result;
@@ -91,13 +94,7 @@ impl TofuTradeoffReport {
              machine: {:.0} s (a rerun reuses `work/`).\n\n",
             self.model, self.command, self.seconds
         );
-        if !self.pending.is_empty() {
-            md.push_str(&format!(
-                "**Partial report**: {} point(s) still to run: {}.\n\n",
-                self.pending.len(),
-                self.pending.join(", ")
-            ));
-        }
+        md.push_str(&partial_line(&self.pending));
         md.push_str(&format!(
             "Data: `{}`\n\nThe target is the default model fine-tuned (LoRA) on the retain and \
              forget authors' QA pairs; the retain model had the retain authors only (TOFU's \
@@ -124,13 +121,7 @@ impl TofuTradeoffReport {
             } else {
                 "-".into()
             };
-            let (secs, mib) = match p.cost {
-                Some(c) => (
-                    format!("{:.0}", c.seconds),
-                    c.peak_mib.map_or("-".into(), |m| format!("{m:.0}")),
-                ),
-                None => ("-".into(), "-".into()),
-            };
+            let (secs, mib) = cost_cells(p.cost);
             let opt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
             md.push_str(&format!(
                 "| {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
@@ -148,28 +139,7 @@ impl TofuTradeoffReport {
                 mib
             ));
         }
-        md.push_str(
-            "\n## Cost against DSG's fit (the paper configuration: one statistics pass, selection, \
-             calibration)\n\n| point | seconds | × DSG time | × DSG peak memory |\n|---|---|---|---|\n",
-        );
-        for c in &self.costs {
-            md.push_str(&format!(
-                "| {} | {:.0} | {:.1} | {} |\n",
-                c.point,
-                c.seconds,
-                c.time_ratio,
-                c.memory_ratio.map_or("-".into(), |m| format!("{m:.2}"))
-            ));
-        }
-        md.push_str("\n## Goals\n\n| goal | measured | met |\n|---|---|---|\n");
-        for g in &self.goals {
-            md.push_str(&format!(
-                "| {} | {} | {} |\n",
-                g.goal,
-                g.measured,
-                if g.met { "yes" } else { "no" }
-            ));
-        }
+        md.push_str(&costs_and_goals_markdown(&self.costs, &self.goals));
         md.push_str(
             "\nFigures: `pareto-utility.svg` (forget ROUGE-L against model utility), \
              `pareto-quality.svg` (forget quality against model utility); each method's points \
