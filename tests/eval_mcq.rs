@@ -9,6 +9,8 @@ use dsg::data::{McqItem, Split};
 use dsg::eval::mcq::{
     self, evaluate, filter_questions, protocol, McqConfig, Orders, Protocol, Question,
 };
+use dsg::eval::track::topics::Topic;
+use dsg::guard::{Gate, Intervention};
 use dsg::model::{self, fetch, Batch, ForwardOptions, Logits, NoHooks};
 use dsg::output::Overwrite;
 
@@ -188,11 +190,13 @@ fn run_writes_the_report_and_a_reusable_question_list() {
         files: vec![file.clone()],
         split: Split::All,
         subjects: vec![],
+        topics: vec![],
         questions: None,
         limit: None,
         protocol: Protocol::LmEval,
         filter: Some(Orders::Cyclic),
         batch: 4,
+        gate_on: false,
         out: dir.join("out"),
         overwrite: Overwrite::Refuse,
     };
@@ -228,6 +232,91 @@ fn run_writes_the_report_and_a_reusable_question_list() {
     cfg.batch = 0;
     let e = cfg.check(&[]).unwrap_err().to_string();
     assert!(e.contains("--batch"), "{e}");
+}
+
+/// `--topic` keeps ARC questions by dsg's keyword rule; `--gate-on` scores every question under the
+/// intervention: a refusing guardrail forced on refuses them all, the same guardrail with its own
+/// gate scores exactly as the unguarded model where it does not fire.
+#[test]
+fn topics_select_questions_and_gate_on_forces_the_intervention() {
+    let lm = tiny();
+    let dir = common::scratch("eval_mcq", "gate_on");
+    let file = dir.join("arc.jsonl");
+    let arc = |id: &str, stem: &str| {
+        format!(
+            "{{\"id\": \"{id}\", \"question\": {{\"stem\": \"{stem}\", \"choices\": [{{\"text\": \"a\", \"label\": \"A\"}}, {{\"text\": \"b b\", \"label\": \"B\"}}, {{\"text\": \"c\", \"label\": \"C\"}}]}}, \"answerKey\": \"B\"}}\n"
+        )
+    };
+    let lines = [
+        arc(
+            "L1",
+            "Which organ pumps blood through the body of an animal?",
+        ),
+        arc("L2", "Which part of a plant cell makes food?"),
+        arc("O1", "Which rock forms when lava cools?"),
+    ]
+    .concat();
+    std::fs::write(&file, lines).unwrap();
+    let guard_file = dir.join("guard.json");
+    std::fs::write(&guard_file, "{}").unwrap();
+    let mut cfg = McqConfig {
+        files: vec![file.clone()],
+        split: Split::All,
+        subjects: vec![],
+        topics: vec![Topic::Life],
+        questions: None,
+        limit: None,
+        protocol: Protocol::Cloze,
+        filter: None,
+        batch: 2,
+        gate_on: false,
+        out: dir.join("plain"),
+        overwrite: Overwrite::Refuse,
+    };
+    let ids: Vec<String> = cfg.questions().unwrap().into_iter().map(|q| q.id).collect();
+    assert_eq!(ids, ["arc.jsonl:L1", "arc.jsonl:L2"]);
+    cfg.topics = vec![Topic::Other];
+    assert_eq!(cfg.questions().unwrap().len(), 1);
+    cfg.topics = vec![];
+    let base = mcq::run(&lm, &mut [], &[], &cfg, &mut |_, _, _| {}).unwrap();
+    assert_eq!(base.overall.acc.n, 3);
+
+    cfg.gate_on = true;
+    cfg.out = dir.join("forced");
+    let e = cfg.check(&[]).unwrap_err().to_string();
+    assert!(e.contains("--gate-on") && e.contains("--guard"), "{e}");
+    cfg.check(std::slice::from_ref(&guard_file)).unwrap();
+    let refusing = common::tiny_guardrail(&lm)
+        .with_intervention(Intervention::Refuse)
+        .unwrap();
+    let names = ["tiny".to_string()];
+    let forced = mcq::run(
+        &lm,
+        &mut [refusing.with_intervention(Intervention::Refuse).unwrap()],
+        &names,
+        &cfg,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert!(forced.gate_on);
+    assert_eq!(forced.overall.refused.k, 3);
+    assert_eq!(forced.overall.acc.k, 0);
+    assert_eq!(forced.guards[0].fired.k, 3);
+    assert!(forced.markdown().contains("gate forced on"));
+
+    // Its own gate, shut (τ above any score): no question is touched.
+    cfg.gate_on = false;
+    cfg.out = dir.join("shut");
+    let shut = refusing.with_gate(Gate::Paper { tau: 1e9 }).unwrap();
+    let report = mcq::run(&lm, &mut [shut], &names, &cfg, &mut |_, _, _| {}).unwrap();
+    assert_eq!(report.overall.refused.k, 0);
+    let scores = |r: &mcq::McqReport| -> Vec<String> {
+        r.questions
+            .iter()
+            .map(|q| serde_json::to_string(&(&q.acc, &q.acc_norm)).unwrap())
+            .collect()
+    };
+    assert_eq!(scores(&report), scores(&base));
 }
 
 /// The reference of `scripts/make_mcq_reference.py`: 40 held-out MMLU and 20 held-out WMDP-bio

@@ -14,13 +14,10 @@ use dsg::eval::quality::{
     FreePrompt,
 };
 use dsg::generate::GenerateOptions;
-use dsg::guard::file::ArtifactIdentity;
-use dsg::guard::hook::artifact_sha256;
-use dsg::guard::{fit, FitConfig, Gate, Guardrail, Intervention, PercentileRule, SelectionRule};
+use dsg::guard::{Gate, Guardrail, Intervention};
 use dsg::model::{
     self, Batch, FnHook, ForwardOptions, HookPoint, Hooks, LoadedModel, Logits, Model, NoHooks,
 };
-use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
 
 fn tiny() -> Model {
     model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu)
@@ -181,78 +178,8 @@ fn short_inputs_and_windows_are_refused() {
     assert!(e.to_string().starts_with("window (--window): 1"), "{e}");
 }
 
-const SAE_SHA: &str = "abababababababababababababababababababababababababababababababab";
-
 fn tiny_lm() -> LoadedModel {
     model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap()
-}
-
-/// A ReLU SAE at block 0 with seeded weights (sums of uniforms), d_in 64, 32 features.
-fn random_sae() -> Sae {
-    let mut rng = SplitMix64::new(7);
-    let mut draw = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u: f32 = (0..4)
-                    .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-                    .sum();
-                (u - 2.0) * scale
-            })
-            .collect()
-    };
-    let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
-    Sae::from_parts(SaeParts {
-        w_enc: t(draw(64 * 32, 0.4), &[64, 32]),
-        b_enc: t(draw(32, 0.1), &[32]),
-        w_dec: t(draw(32 * 64, 0.3), &[32, 64]),
-        b_dec: t(vec![0.0; 64], &[64]),
-        activation: Activation::Relu,
-        apply_b_dec_to_input: false,
-        normalization: Normalization::None,
-        hook: Some(HookPoint::resid_post(0)),
-        meta: SaeMeta::default(),
-    })
-    .unwrap()
-}
-
-/// A guardrail on the tiny model, fitted on random token rows (forget ids 3..100, retain
-/// 150..256), 4 features.
-fn tiny_guardrail(lm: &LoadedModel) -> Guardrail {
-    let sha = artifact_sha256(&common::fixture("gguf/tiny_f32.gguf")).unwrap();
-    let sae = random_sae();
-    let rows = |lo: u32, hi: u32, seed: u64| -> Vec<Vec<u32>> {
-        let mut rng = SplitMix64::new(seed);
-        (0..8)
-            .map(|_| {
-                let mut r = vec![1];
-                r.extend((1..24).map(|_| lo + rng.below((hi - lo) as usize) as u32));
-                r
-            })
-            .collect()
-    };
-    let id = |name: &str, sha256: &str| ArtifactIdentity {
-        name: name.into(),
-        sha256: sha256.into(),
-    };
-    let mut cfg = FitConfig::paper(
-        id("tiny_f32.gguf", &sha),
-        id("random", SAE_SHA),
-        HookPoint::resid_post(0),
-    );
-    cfg.rule = SelectionRule::Percentile(PercentileRule::official(50.0));
-    cfg.n_features = 4;
-    cfg.special_ids = vec![1, 2];
-    cfg.batch_size = 3;
-    let (file, _, _) = fit(
-        &lm.model,
-        &sae,
-        &rows(3, 100, 1),
-        &rows(150, 256, 2),
-        &cfg,
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    Guardrail::new(file, &sae, &sha, SAE_SHA, 64).unwrap()
 }
 
 fn free_prompts(lm: &LoadedModel) -> Vec<FreePrompt> {
@@ -277,7 +204,7 @@ fn options(lm: &LoadedModel) -> GenerateOptions {
 #[test]
 fn a_forced_refusal_refuses_everything_and_a_shut_gate_changes_nothing() {
     let lm = tiny_lm();
-    let guard = tiny_guardrail(&lm);
+    let guard = common::tiny_guardrail(&lm);
     let prompts = free_prompts(&lm);
     let (opts, th) = (options(&lm), DegenerateThresholds::default());
     let quality = |guards: &mut [Guardrail]| {

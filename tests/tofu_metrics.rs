@@ -266,20 +266,15 @@ fn readers_on_the_shared_tofu_files() {
 
 // --- encoding and the evaluation on the tiny model -------------------------------------------
 
-use candle_core::{Device, Tensor};
-use dsg::data::{QaItem, SplitMix64};
+use candle_core::Device;
+use dsg::data::QaItem;
 use dsg::eval::tofu::encode::end_of_turn;
 use dsg::eval::tofu::{
     encode_chat_qa, encode_chat_question, encode_qa, encode_question, evaluate, RetainReference,
     SetKind, SetSizes, TofuOptions, TofuSet, TofuSets, MODEL_UTILITY_METRICS,
 };
-use dsg::guard::file::ArtifactIdentity;
-use dsg::guard::hook::artifact_sha256;
-use dsg::guard::{
-    fit, FitConfig, Gate, Guardrail, Intervention, PercentileRule, SelectionRule, REFUSAL,
-};
-use dsg::model::{self, Batch, HookPoint, LoadedModel, NoHooks};
-use dsg::sae::{Activation, Normalization, Sae, SaeMeta, SaeParts};
+use dsg::guard::{Gate, Intervention, REFUSAL};
+use dsg::model::{self, Batch, LoadedModel, NoHooks};
 
 fn tiny_lm() -> LoadedModel {
     model::load(&common::fixture("gguf/tiny_f32.gguf"), &Device::Cpu).unwrap()
@@ -310,71 +305,6 @@ fn encode_qa_is_the_prompt_then_answer_end_of_turn_and_eos() {
     );
     assert_eq!(with_system.answer_ids(), ex.answer_ids());
     assert_ne!(system_prompt, prompt);
-}
-
-const SAE_SHA: &str = "abababababababababababababababababababababababababababababababab";
-
-/// A guardrail on the tiny model fitted on random token rows with a seeded random SAE (as in
-/// `tests/eval_quality.rs`).
-fn tiny_guardrail(lm: &LoadedModel) -> Guardrail {
-    let sha = artifact_sha256(&common::fixture("gguf/tiny_f32.gguf")).unwrap();
-    let mut rng = SplitMix64::new(7);
-    let mut draw = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u: f32 = (0..4)
-                    .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-                    .sum();
-                (u - 2.0) * scale
-            })
-            .collect()
-    };
-    let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
-    let sae = Sae::from_parts(SaeParts {
-        w_enc: t(draw(64 * 32, 0.4), &[64, 32]),
-        b_enc: t(draw(32, 0.1), &[32]),
-        w_dec: t(draw(32 * 64, 0.3), &[32, 64]),
-        b_dec: t(vec![0.0; 64], &[64]),
-        activation: Activation::Relu,
-        apply_b_dec_to_input: false,
-        normalization: Normalization::None,
-        hook: Some(HookPoint::resid_post(0)),
-        meta: SaeMeta::default(),
-    })
-    .unwrap();
-    let rows = |lo: u32, hi: u32, seed: u64| -> Vec<Vec<u32>> {
-        let mut rng = SplitMix64::new(seed);
-        (0..8)
-            .map(|_| {
-                let mut r = vec![1];
-                r.extend((1..24).map(|_| lo + rng.below((hi - lo) as usize) as u32));
-                r
-            })
-            .collect()
-    };
-    let id = |name: &str, sha256: &str| ArtifactIdentity {
-        name: name.into(),
-        sha256: sha256.into(),
-    };
-    let mut cfg = FitConfig::paper(
-        id("tiny_f32.gguf", &sha),
-        id("random", SAE_SHA),
-        HookPoint::resid_post(0),
-    );
-    cfg.rule = SelectionRule::Percentile(PercentileRule::official(50.0));
-    cfg.n_features = 4;
-    cfg.special_ids = vec![1, 2];
-    cfg.batch_size = 3;
-    let (file, _, _) = fit(
-        &lm.model,
-        &sae,
-        &rows(3, 100, 1),
-        &rows(150, 256, 2),
-        &cfg,
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    Guardrail::new(file, &sae, &sha, SAE_SHA, 64).unwrap()
 }
 
 fn item(index: usize, q: &str, a: &str, para: Option<&str>, wrong: &[&str]) -> QaItem {
@@ -588,7 +518,7 @@ fn guarded_evaluation_clamps_in_the_scored_pass_and_refuses_in_answers() {
         ..tiny_options(3)
     };
     let plain = evaluate(&lm, &[], &sets, &opts, None, &mut |_, _, _| {}).unwrap();
-    let guard = tiny_guardrail(&lm);
+    let guard = common::tiny_guardrail(&lm);
     let on = guard.with_gate(Gate::Paper { tau: -1.0 }).unwrap();
     let clamped = evaluate(
         &lm,

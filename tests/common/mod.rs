@@ -200,3 +200,40 @@ pub fn token_rows(n: usize, len: usize, lo: u32, hi: u32, seed: u64) -> Vec<Vec<
         })
         .collect()
 }
+
+/// The placeholder SHA-256 the tiny guardrail records for its random SAE.
+pub const RANDOM_SAE_SHA: &str = "abababababababababababababababababababababababababababababababab";
+
+/// A guardrail on the tiny GGUF fixture, fitted with [`random_sae`] (32 latents at block 0) on
+/// random token rows (forget ids 3..100, retain 150..256), 4 features, the paper's ρ gate.
+pub fn tiny_guardrail(lm: &dsg::model::LoadedModel) -> dsg::guard::Guardrail {
+    use dsg::guard::file::ArtifactIdentity;
+    use dsg::guard::hook::artifact_sha256;
+    use dsg::guard::{fit, FitConfig, Guardrail, PercentileRule, SelectionRule};
+    use dsg::model::HookPoint;
+    let sha = artifact_sha256(&fixture("gguf/tiny_f32.gguf")).unwrap();
+    let sae = random_sae(32, HookPoint::resid_post(0));
+    let id = |name: &str, sha256: &str| ArtifactIdentity {
+        name: name.into(),
+        sha256: sha256.into(),
+    };
+    let mut cfg = FitConfig::paper(
+        id("tiny_f32.gguf", &sha),
+        id("random", RANDOM_SAE_SHA),
+        HookPoint::resid_post(0),
+    );
+    cfg.rule = SelectionRule::Percentile(PercentileRule::official(50.0));
+    cfg.n_features = 4;
+    cfg.special_ids = vec![1, 2];
+    cfg.batch_size = 3;
+    let (file, _, _) = fit(
+        &lm.model,
+        &sae,
+        &token_rows(8, 24, 3, 100, 1),
+        &token_rows(8, 24, 150, 256, 2),
+        &cfg,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    Guardrail::new(file, &sae, &sha, RANDOM_SAE_SHA, 64).unwrap()
+}

@@ -18,6 +18,7 @@ use dsg::eval::mcq::{self, McqConfig, Orders, Protocol};
 use dsg::eval::prompts::Variant;
 use dsg::eval::quality::{self, DegenerateThresholds, QualityConfig, WikiWindows};
 use dsg::eval::suite::{ProbeTrainConfig, SuiteConfig};
+use dsg::eval::track::topics::Topic;
 use dsg::guard::probe::parse_pooling;
 use dsg::guard::{Gate, ProbeInput};
 
@@ -46,6 +47,10 @@ pub struct McqArgs {
     /// Keep only these subjects (repeatable).
     #[arg(long = "subject")]
     pub subjects: Vec<String>,
+    /// Keep only questions of this science topic by dsg's keyword rule: life, other or mixed
+    /// (repeatable; for ARC, whose questions carry no subject).
+    #[arg(long = "topic", value_parser = parse_topic)]
+    pub topics: Vec<Topic>,
     /// Keep only the questions listed in this JSONL file (`kept.jsonl` of an earlier run).
     #[arg(long)]
     pub questions: Option<PathBuf>,
@@ -62,6 +67,9 @@ pub struct McqArgs {
     /// Rows per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Force every guardrail's gate on (τ < 0): every question is scored under the intervention.
+    #[arg(long)]
+    pub gate_on: bool,
     /// Folder for report.json, report.md, questions.jsonl, kept.jsonl.
     #[arg(long)]
     pub out: PathBuf,
@@ -82,6 +90,10 @@ fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
     s.parse().map_err(|e: dsg::Error| e.to_string())
 }
 
+fn parse_topic(s: &str) -> std::result::Result<Topic, String> {
+    s.parse().map_err(|e: dsg::Error| e.to_string())
+}
+
 fn parse_orders(s: &str) -> std::result::Result<Orders, String> {
     s.parse().map_err(|e: dsg::Error| e.to_string())
 }
@@ -93,11 +105,13 @@ impl McqArgs {
             files: self.files.clone(),
             split: self.split,
             subjects: self.subjects.clone(),
+            topics: self.topics.clone(),
             questions: self.questions.clone(),
             limit: self.limit,
             protocol: self.protocol,
             filter: self.filter,
             batch: self.batch,
+            gate_on: self.gate_on,
             out: self.out.clone(),
             overwrite: crate::guard_cmd::overwrite(self.force),
         }

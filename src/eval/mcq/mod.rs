@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::data::{read_mcq, McqItem, Split};
-use crate::guard::{Guardrail, Intervention};
+use crate::eval::track::topics::{topic, Topic};
+use crate::guard::{Gate, Guardrail, Intervention};
 use crate::model::LoadedModel;
 use crate::output::{check_output_dir, Overwrite};
 use crate::{Error, Result};
@@ -304,6 +305,9 @@ pub struct McqConfig {
     pub split: Split,
     /// Keep only these subjects (empty: all).
     pub subjects: Vec<String>,
+    /// Keep only the questions of these topics under the keyword rule of [`crate::eval::track::topics`] (empty:
+    /// all); meant for ARC, whose questions carry no subject.
+    pub topics: Vec<Topic>,
     /// Keep only the questions of this list (`kept.jsonl` of an earlier run).
     pub questions: Option<PathBuf>,
     /// At most this many questions per file, in file order, after the other selections.
@@ -314,6 +318,9 @@ pub struct McqConfig {
     pub filter: Option<Orders>,
     /// Rows per forward pass.
     pub batch: usize,
+    /// Force every guardrail's gate on (τ < 0), so that every question is scored under the
+    /// intervention: what it does to the knowledge itself, whatever the gate would decide.
+    pub gate_on: bool,
     /// Folder for the report files.
     pub out: PathBuf,
     /// Whether existing report files may be replaced.
@@ -339,6 +346,11 @@ impl McqConfig {
         if self.limit == Some(0) {
             return Err(Error::out_of_range("--limit", 0, "at least 1"));
         }
+        if self.gate_on && guard_files.is_empty() {
+            return Err(Error::Invalid(
+                "--gate-on forces guardrails' gates on, but no --guard was given".into(),
+            ));
+        }
         let mut inputs: Vec<&Path> = self.files.iter().map(PathBuf::as_path).collect();
         inputs.extend(guard_files.iter().map(PathBuf::as_path));
         inputs.extend(self.questions.as_deref());
@@ -360,13 +372,15 @@ impl McqConfig {
                         .subject
                         .as_ref()
                         .is_some_and(|s| self.subjects.contains(s)))
+                    && (self.topics.is_empty() || self.topics.contains(&topic(&q.item)))
                     && list.as_ref().is_none_or(|l| l.contains(&q.id))
             });
             all.extend(selected.take(self.limit.unwrap_or(usize::MAX)));
         }
         if all.is_empty() {
             return Err(Error::Invalid(format!(
-                "no questions selected from {} (split, --subject, --questions and --limit leave none)",
+                "no questions selected from {} (split, --subject, --topic, --questions and --limit \
+                 leave none)",
                 self.files
                     .iter()
                     .map(|f| f.display().to_string())
@@ -388,6 +402,16 @@ pub fn run(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<McqReport> {
     let started = std::time::Instant::now();
+    let mut forced: Vec<Guardrail>;
+    let guards: &mut [Guardrail] = if cfg.gate_on {
+        forced = guards
+            .iter()
+            .map(|g| g.with_gate(Gate::Paper { tau: -1.0 }))
+            .collect::<Result<_>>()?;
+        &mut forced
+    } else {
+        guards
+    };
     let mut questions = cfg.questions()?;
     let selected = questions.len();
     let filter = match cfg.filter {

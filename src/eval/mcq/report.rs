@@ -80,6 +80,11 @@ pub struct McqReport {
     pub files: Vec<String>,
     /// `selection`, `heldout` or `all`.
     pub split: String,
+    /// The topics kept (ARC's keyword rule), if any were asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Whether every guardrail's gate was forced on.
+    pub gate_on: bool,
     /// Questions selected before the filter.
     pub selected: usize,
     /// The filter, if one ran.
@@ -164,6 +169,8 @@ impl McqReport {
             protocol: cfg.protocol.name().into(),
             files: cfg.files.iter().map(|f| f.display().to_string()).collect(),
             split: format!("{:?}", cfg.split).to_lowercase(),
+            topics: cfg.topics.iter().map(|t| t.name().to_string()).collect(),
+            gate_on: cfg.gate_on,
             selected,
             filter,
             overall: Accuracy::of("all", results.iter()),
@@ -193,6 +200,9 @@ impl McqReport {
             self.split,
             self.selected
         );
+        if !self.topics.is_empty() {
+            let _ = write!(md, "; topics {}", self.topics.join(", "));
+        }
         if let Some(f) = &self.filter {
             let _ = write!(md, "; filter {}: kept {} of {}", f.orders, f.kept, f.of);
         }
@@ -235,7 +245,11 @@ impl McqReport {
             }
         }
         if !self.guards.is_empty() {
-            md.push_str("\n| guardrail | fired on questions (%) |\n|---|---|\n");
+            md.push_str(if self.gate_on {
+                "\n| guardrail (gate forced on) | fired on questions (%) |\n|---|---|\n"
+            } else {
+                "\n| guardrail | fired on questions (%) |\n|---|---|\n"
+            });
             for g in &self.guards {
                 let _ = writeln!(md, "| {} | {} |", g.guard, pct(&g.fired));
             }

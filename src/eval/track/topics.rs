@@ -191,6 +191,22 @@ impl Topic {
     }
 }
 
+impl std::str::FromStr for Topic {
+    type Err = crate::Error;
+
+    /// `life`, `other` or `mixed`.
+    fn from_str(s: &str) -> crate::Result<Topic> {
+        match s {
+            "life" => Ok(Topic::Life),
+            "other" => Ok(Topic::Other),
+            "mixed" => Ok(Topic::Mixed),
+            _ => Err(crate::Error::Invalid(format!(
+                "unknown topic `{s}`: expected life, other or mixed"
+            ))),
+        }
+    }
+}
+
 fn points(words: &[&str], text: &str, stems: &[&str]) -> usize {
     let multi = stems
         .iter()
